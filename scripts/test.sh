@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The one test command (README): installs what the tests need when missing,
+# then runs the whole suite. Safe to run again; never skips a test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v dot >/dev/null 2>&1 || missing+=(graphviz)
+if ((${#missing[@]})); then
+  if [[ $(id -u) -eq 0 ]]; then
+    echo "test.sh: installing ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "test.sh: please install: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+# Postgres for the store tests: the machine's server on 127.0.0.1:5432 when
+# it answers, otherwise a throwaway cluster (see scripts/pg-throwaway.sh).
+if [[ -z "${TEST_DATABASE_URL:-}" ]]; then
+  TEST_DATABASE_URL=$(scripts/pg-throwaway.sh)
+  export TEST_DATABASE_URL
+fi
+
+exec cargo test --all-targets "$@"

@@ -1,0 +1,261 @@
+//! The command line. Exit codes scripts can rely on: 0 success, 1 a failed
+//! check or run, 2 bad usage.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Config};
+use crate::lineage::{GraphFormat, Lineage};
+use crate::registry::ImageRef;
+
+mod store_cmd;
+
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lineaged",
+    version,
+    about = "Keeps container images rebuilt on fresh base images",
+    long_about = "lineaged tracks image lineage (image → base images), watches registries for \
+                  base image changes and rebuilds every descendant once, in dependency order, \
+                  through CI webhooks.\n\nExit codes: 0 success, 1 failed check or run, 2 bad usage."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate a config; every error as file:line:col: message
+    Check(ConfigArg),
+    /// Dry run: the waves of rebuilds a change of the given images would cause
+    Plan(PlanArgs),
+    /// Print the lineage graph
+    Graph(GraphArgs),
+    /// Apply the database migrations and exit
+    Migrate(ConfigArg),
+    /// Write a synthetic lineage of N images (for benchmarks)
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ConfigArg {
+    /// Config file, or a directory of *.yaml/*.yml files merged in name order
+    #[arg(short, long, value_name = "CONFIG", env = "LINEAGED_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// A changed image (repeatable), e.g. python:3.12-slim
+    #[arg(long = "changed", value_name = "REF", required = true, value_parser = parse_ref)]
+    pub changed: Vec<ImageRef>,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GraphArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[arg(long, value_enum, default_value_t = Format::Dot)]
+    pub format: Format,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GenerateArgs {
+    /// Number of images
+    #[arg(long, default_value_t = 1000)]
+    pub images: usize,
+    /// Random seed; the same seed gives the same lineage
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Dot,
+    Mermaid,
+    Json,
+}
+
+fn parse_ref(s: &str) -> Result<ImageRef, String> {
+    ImageRef::parse(s).map_err(|e| e.to_string())
+}
+
+/// Parses the arguments and runs the command.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_tracing();
+    match cli.command {
+        Command::Check(a) => check(&a),
+        Command::Plan(a) => plan(&a),
+        Command::Graph(a) => graph(&a),
+        Command::Migrate(a) => store_cmd::migrate(&a),
+        Command::Generate(a) => {
+            print(&crate::lineage::generate_yaml(a.images, a.seed));
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LINEAGED_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Loads the config, printing every diagnostic to stderr on failure.
+pub(crate) fn load_config(arg: &ConfigArg) -> Result<Config, ExitCode> {
+    config::load(&arg.config).map_err(|e| {
+        let lines = e.diagnostics();
+        let mut err = std::io::stderr().lock();
+        for l in &lines {
+            let _ = writeln!(err, "{l}");
+        }
+        let n = lines.len();
+        let _ = writeln!(
+            err,
+            "{n} error{} in {}",
+            if n == 1 { "" } else { "s" },
+            arg.config.display()
+        );
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn print(s: &str) {
+    let _ = std::io::stdout().lock().write_all(s.as_bytes());
+}
+
+fn check(arg: &ConfigArg) -> ExitCode {
+    let cfg = match load_config(arg) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let managed = cfg.managed_count();
+    let implicit = cfg.images.iter().filter(|i| i.implicit).count();
+    print(&format!(
+        "ok: {} images ({managed} managed, {} external of which {implicit} implicit), {} backends, {} registries, from {} file{}\n",
+        cfg.images.len(),
+        cfg.images.len() - managed,
+        cfg.backends.len(),
+        cfg.registries.len(),
+        cfg.sources.len(),
+        if cfg.sources.len() == 1 { "" } else { "s" },
+    ));
+    ExitCode::SUCCESS
+}
+
+fn plan(args: &PlanArgs) -> ExitCode {
+    let cfg = match load_config(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let lineage = Lineage::new(&cfg.images);
+    let unknown: Vec<&ImageRef> = args
+        .changed
+        .iter()
+        .filter(|c| !lineage.contains(c))
+        .collect();
+    if !unknown.is_empty() {
+        for u in unknown {
+            eprintln!(
+                "error: image {u} is not in the lineage of {}",
+                args.config.config.display()
+            );
+        }
+        return ExitCode::from(EXIT_FAILED);
+    }
+    let plan = match lineage.plan(&args.changed) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    match args.output {
+        Output::Json => {
+            let mut s = serde_json::to_string_pretty(&plan).unwrap_or_default();
+            s.push('\n');
+            print(&s);
+        }
+        Output::Text => print(&plan_text(&plan)),
+    }
+    ExitCode::SUCCESS
+}
+
+/// The plan as a readable table with counts.
+pub fn plan_text(plan: &crate::lineage::Plan) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for c in &plan.changed {
+        let _ = writeln!(out, "changed  {c}");
+    }
+    if plan.waves.is_empty() {
+        out.push_str("no managed image descends from the changed images: nothing to rebuild\n");
+        return out;
+    }
+    let _ = writeln!(out, "\nWAVE  COUNT  IMAGE");
+    for (i, wave) in plan.waves.iter().enumerate() {
+        for (j, img) in wave.iter().enumerate() {
+            if j == 0 {
+                let _ = writeln!(out, "{:<4}  {:<5}  {img}", i + 1, wave.len());
+            } else {
+                let _ = writeln!(out, "{:<4}  {:<5}  {img}", "", "");
+            }
+        }
+    }
+    let n = plan.image_count();
+    let _ = writeln!(
+        out,
+        "\n{n} rebuild{} in {} wave{}",
+        if n == 1 { "" } else { "s" },
+        plan.waves.len(),
+        if plan.waves.len() == 1 { "" } else { "s" }
+    );
+    out
+}
+
+fn graph(args: &GraphArgs) -> ExitCode {
+    let cfg = match load_config(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let format = match args.format {
+        Format::Dot => GraphFormat::Dot,
+        Format::Mermaid => GraphFormat::Mermaid,
+        Format::Json => GraphFormat::Json,
+    };
+    print(&Lineage::new(&cfg.images).render(format));
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,171 @@
+//! Reading config files: a file or a directory, UTF-8 and emptiness checks,
+//! YAML parsing under budgets, and parse errors as diagnostics.
+
+use std::path::{Path, PathBuf};
+
+use serde_saphyr::SnippetMode;
+
+use super::raw::RawFile;
+use super::validate::validate;
+use super::{Config, ConfigError, Diagnostic};
+
+/// Loads and validates a config from a YAML file or a directory of them
+/// (every `*.yaml` / `*.yml` directly inside, in name order). Environment
+/// variables are read for `${VAR}` and `*_env` secrets.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let files = if path.is_dir() {
+        yaml_files(path)?
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut texts = Vec::with_capacity(files.len());
+    for file in files {
+        let bytes = std::fs::read(&file).map_err(|source| ConfigError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        texts.push((file, bytes));
+    }
+    load_bytes(texts, &|name| std::env::var(name).ok())
+}
+
+/// Loads one document from memory, as if read from `name` (for tests and
+/// tools). `env` answers `${VAR}` and `*_env` look-ups.
+pub fn load_str(
+    name: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    load_bytes(vec![(PathBuf::from(name), text.as_bytes().to_vec())], env)
+}
+
+fn load_bytes(
+    texts: Vec<(PathBuf, Vec<u8>)>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut diagnostics = Vec::new();
+    let mut parsed = Vec::with_capacity(texts.len());
+    for (file, bytes) in texts {
+        match parse_file(&file, &bytes) {
+            Ok(raw) => parsed.push((file, raw)),
+            Err(d) => diagnostics.push(d),
+        }
+    }
+    // Later checks would only add noise about what the broken files declare.
+    if !diagnostics.is_empty() {
+        return Err(ConfigError::Invalid(diagnostics));
+    }
+    validate(parsed, env).map_err(ConfigError::Invalid)
+}
+
+fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let io = |source| ConfigError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        let is_yaml = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e == "yaml" || e == "yml");
+        if is_yaml && path.is_file() {
+            files.push(path);
+        }
+    }
+    if files.is_empty() {
+        return Err(ConfigError::NoYamlFiles {
+            path: dir.to_path_buf(),
+        });
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn diag(file: &Path, line: u64, column: u64, message: impl Into<String>) -> Diagnostic {
+    Diagnostic {
+        file: file.to_path_buf(),
+        line,
+        column,
+        message: message.into(),
+    }
+}
+
+/// Parses one file. Budgets scale with the file's size, so a 100,000-image
+/// lineage loads while an alias bomb or a deeply nested document (whose
+/// expansion is far larger than its text) is refused early with little memory.
+fn parse_file(file: &Path, bytes: &[u8]) -> Result<RawFile, Diagnostic> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let (line, col) = line_col(bytes, e.valid_up_to());
+        diag(file, line, col, "file is not valid UTF-8")
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let blank = text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---");
+    if blank {
+        return Err(diag(
+            file,
+            1,
+            1,
+            "file is empty: expected a mapping with `images:` and other sections",
+        ));
+    }
+    let len = text.len();
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_events: (len * 2).max(1_000_000),
+            max_nodes: len.max(250_000),
+            max_aliases: 10_000,
+            max_anchors: 10_000,
+            max_depth: 32,
+            max_documents: 1,
+        },
+    };
+    serde_saphyr::from_str_with_options::<RawFile>(text, options).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line().max(1), l.column().max(1)))
+            .unwrap_or((1, 1));
+        diag(file, line, column, plain_message(&e))
+    })
+}
+
+/// The error's message without serde-saphyr's own position suffix or snippet:
+/// the diagnostic carries the position in `file:line:col` form already.
+fn plain_message(e: &serde_saphyr::Error) -> String {
+    let rendered = e.render_with_options(serde_saphyr::render_options! {
+        snippets: SnippetMode::Off,
+    });
+    let first = rendered.lines().next().unwrap_or("invalid YAML").trim();
+    let msg = match first.rfind(" at line ") {
+        Some(i) => &first[..i],
+        None => first,
+    };
+    let msg = msg.trim_end_matches(['.', ':']).trim();
+    if let Some(limit) = msg.strip_prefix("budget breached:") {
+        format!(
+            "refused: the document exceeds a parser safety limit ({}); YAML alias bombs and huge expansions are not accepted",
+            limit.trim()
+        )
+    } else if msg.contains("recursion limit") || msg.contains("depth") {
+        format!("refused: nesting is too deep ({msg})")
+    } else {
+        msg.to_string()
+    }
+}
+
+fn line_col(bytes: &[u8], offset: usize) -> (u64, u64) {
+    let before = &bytes[..offset.min(bytes.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
+    let col = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count() as u64
+        + 1;
+    (line, col)
+}

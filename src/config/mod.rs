@@ -1,0 +1,347 @@
+//! Configuration: YAML files → one validated, immutable [`Config`].
+//!
+//! `load` reads a file or a directory of `*.yaml`/`*.yml` files, parses each
+//! with serde-saphyr under resource budgets, merges them and validates the
+//! whole once, reporting every problem as `file:line:col: message`.
+
+mod load;
+mod raw;
+mod secret;
+mod text;
+mod validate;
+mod validate_images;
+mod validate_parts;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::registry::ImageRef;
+
+pub use load::{load, load_str};
+pub use secret::{Secret, SecretSource};
+pub use text::parse_duration;
+
+/// The default polling schedule: every five minutes (cron with seconds).
+pub const DEFAULT_SCHEDULE: &str = "0 */5 * * * *";
+/// The embedded default store.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://lineaged.db";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The files it was read from, in merge order.
+    pub sources: Vec<PathBuf>,
+    pub database: DatabaseConfig,
+    pub listen: SocketAddr,
+    pub defaults: Defaults,
+    pub registries: Vec<RegistryConfig>,
+    pub receivers: Receivers,
+    pub api: ApiConfig,
+    pub backends: BTreeMap<String, Backend>,
+    /// Declared images in declaration order, then implicit external parents.
+    pub images: Vec<Image>,
+    pub policy: Policy,
+}
+
+impl Config {
+    pub fn managed_count(&self) -> usize {
+        self.images.iter().filter(|i| i.is_managed()).count()
+    }
+
+    /// The registry settings for a host, if listed.
+    pub fn registry(&self, host: &str) -> Option<&RegistryConfig> {
+        self.registries.iter().find(|r| r.host == host)
+    }
+}
+
+/// Where something was declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: u64,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// May carry a password, so it is a secret: never printed.
+    pub url: Secret,
+    pub max_connections: u32,
+}
+
+impl DatabaseConfig {
+    pub fn is_postgres(&self) -> bool {
+        let u = self.url.expose();
+        u.starts_with("postgres://") || u.starts_with("postgresql://")
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = self.url.expose().split("://").next().unwrap_or("");
+        f.debug_struct("DatabaseConfig")
+            .field("url", &format_args!("{scheme}://***"))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub schedule: String,
+    pub platforms: Vec<Platform>,
+    pub build_timeout: Duration,
+}
+
+/// `os/arch[/variant]`, e.g. `linux/arm64/v8`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    pub host: String,
+    pub trusted: bool,
+    /// Plain HTTP. Only ever for hosts listed with `insecure: true`.
+    pub insecure: bool,
+    pub auth: Option<RegistryAuth>,
+    pub concurrency: u32,
+    /// Requests per second, if limited.
+    pub rate_limit: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub enum RegistryAuth {
+    Basic { username: String, password: Secret },
+    DockerConfig { path: PathBuf },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Receivers {
+    pub distribution: Option<Secret>,
+    pub dockerhub: Option<Secret>,
+    pub harbor: Option<Secret>,
+    pub acr: Option<Secret>,
+    /// GitHub's webhook secret, for `X-Hub-Signature-256`.
+    pub ghcr: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ApiConfig {
+    pub tokens: Vec<ApiToken>,
+    pub public_read: bool,
+    pub metrics_token: Option<Secret>,
+    pub cors_origins: Vec<String>,
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Read,
+    Write,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiToken {
+    pub name: String,
+    pub role: Role,
+    pub token: Secret,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Webhook,
+    GithubActions,
+    Gitlab,
+    Jenkins,
+    AzurePipelines,
+    Buildkite,
+}
+
+impl BackendKind {
+    pub const ALL: [(&'static str, BackendKind); 6] = [
+        ("webhook", BackendKind::Webhook),
+        ("github_actions", BackendKind::GithubActions),
+        ("gitlab", BackendKind::Gitlab),
+        ("jenkins", BackendKind::Jenkins),
+        ("azure_pipelines", BackendKind::AzurePipelines),
+        ("buildkite", BackendKind::Buildkite),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, k)| *k == self)
+            .map(|(s, _)| *s)
+            .unwrap_or("webhook")
+    }
+}
+
+/// A CI backend: where rebuild and deploy triggers go.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub name: String,
+    pub kind: BackendKind,
+    pub url: Option<String>,
+    pub api_url: Option<String>,
+    pub repository: Option<String>,
+    pub project: Option<String>,
+    pub organization: Option<String>,
+    pub pipeline: Option<String>,
+    pub username: Option<String>,
+    pub token: Option<Secret>,
+    /// HMAC key for signing outgoing webhooks (raw or `whsec_` base64).
+    pub secret: Option<Secret>,
+    pub concurrency: u32,
+    pub timeout: Duration,
+    pub build_timeout: Option<Duration>,
+}
+
+/// A tracked image. Managed when it has a `build`.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub name: ImageRef,
+    pub parents: Vec<ImageRef>,
+    pub schedule: String,
+    /// Empty: track the tag's top-level (index) digest.
+    pub platforms: Vec<Platform>,
+    pub build: Option<Build>,
+    pub deploy: Option<Deploy>,
+    /// Declared only as someone's parent, not in `images:`.
+    pub implicit: bool,
+    pub origin: Option<Origin>,
+}
+
+impl Image {
+    pub fn is_managed(&self) -> bool {
+        self.build.is_some()
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Build {
+    pub backend: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, String>,
+    #[serde(skip)]
+    pub build_timeout: Duration,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Deploy {
+    pub backend: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    None,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub trusted_registries_only: bool,
+    pub signature_public_key: Option<PathBuf>,
+    pub max_severity: Option<Severity>,
+}
+
+/// One problem found in the configuration, pointing at its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: directory has no *.yaml or *.yml files", path.display())]
+    NoYamlFiles { path: PathBuf },
+    #[error("{}", render_diagnostics(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+impl ConfigError {
+    /// Every diagnostic, one per problem (a single one for I/O problems).
+    pub fn diagnostics(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid(d) => d.iter().map(ToString::to_string).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+fn render_diagnostics(d: &[Diagnostic]) -> String {
+    d.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}

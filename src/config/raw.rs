@@ -1,0 +1,194 @@
+//! The YAML schema as written by users, before validation. Every field a
+//! validation error can point at is `Spanned`, so the error names its
+//! `file:line:col`. Unknown keys are rejected by serde.
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use std::collections::BTreeMap;
+
+pub type S = Spanned<String>;
+
+/// One YAML file. In a directory of files every section is optional; lists
+/// and maps merge, single-valued sections may appear in one file only.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    pub database: Option<Spanned<RawDatabase>>,
+    pub listen: Option<S>,
+    pub defaults: Option<Spanned<RawDefaults>>,
+    #[serde(default)]
+    pub registries: Vec<RawRegistry>,
+    pub receivers: Option<Spanned<RawReceivers>>,
+    pub api: Option<Spanned<RawApi>>,
+    #[serde(default)]
+    pub backends: BTreeMap<String, Spanned<RawBackend>>,
+    #[serde(default)]
+    pub images: Vec<RawImage>,
+    pub policy: Option<Spanned<RawPolicy>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    pub url: Option<S>,
+    pub url_env: Option<S>,
+    pub url_file: Option<S>,
+    pub max_connections: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    pub schedule: Option<S>,
+    pub platforms: Option<Vec<S>>,
+    pub build_timeout: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegistry {
+    pub host: S,
+    #[serde(default)]
+    pub trusted: bool,
+    #[serde(default)]
+    pub insecure: bool,
+    pub auth: Option<RawRegistryAuth>,
+    pub concurrency: Option<Spanned<u32>>,
+    /// Requests per second towards this registry.
+    pub rate_limit: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegistryAuth {
+    pub username: Option<S>,
+    pub password_env: Option<S>,
+    pub password_file: Option<S>,
+    pub docker_config: Option<S>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReceivers {
+    pub distribution: Option<RawReceiver>,
+    pub dockerhub: Option<RawReceiver>,
+    pub harbor: Option<RawReceiver>,
+    pub acr: Option<RawReceiver>,
+    pub ghcr: Option<RawReceiver>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReceiver {
+    pub token_env: Option<S>,
+    pub token_file: Option<S>,
+    pub secret_env: Option<S>,
+    pub secret_file: Option<S>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    #[serde(default)]
+    pub tokens: Vec<RawApiToken>,
+    #[serde(default)]
+    pub public_read: bool,
+    pub metrics_token_env: Option<S>,
+    pub metrics_token_file: Option<S>,
+    #[serde(default)]
+    pub cors_origins: Vec<S>,
+    /// Base URL CI jobs use to call back, e.g. `https://lineaged.example.com`.
+    pub public_url: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiToken {
+    pub name: S,
+    pub role: S,
+    pub token_env: Option<S>,
+    pub token_file: Option<S>,
+}
+
+/// A CI backend. One flat shape for every kind; validation checks which
+/// fields each kind needs, so a missing one is named precisely.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub kind: S,
+    pub url: Option<S>,
+    pub api_url: Option<S>,
+    pub repository: Option<S>,
+    pub project: Option<S>,
+    pub organization: Option<S>,
+    pub pipeline: Option<S>,
+    pub username: Option<S>,
+    pub token_env: Option<S>,
+    pub token_file: Option<S>,
+    pub secret_env: Option<S>,
+    pub secret_file: Option<S>,
+    pub concurrency: Option<Spanned<u32>>,
+    pub timeout: Option<S>,
+    pub build_timeout: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawImage {
+    pub name: S,
+    #[serde(default)]
+    pub from: Vec<S>,
+    pub schedule: Option<S>,
+    pub platforms: Option<Vec<S>>,
+    pub build: Option<RawBuild>,
+    pub deploy: Option<RawDeploy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBuild {
+    pub backend: S,
+    pub workflow: Option<S>,
+    #[serde(rename = "ref")]
+    pub git_ref: Option<S>,
+    pub job: Option<S>,
+    pub pipeline: Option<S>,
+    pub branch: Option<S>,
+    pub context: Option<S>,
+    pub dockerfile: Option<S>,
+    #[serde(default)]
+    pub inputs: BTreeMap<String, S>,
+    pub build_timeout: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeploy {
+    pub backend: S,
+    pub app: Option<S>,
+    pub environment: Option<S>,
+    #[serde(default)]
+    pub inputs: BTreeMap<String, S>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    #[serde(default)]
+    pub trusted_registries_only: bool,
+    pub require_signature: Option<RawSignature>,
+    pub scan: Option<RawScan>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignature {
+    pub public_key_file: S,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScan {
+    /// Highest severity allowed to ship: none, low, medium, high, critical.
+    pub max_severity: S,
+}

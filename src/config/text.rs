@@ -1,0 +1,127 @@
+//! Small text helpers for config values: `${VAR}` interpolation and durations.
+
+use std::time::Duration;
+
+/// Replaces `${VAR}` with the variable's value and `${VAR:-default}` with the
+/// value or the default when unset or empty. `$$` is a literal `$`; any other
+/// `$` is kept as is. An unset `${VAR}` without a default is an error naming
+/// the variable (never a value).
+pub fn interpolate(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    if !input.contains('$') {
+        return Ok(input.to_string());
+    }
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("unterminated `${{` in `{input}`"))?;
+            let expr = &body[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (expr, None),
+            };
+            let valid = !name.is_empty()
+                && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!("invalid variable name `{name}` in `${{{expr}}}`"));
+            }
+            match (
+                lookup(name).filter(|v| !v.is_empty() || default.is_none()),
+                default,
+            ) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(format!("environment variable {name} is not set"));
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Parses `90s`, `15m`, `2h`, `1d`, `500ms` or a bare number of seconds.
+pub fn parse_duration(input: &str) -> Result<Duration, String> {
+    let s = input.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration `{input}` (expected e.g. 30s, 15m, 2h)"))?;
+    let secs = match unit {
+        "" | "s" => Some(n),
+        "ms" => return Ok(Duration::from_millis(n)),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => None,
+    };
+    secs.map(Duration::from_secs).ok_or_else(|| {
+        format!("invalid duration `{input}` (expected a number with ms, s, m, h or d)")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "HOST" => Some("registry.example.com".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn interpolates() {
+        assert_eq!(
+            interpolate("${HOST}/app:1", &env).unwrap(),
+            "registry.example.com/app:1"
+        );
+        assert_eq!(interpolate("a-${NOPE:-x}-b", &env).unwrap(), "a-x-b");
+        assert_eq!(interpolate("${EMPTY:-d}", &env).unwrap(), "d");
+        assert_eq!(interpolate("${EMPTY}", &env).unwrap(), "");
+        assert_eq!(interpolate("cost $$5 $x", &env).unwrap(), "cost $5 $x");
+        assert_eq!(interpolate("plain", &env).unwrap(), "plain");
+        assert_eq!(
+            interpolate("${NOPE}", &env).unwrap_err(),
+            "environment variable NOPE is not set"
+        );
+        assert!(
+            interpolate("${HOST", &env)
+                .unwrap_err()
+                .contains("unterminated")
+        );
+        assert!(
+            interpolate("${1X}", &env)
+                .unwrap_err()
+                .contains("invalid variable")
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("2 hours").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

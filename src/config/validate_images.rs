@@ -1,0 +1,254 @@
+//! Validation of `images:`: references, duplicates (across files), build and
+//! deploy backends, implicit external parents, cycles, the trust policy.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_saphyr::Location;
+
+use super::raw::*;
+use super::validate::Ctx;
+use super::*;
+use crate::registry::ImageRef;
+
+struct Pending {
+    image: Image,
+    file: usize,
+    at: Location,
+}
+
+pub(super) fn images(
+    ctx: &mut Ctx,
+    raw: Vec<(usize, RawImage)>,
+    defaults: &Defaults,
+    backends: &BTreeMap<String, Backend>,
+    registries: &[RegistryConfig],
+    policy: &Policy,
+) -> Vec<Image> {
+    let mut index: HashMap<ImageRef, usize> = HashMap::with_capacity(raw.len());
+    let mut out: Vec<Pending> = Vec::with_capacity(raw.len());
+
+    for (f, r) in raw {
+        let Some(text) = ctx.text(f, &r.name) else {
+            continue;
+        };
+        let name = match ImageRef::parse(&text) {
+            Ok(n) => n,
+            Err(e) => {
+                ctx.err(
+                    f,
+                    r.name.referenced,
+                    format!("invalid image reference `{text}`: {e}"),
+                );
+                continue;
+            }
+        };
+        if let Some(&i) = index.get(&name) {
+            let first = ctx.origin(out[i].file, out[i].at);
+            ctx.err(
+                f,
+                r.name.referenced,
+                format!("duplicate image {name} (first declared at {first})"),
+            );
+            continue;
+        }
+        let mut parents: Vec<ImageRef> = Vec::with_capacity(r.from.len());
+        for p in &r.from {
+            let Some(pt) = ctx.text(f, p) else { continue };
+            match ImageRef::parse(&pt) {
+                Ok(pr) if parents.contains(&pr) => {
+                    ctx.err(f, p.referenced, format!("parent {pr} is listed twice"));
+                }
+                Ok(pr) => parents.push(pr),
+                Err(e) => ctx.err(
+                    f,
+                    p.referenced,
+                    format!("invalid parent reference `{pt}`: {e}"),
+                ),
+            }
+        }
+        let schedule = r
+            .schedule
+            .as_ref()
+            .and_then(|s| ctx.schedule(f, s))
+            .unwrap_or_else(|| defaults.schedule.clone());
+        let platforms = match &r.platforms {
+            Some(p) => ctx.platforms(f, p),
+            None => defaults.platforms.clone(),
+        };
+        let build = r
+            .build
+            .as_ref()
+            .and_then(|b| build(ctx, f, b, &name, backends, defaults));
+        if r.build.is_some() && name.digest().is_some() {
+            ctx.err(f, r.name.referenced, format!("managed image {name} must be a tag, not a digest: a rebuild pushes a new digest"));
+        }
+        let deploy = r.deploy.as_ref().and_then(|d| deploy(ctx, f, d, backends));
+        if deploy.is_some() && policy.trusted_registries_only {
+            let trusted = registries
+                .iter()
+                .any(|g| g.host == name.registry() && g.trusted);
+            if !trusted {
+                ctx.err(
+                    f,
+                    r.name.referenced,
+                    format!(
+                        "{name} is deployed from registry {} which is not trusted (policy.trusted_registries_only); list it under registries with `trusted: true`",
+                        name.registry()
+                    ),
+                );
+            }
+        }
+        index.insert(name.clone(), out.len());
+        out.push(Pending {
+            image: Image {
+                name,
+                parents,
+                schedule,
+                platforms,
+                build,
+                deploy,
+                implicit: false,
+                origin: Some(ctx.origin(f, r.name.referenced)),
+            },
+            file: f,
+            at: r.name.referenced,
+        });
+    }
+
+    // Parents nobody declared are external images watched with the defaults.
+    let declared = out.len();
+    for i in 0..declared {
+        for p in out[i].image.parents.clone() {
+            if index.contains_key(&p) {
+                continue;
+            }
+            index.insert(p.clone(), out.len());
+            let (file, at) = (out[i].file, out[i].at);
+            out.push(Pending {
+                image: Image {
+                    name: p,
+                    parents: Vec::new(),
+                    schedule: defaults.schedule.clone(),
+                    platforms: defaults.platforms.clone(),
+                    build: None,
+                    deploy: None,
+                    implicit: true,
+                    origin: Some(ctx.origin(file, at)),
+                },
+                file,
+                at,
+            });
+        }
+    }
+
+    let images: Vec<Image> = out.iter().map(|p| p.image.clone()).collect();
+    for cycle in crate::lineage::find_cycles(&images) {
+        let names: Vec<String> = cycle.iter().map(|&i| images[i].name.to_string()).collect();
+        let first = &out[cycle[0]];
+        ctx.err(
+            first.file,
+            first.at,
+            format!("cycle in lineage: {} → {}", names.join(" → "), names[0]),
+        );
+    }
+    images
+}
+
+fn known_backend<'b>(
+    ctx: &mut Ctx,
+    f: usize,
+    s: &S,
+    backends: &'b BTreeMap<String, Backend>,
+) -> Option<&'b Backend> {
+    let b = backends.get(&s.value);
+    if b.is_none() {
+        let names: Vec<&str> = backends.keys().map(String::as_str).collect();
+        let known = if names.is_empty() {
+            "none declared".to_string()
+        } else {
+            names.join(", ")
+        };
+        ctx.err(
+            f,
+            s.referenced,
+            format!("unknown backend `{}` (declared backends: {known})", s.value),
+        );
+    }
+    b
+}
+
+fn build(
+    ctx: &mut Ctx,
+    f: usize,
+    b: &RawBuild,
+    name: &ImageRef,
+    backends: &BTreeMap<String, Backend>,
+    defaults: &Defaults,
+) -> Option<Build> {
+    let backend = known_backend(ctx, f, &b.backend, backends)?;
+    let need = |ctx: &mut Ctx, present: bool, what: &str| {
+        if !present {
+            ctx.err(
+                f,
+                b.backend.referenced,
+                format!(
+                    "build of {name} on backend `{}` (kind {}) needs `{what}`",
+                    backend.name,
+                    backend.kind.as_str()
+                ),
+            );
+        }
+    };
+    match backend.kind {
+        BackendKind::GithubActions => need(ctx, b.workflow.is_some(), "workflow"),
+        BackendKind::Jenkins => need(ctx, b.job.is_some(), "job"),
+        BackendKind::AzurePipelines | BackendKind::Buildkite => need(
+            ctx,
+            b.pipeline.is_some() || backend.pipeline.is_some(),
+            "pipeline",
+        ),
+        BackendKind::Webhook | BackendKind::Gitlab => {}
+    }
+    let build_timeout = ctx.duration(f, &b.build_timeout);
+    let mut inputs = BTreeMap::new();
+    for (k, v) in &b.inputs {
+        if let Some(v) = ctx.text(f, v) {
+            inputs.insert(k.clone(), v);
+        }
+    }
+    Some(Build {
+        backend: backend.name.clone(),
+        workflow: ctx.opt_text(f, &b.workflow),
+        git_ref: ctx.opt_text(f, &b.git_ref),
+        job: ctx.opt_text(f, &b.job),
+        pipeline: ctx.opt_text(f, &b.pipeline),
+        branch: ctx.opt_text(f, &b.branch),
+        context: ctx.opt_text(f, &b.context),
+        dockerfile: ctx.opt_text(f, &b.dockerfile),
+        inputs,
+        build_timeout: build_timeout
+            .or(backend.build_timeout)
+            .unwrap_or(defaults.build_timeout),
+    })
+}
+
+fn deploy(
+    ctx: &mut Ctx,
+    f: usize,
+    d: &RawDeploy,
+    backends: &BTreeMap<String, Backend>,
+) -> Option<Deploy> {
+    let backend = known_backend(ctx, f, &d.backend, backends)?;
+    let mut inputs = BTreeMap::new();
+    for (k, v) in &d.inputs {
+        if let Some(v) = ctx.text(f, v) {
+            inputs.insert(k.clone(), v);
+        }
+    }
+    Some(Deploy {
+        backend: backend.name.clone(),
+        app: ctx.opt_text(f, &d.app),
+        environment: ctx.opt_text(f, &d.environment),
+        inputs,
+    })
+}

@@ -1,0 +1,361 @@
+//! Validation of the sections around the lineage: registries, receivers, the
+//! API, CI backends and policy.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_saphyr::Spanned;
+
+use super::raw::*;
+use super::validate::Ctx;
+use super::*;
+use crate::registry::ImageRef;
+
+/// Normalises a registry host the way image references do (`index.docker.io`
+/// is `docker.io`, hosts are lowercase).
+pub fn normalise_host(host: &str) -> Option<String> {
+    if host.contains('/') {
+        return None;
+    }
+    let r = ImageRef::parse(&format!("{host}/x")).ok()?;
+    Some(r.registry().to_string())
+}
+
+pub(super) fn registries(ctx: &mut Ctx, raw: Vec<(usize, RawRegistry)>) -> Vec<RegistryConfig> {
+    let mut seen: HashMap<String, Origin> = HashMap::new();
+    let mut out = Vec::new();
+    for (f, r) in raw {
+        let Some(host_text) = ctx.text(f, &r.host) else {
+            continue;
+        };
+        let Some(host) = normalise_host(&host_text) else {
+            ctx.err(f, r.host.referenced, format!("invalid registry host `{host_text}` (a host name with an optional port, no scheme or path)"));
+            continue;
+        };
+        if let Some(first) = seen.get(&host) {
+            let msg = format!("registry {host} is already listed at {first}");
+            ctx.err(f, r.host.referenced, msg);
+            continue;
+        }
+        seen.insert(host.clone(), ctx.origin(f, r.host.referenced));
+        let auth = r.auth.as_ref().and_then(|a| match (&a.docker_config, &a.username) {
+            (Some(dc), None) if a.password_env.is_none() && a.password_file.is_none() => {
+                let path = ctx.text(f, dc)?;
+                let expanded = match path.strip_prefix("~/") {
+                    Some(rest) => std::env::var("HOME").map(|h| format!("{h}/{rest}")).unwrap_or(path),
+                    None => path,
+                };
+                Some(RegistryAuth::DockerConfig { path: expanded.into() })
+            }
+            (Some(dc), _) => {
+                ctx.err(f, dc.referenced, "use either docker_config or username with password_env/password_file, not both");
+                None
+            }
+            (None, Some(u)) => {
+                let username = ctx.text(f, u)?;
+                match ctx.secret(f, &a.password_env, &a.password_file, "password") {
+                    Some(password) => Some(RegistryAuth::Basic { username, password }),
+                    None if a.password_env.is_none() && a.password_file.is_none() => {
+                        ctx.err(f, u.referenced, "auth with a username needs password_env or password_file");
+                        None
+                    }
+                    None => None,
+                }
+            }
+            (None, None) => {
+                ctx.err(f, r.host.referenced, "auth needs username (with password_env or password_file) or docker_config");
+                None
+            }
+        });
+        let concurrency = match r.concurrency {
+            Some(c) if c.value == 0 => {
+                ctx.err(f, c.referenced, "concurrency must be at least 1");
+                1
+            }
+            Some(c) => c.value,
+            None => 4,
+        };
+        let rate_limit = match r.rate_limit {
+            Some(l) if !(l.value > 0.0 && l.value.is_finite()) => {
+                ctx.err(
+                    f,
+                    l.referenced,
+                    "rate_limit must be a positive number of requests per second",
+                );
+                None
+            }
+            l => l.map(|l| l.value),
+        };
+        out.push(RegistryConfig {
+            host,
+            trusted: r.trusted,
+            insecure: r.insecure,
+            auth,
+            concurrency,
+            rate_limit,
+        });
+    }
+    out
+}
+
+pub(super) fn receivers(ctx: &mut Ctx, raw: Option<(usize, Spanned<RawReceivers>)>) -> Receivers {
+    let Some((f, r)) = raw else {
+        return Receivers::default();
+    };
+    let at = r.referenced;
+    let r = r.value;
+    let token =
+        |ctx: &mut Ctx, rc: &Option<RawReceiver>, name: &str, hmac: bool| -> Option<Secret> {
+            let rc = rc.as_ref()?;
+            let (want, other, other_env) = if hmac {
+                ("secret", "token", &rc.token_env)
+            } else {
+                ("token", "secret", &rc.secret_env)
+            };
+            if let Some(o) = other_env.as_ref().or(if hmac {
+                rc.token_file.as_ref()
+            } else {
+                rc.secret_file.as_ref()
+            }) {
+                ctx.err(
+                    f,
+                    o.referenced,
+                    format!("receiver {name} takes {want}_env or {want}_file, not {other}_*"),
+                );
+                return None;
+            }
+            let s = if hmac {
+                ctx.secret(f, &rc.secret_env, &rc.secret_file, "secret")
+            } else {
+                ctx.secret(f, &rc.token_env, &rc.token_file, "token")
+            };
+            let none_given = if hmac {
+                rc.secret_env.is_none() && rc.secret_file.is_none()
+            } else {
+                rc.token_env.is_none() && rc.token_file.is_none()
+            };
+            if none_given {
+                ctx.err(
+                    f,
+                    at,
+                    format!("receiver {name} needs {want}_env or {want}_file"),
+                );
+            }
+            s
+        };
+    Receivers {
+        distribution: token(ctx, &r.distribution, "distribution", false),
+        dockerhub: token(ctx, &r.dockerhub, "dockerhub", false),
+        harbor: token(ctx, &r.harbor, "harbor", false),
+        acr: token(ctx, &r.acr, "acr", false),
+        ghcr: token(ctx, &r.ghcr, "ghcr", true),
+    }
+}
+
+pub(super) fn api(ctx: &mut Ctx, raw: Option<(usize, Spanned<RawApi>)>) -> ApiConfig {
+    let Some((f, a)) = raw else {
+        return ApiConfig::default();
+    };
+    let a = a.value;
+    let mut tokens: Vec<ApiToken> = Vec::new();
+    for t in &a.tokens {
+        let Some(name) = ctx.text(f, &t.name) else {
+            continue;
+        };
+        if tokens.iter().any(|x| x.name == name) {
+            ctx.err(
+                f,
+                t.name.referenced,
+                format!("API token name `{name}` is used twice"),
+            );
+        }
+        let role = match t.role.value.as_str() {
+            "read" => Some(Role::Read),
+            "write" => Some(Role::Write),
+            other => {
+                ctx.err(
+                    f,
+                    t.role.referenced,
+                    format!("unknown role `{other}` (read or write)"),
+                );
+                None
+            }
+        };
+        let token = ctx.secret(f, &t.token_env, &t.token_file, "token");
+        if t.token_env.is_none() && t.token_file.is_none() {
+            ctx.err(
+                f,
+                t.name.referenced,
+                format!("API token `{name}` needs token_env or token_file"),
+            );
+        }
+        if let (Some(role), Some(token)) = (role, token) {
+            tokens.push(ApiToken { name, role, token });
+        }
+    }
+    let cors_origins = a
+        .cors_origins
+        .iter()
+        .filter_map(|o| ctx.text(f, o))
+        .collect();
+    let public_url = ctx.http_url(f, &a.public_url, "public_url");
+    ApiConfig {
+        tokens,
+        public_read: a.public_read,
+        metrics_token: ctx.secret(
+            f,
+            &a.metrics_token_env,
+            &a.metrics_token_file,
+            "metrics_token",
+        ),
+        cors_origins,
+        public_url,
+    }
+}
+
+pub(super) fn backends(
+    ctx: &mut Ctx,
+    raw: BTreeMap<String, (usize, Spanned<RawBackend>)>,
+) -> BTreeMap<String, Backend> {
+    let mut out = BTreeMap::new();
+    for (name, (f, b)) in raw {
+        let at = b.referenced;
+        let b = b.value;
+        let Some(kind) = BackendKind::ALL
+            .iter()
+            .find(|(s, _)| *s == b.kind.value)
+            .map(|(_, k)| *k)
+        else {
+            let kinds: Vec<&str> = BackendKind::ALL.iter().map(|(s, _)| *s).collect();
+            ctx.err(
+                f,
+                b.kind.referenced,
+                format!(
+                    "backend `{name}`: unknown kind `{}` (one of {})",
+                    b.kind.value,
+                    kinds.join(", ")
+                ),
+            );
+            continue;
+        };
+        let url = ctx.http_url(f, &b.url, "url");
+        let api_url = ctx.http_url(f, &b.api_url, "api_url");
+        let token = ctx.secret(f, &b.token_env, &b.token_file, "token");
+        let secret = ctx.secret(f, &b.secret_env, &b.secret_file, "secret");
+        let has_token = b.token_env.is_some() || b.token_file.is_some();
+        let mut need = |ok: bool, what: &str| {
+            if !ok {
+                ctx.err(
+                    f,
+                    at,
+                    format!("backend `{name}` (kind {}) needs `{what}`", kind.as_str()),
+                );
+            }
+        };
+        match kind {
+            BackendKind::Webhook => need(b.url.is_some(), "url"),
+            BackendKind::GithubActions => {
+                need(
+                    b.repository
+                        .as_ref()
+                        .is_some_and(|r| r.value.split('/').count() == 2),
+                    "repository (owner/name)",
+                );
+                need(has_token, "token_env or token_file");
+            }
+            BackendKind::Gitlab => {
+                need(b.project.is_some(), "project");
+                need(has_token, "token_env or token_file");
+            }
+            BackendKind::Jenkins => need(b.url.is_some(), "url"),
+            BackendKind::AzurePipelines => {
+                need(b.organization.is_some(), "organization");
+                need(b.project.is_some(), "project");
+                need(has_token, "token_env or token_file");
+            }
+            BackendKind::Buildkite => {
+                need(b.organization.is_some(), "organization");
+                need(has_token, "token_env or token_file");
+            }
+        }
+        let concurrency = match b.concurrency {
+            Some(c) if c.value == 0 => {
+                ctx.err(f, c.referenced, "concurrency must be at least 1");
+                1
+            }
+            Some(c) => c.value,
+            None => 8,
+        };
+        let timeout = ctx.duration(f, &b.timeout);
+        let build_timeout = ctx.duration(f, &b.build_timeout);
+        let backend = Backend {
+            name: name.clone(),
+            kind,
+            url,
+            api_url,
+            repository: ctx.opt_text(f, &b.repository),
+            project: ctx.opt_text(f, &b.project),
+            organization: ctx.opt_text(f, &b.organization),
+            pipeline: ctx.opt_text(f, &b.pipeline),
+            username: ctx.opt_text(f, &b.username),
+            token,
+            secret,
+            concurrency,
+            timeout: timeout.unwrap_or(std::time::Duration::from_secs(30)),
+            build_timeout,
+        };
+        out.insert(name, backend);
+    }
+    out
+}
+
+pub(super) fn policy(ctx: &mut Ctx, raw: Option<(usize, Spanned<RawPolicy>)>) -> Policy {
+    let Some((f, p)) = raw else {
+        return Policy::default();
+    };
+    let p = p.value;
+    let signature_public_key = p.require_signature.as_ref().and_then(|s| {
+        let path = ctx.text(f, &s.public_key_file)?;
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => Some(PathBuf::from(path)),
+            Ok(_) => {
+                ctx.err(
+                    f,
+                    s.public_key_file.referenced,
+                    format!("public key {path} is not a file"),
+                );
+                None
+            }
+            Err(e) => {
+                ctx.err(
+                    f,
+                    s.public_key_file.referenced,
+                    format!("cannot read public key {path}: {e}"),
+                );
+                None
+            }
+        }
+    });
+    let max_severity = p.scan.as_ref().and_then(|s| {
+        let sev = match s.max_severity.value.to_ascii_lowercase().as_str() {
+            "none" => Severity::None,
+            "low" => Severity::Low,
+            "medium" => Severity::Medium,
+            "high" => Severity::High,
+            "critical" => Severity::Critical,
+            other => {
+                ctx.err(
+                    f,
+                    s.max_severity.referenced,
+                    format!("unknown severity `{other}` (none, low, medium, high, critical)"),
+                );
+                return None;
+            }
+        };
+        Some(sev)
+    });
+    Policy {
+        trusted_registries_only: p.trusted_registries_only,
+        signature_public_key,
+        max_severity,
+    }
+}

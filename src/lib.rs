@@ -1,0 +1,12 @@
+//! lineaged: keeps container images rebuilt on fresh base images.
+//!
+//! The library does the work; `main.rs` only calls [`cli::main`]. Modules
+//! follow the domain: `config` (YAML → validated model), `lineage` (graph and
+//! rollout waves), `registry` (image references), `store` (durable state and
+//! the job queue).
+
+pub mod cli;
+pub mod config;
+pub mod lineage;
+pub mod registry;
+pub mod store;

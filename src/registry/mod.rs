@@ -1,0 +1,5 @@
+//! Registries: image references (and, later, digest resolution).
+
+mod reference;
+
+pub use reference::{DOCKER_HUB, ImageRef, RefError, validate_digest};

@@ -1,0 +1,1 @@
+//! Durable state (arrives with the store issue).

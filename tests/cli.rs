@@ -1,0 +1,351 @@
+//! The `lineaged` binary as a user runs it: check, plan, graph, exit codes.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn lineaged(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lineaged"))
+        .args(args)
+        .env_remove("LINEAGED_CONFIG")
+        .env("LINEAGED_TEST_TOKEN", "s3cr3t-value")
+        .env("LINEAGED_TEST_HOST", "registry.example.com")
+        .output()
+        .expect("run lineaged")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.yaml");
+const TEAMS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/lineage.d");
+
+#[test]
+fn examples_pass_check() {
+    for cfg in [EXAMPLE, TEAMS] {
+        let o = lineaged(&["check", "-c", cfg]);
+        assert_eq!(o.status.code(), Some(0), "{cfg}: {}", stderr(&o));
+        assert!(stdout(&o).starts_with("ok: "), "{}", stdout(&o));
+    }
+}
+
+#[test]
+fn help_on_every_command_and_usage_errors_exit_2() {
+    for cmd in [&[][..], &["check"], &["plan"], &["graph"], &["migrate"]] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let o = lineaged(&args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        assert!(stdout(&o).contains("Usage:"), "{args:?}");
+    }
+    assert_eq!(lineaged(&[]).status.code(), Some(2));
+    assert_eq!(lineaged(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(lineaged(&["plan", "-c", EXAMPLE]).status.code(), Some(2));
+    let o = lineaged(&["plan", "-c", EXAMPLE, "--changed", "Not/A:Ref"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("lowercase"), "{}", stderr(&o));
+    let o = lineaged(&["graph", "-c", EXAMPLE, "--format", "png"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn every_kind_of_error_is_reported_at_once_with_file_line_col() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "bad.yaml",
+        r#"backends:
+  gh:
+    kind: github_actions
+    repository: org/images
+    token_env: LINEAGED_TEST_UNSET_VAR
+images:
+  - name: Python:3.12
+  - name: ${LINEAGED_TEST_HOST}/a:1
+    from: ["${LINEAGED_TEST_HOST}/c:1"]
+    build: { backend: nope, workflow: a.yml }
+  - name: registry.example.com/b:1
+    from: [registry.example.com/a:1]
+    build: { backend: gh, workflow: b.yml }
+  - name: registry.example.com/c:1
+    from: [registry.example.com/b:1]
+    build: { backend: gh, workflow: c.yml }
+  - name: docker.io/library/python:3.12
+  - name: python:3.12
+  - name: x:1
+    schedule: "every tuesday"
+"#,
+    );
+    let o = lineaged(&["check", "-c", &cfg]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    let expect = [
+        format!("{cfg}:5:16: environment variable LINEAGED_TEST_UNSET_VAR (token_env) is not set"),
+        format!(
+            "{cfg}:7:11: invalid image reference `Python:3.12`: repository name must be lowercase: `Python`"
+        ),
+        format!(
+            "{cfg}:8:11: cycle in lineage: registry.example.com/a:1 → registry.example.com/c:1 → registry.example.com/b:1 → registry.example.com/a:1"
+        ),
+        format!("{cfg}:10:23: unknown backend `nope` (declared backends: gh)"),
+        format!(
+            "{cfg}:18:11: duplicate image docker.io/library/python:3.12 (first declared at {cfg}:17:11)"
+        ),
+    ];
+    for e in &expect {
+        assert!(err.contains(e.as_str()), "missing {e:?} in:\n{err}");
+    }
+    assert!(
+        err.contains(&format!("{cfg}:20:15: invalid schedule `every tuesday`")),
+        "{err}"
+    );
+    assert!(err.contains("6 errors in"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn unknown_field_and_syntax_errors_name_the_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "f.yaml",
+        "images:\n  - name: a:1\n    colour: blue\n",
+    );
+    let o = lineaged(&["check", "-c", &cfg]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&format!("{cfg}:3:5: unknown field `colour`")),
+        "{}",
+        stderr(&o)
+    );
+
+    let cfg = write(
+        dir.path(),
+        "g.yaml",
+        "images:\n  - name: a:1\n    from: [b:1\n",
+    );
+    let o = lineaged(&["check", "-c", &cfg]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).starts_with(&format!("{cfg}:3:")),
+        "{}",
+        stderr(&o)
+    );
+
+    let cfg = write(
+        dir.path(),
+        "h.yaml",
+        "images:\n  - name: a:1\n    name: b:1\n",
+    );
+    let o = lineaged(&["check", "-c", &cfg]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains(&format!("{cfg}:3:")), "{}", stderr(&o));
+}
+
+#[test]
+fn secrets_never_appear_in_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "s.yaml",
+        "backends:\n  gh: { kind: github_actions, repository: o/r, token_env: LINEAGED_TEST_TOKEN }\nimages:\n  - name: a:1\n    build: { backend: gh }\n",
+    );
+    let o = lineaged(&["check", "-c", &cfg]);
+    assert_eq!(o.status.code(), Some(1));
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(all.contains("needs `workflow`"), "{all}");
+    assert!(!all.contains("s3cr3t-value"), "{all}");
+}
+
+#[test]
+fn bad_files_get_clear_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: Vec<(String, &str)> = vec![
+        (write(dir.path(), "empty.yaml", ""), "file is empty"),
+        (
+            write(dir.path(), "comments.yaml", "# nothing\n\n"),
+            "file is empty",
+        ),
+        (
+            {
+                let p = dir.path().join("latin1.yaml");
+                std::fs::write(&p, b"images:\n  - name: caf\xe9:1\n").unwrap();
+                p.to_string_lossy().into_owned()
+            },
+            ":2:14: file is not valid UTF-8",
+        ),
+        (
+            dir.path()
+                .join("missing.yaml")
+                .to_string_lossy()
+                .into_owned(),
+            "cannot read",
+        ),
+    ];
+    for (cfg, want) in cases {
+        let o = lineaged(&["check", "-c", &cfg]);
+        assert_eq!(o.status.code(), Some(1), "{cfg}");
+        assert!(stderr(&o).contains(want), "{cfg}: {}", stderr(&o));
+    }
+    let empty_dir = tempfile::tempdir().unwrap();
+    let o = lineaged(&["check", "-c", &empty_dir.path().to_string_lossy()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("directory has no *.yaml or *.yml files"));
+}
+
+#[test]
+fn alias_bombs_and_deep_nesting_are_refused_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let many_aliases = format!(
+        "images:\n  - name: &p base:1\n  - name: app:1\n    from: [{}]\n",
+        vec!["*p"; 20_000].join(", ")
+    );
+    let mut laughs =
+        String::from("images:\n  - name: x\n    build:\n      backend: ci\n      inputs:\n");
+    laughs.push_str("        k0: &a0 [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+    for i in 1..10 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(",");
+        laughs.push_str(&format!("        k{i}: &a{i} [{refs}]\n"));
+    }
+    let deep = format!("images: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    for (name, text, want) in [
+        ("aliases.yaml", many_aliases, "parser safety limit"),
+        ("laughs.yaml", laughs, ":6:"),
+        ("deep.yaml", deep, "nesting is too deep"),
+    ] {
+        let cfg = write(dir.path(), name, &text);
+        let o = lineaged(&["check", "-c", &cfg]);
+        assert_eq!(o.status.code(), Some(1), "{name}");
+        assert!(stderr(&o).contains(want), "{name}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn directory_merges_files_and_names_both_places_of_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(
+        dir.path(),
+        "team-a.yaml",
+        "backends:\n  ci: { kind: webhook, url: http://127.0.0.1:9/ }\nimages:\n  - name: base:1\n  - name: r.example.com/a:1\n    from: [base:1]\n    build: { backend: ci }\n",
+    );
+    let b = write(
+        dir.path(),
+        "team-b.yml",
+        "images:\n  - name: r.example.com/b:1\n    from: [r.example.com/a:1]\n    build: { backend: ci }\n",
+    );
+    write(dir.path(), "README.md", "not yaml, ignored\n");
+    let d = dir.path().to_string_lossy().into_owned();
+    let o = lineaged(&["plan", "-c", &d, "--changed", "base:1", "--output", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "changed": ["docker.io/library/base:1"],
+            "waves": [["r.example.com/a:1"], ["r.example.com/b:1"]]
+        })
+    );
+
+    let c = write(
+        dir.path(),
+        "team-c.yaml",
+        "backends:\n  ci: { kind: webhook, url: http://127.0.0.1:9/ }\nimages:\n  - name: docker.io/library/base:1\n",
+    );
+    let o = lineaged(&["check", "-c", &d]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "{c}:4:11: duplicate image docker.io/library/base:1 (first declared at {a}:4:11)"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{c}:2:7: backend `ci` is already declared at {a}:2:7"
+        )),
+        "{err}"
+    );
+    let _ = b;
+}
+
+#[test]
+fn plan_text_and_json_for_the_example() {
+    let o = lineaged(&[
+        "plan",
+        "-c",
+        EXAMPLE,
+        "--changed",
+        "python:3.12-slim",
+        "--changed",
+        "docker.io/library/debian:bookworm-slim",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("WAVE  COUNT  IMAGE"), "{text}");
+    assert!(text.contains("4 rebuilds in 3 waves"), "{text}");
+
+    let o = lineaged(&[
+        "plan",
+        "-c",
+        EXAMPLE,
+        "--changed",
+        "python:3.12-slim",
+        "--output",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        v["waves"],
+        serde_json::json!([
+            ["registry.example.com/platform/python:3.12"],
+            ["registry.example.com/platform/runtime:1"],
+            ["registry.example.com/apps/api:stable"]
+        ])
+    );
+
+    let o = lineaged(&["plan", "-c", EXAMPLE, "--changed", "alpine:3"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("docker.io/library/alpine:3 is not in the lineage"));
+}
+
+#[test]
+fn graph_formats_and_dot_is_accepted_by_graphviz() {
+    let o = lineaged(&["graph", "-c", TEAMS, "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["images"].as_array().unwrap().len(), 8);
+    assert!(v["edges"].as_array().unwrap().contains(&serde_json::json!({
+        "parent": "docker.io/library/postgres:16",
+        "child": "registry.example.com/data/etl:nightly"
+    })));
+
+    let o = lineaged(&["graph", "-c", TEAMS, "--format", "mermaid"]);
+    assert!(stdout(&o).starts_with("flowchart TD\n"));
+    assert_eq!(stdout(&o).matches(" --> ").count(), 7);
+
+    let o = lineaged(&["graph", "-c", TEAMS, "--format", "dot"]);
+    let dot = stdout(&o);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "g.dot", &dot);
+    // .ci/run installs graphviz; a missing `dot` is a failure, not a skip.
+    let g = Command::new("dot")
+        .args(["-Tsvg", "-o", "/dev/null", &path])
+        .output()
+        .expect("graphviz `dot` must be installed (apt-get install graphviz)");
+    assert!(
+        g.status.success(),
+        "dot rejected:\n{dot}\n{}",
+        String::from_utf8_lossy(&g.stderr)
+    );
+}

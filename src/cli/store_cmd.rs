@@ -1,10 +1,63 @@
+//! Commands that talk to the store.
+
 use std::process::ExitCode;
+use std::time::Duration;
 
-use super::ConfigArg;
+use super::{ConfigArg, EXIT_FAILED, load_config};
+use crate::store::{OpenOptions, Store};
 
+/// `lineaged migrate`: apply the migrations alone; a no-op when up to date.
 pub fn migrate(arg: &ConfigArg) -> ExitCode {
-    match super::load_config(arg) {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(code) => code,
+    let cfg = match load_config(arg) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let opts = OpenOptions {
+        max_connections: 2,
+        connect_deadline: Duration::from_secs(30),
+    };
+    rt.block_on(async {
+        let result = async {
+            let store = Store::connect(cfg.database.url.expose(), &opts).await?;
+            let applied = store.migrate().await?;
+            store.close().await;
+            Ok::<_, crate::store::StoreError>((store.backend(), applied))
+        }
+        .await;
+        match result {
+            Ok((backend, applied)) => {
+                println!("{backend}: {applied} migration(s) applied; schema is up to date");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {}", error_chain(&e));
+                ExitCode::from(EXIT_FAILED)
+            }
+        }
+    })
+}
+
+/// An error with its sources, on one line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        let msg = src.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = src.source();
     }
+    s
 }

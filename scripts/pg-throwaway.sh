@@ -9,7 +9,7 @@ set -euo pipefail
 
 ready() { command -v pg_isready >/dev/null 2>&1 && pg_isready -q -h 127.0.0.1 -p "$1" -t 2; }
 
-if ready 5432 && psql -h 127.0.0.1 -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1; then
+if [[ -z "${LINEAGED_PG_THROWAWAY:-}" ]] && ready 5432 && psql -h 127.0.0.1 -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1; then
   echo "postgres://postgres@127.0.0.1:5432/postgres"
   exit 0
 fi

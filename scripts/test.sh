@@ -24,4 +24,5 @@ if [[ -z "${TEST_DATABASE_URL:-}" ]]; then
   export TEST_DATABASE_URL
 fi
 
-exec cargo test --all-targets "$@"
+# Benches are type-checked by clippy in CI and run with `cargo bench`.
+exec cargo test --lib --bins --tests "$@"

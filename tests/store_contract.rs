@@ -603,3 +603,60 @@ contract!(
     events_append_in_order,
     an_idle_worker_is_woken_by_an_enqueue,
 );
+
+async fn a_batch_completes_only_the_jobs_its_worker_holds(db: &TestDb) {
+    let s = db.store().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            s.enqueue(&job(Some(&format!("b{i}")), "r"), T0)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let mine: Vec<i64> = s
+        .claim("w1", 3, LEASE, T0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    let theirs: Vec<i64> = s
+        .claim("w2", 3, LEASE, T0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(s.complete_batch(&ids, "w1", T0 + 1).await.unwrap(), mine);
+    assert!(
+        s.complete_batch(&mine, "w1", T0 + 2)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not twice"
+    );
+    for id in theirs {
+        assert_eq!(
+            s.job(id).await.unwrap().unwrap().state(),
+            Some(JobState::Running)
+        );
+    }
+}
+
+mod batch {
+    use super::*;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        let db = TestDb::new("sqlite").await;
+        a_batch_completes_only_the_jobs_its_worker_holds(&db).await;
+        db.finish().await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let db = TestDb::new("postgres").await;
+        a_batch_completes_only_the_jobs_its_worker_holds(&db).await;
+        db.finish().await;
+    }
+}

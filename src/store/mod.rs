@@ -187,6 +187,9 @@ impl Store {
                 .map_err(StoreError::Connect)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
+                // WAL + NORMAL: commits survive a crash of lineaged; a power
+                // loss may undo the last commits but never corrupts the file.
+                .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(true);
             let pool = connect_with_retry(opts, "sqlite", || {

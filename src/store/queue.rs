@@ -314,6 +314,34 @@ impl Store {
         }
     }
 
+    /// Marks several held jobs succeeded in one statement (a worker finishing
+    /// a batch). Returns the ids it held; the others were refused.
+    pub async fn complete_batch(
+        &self,
+        ids: &[i64],
+        worker: &str,
+        now: Millis,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut done = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1000) {
+            let rows: Vec<i64> = on_pool!(self, p => {
+                let mut qb = sqlx::QueryBuilder::new("UPDATE jobs SET state = 'succeeded', finished_at = ");
+                qb.push_bind(now).push(", updated_at = ").push_bind(now);
+                qb.push(", locked_by = NULL, locked_until = NULL WHERE state = 'running' AND locked_by = ").push_bind(worker);
+                qb.push(" AND id IN (");
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(*id);
+                }
+                qb.push(") RETURNING id");
+                qb.build_query_scalar().fetch_all(p).await?
+            });
+            done.extend(rows);
+        }
+        done.sort_unstable();
+        Ok(done)
+    }
+
     /// Records a failed attempt of a held job: back to pending after the
     /// retry delay, `dead` when attempts are used up, `failed` when
     /// permanent. Returns the job's new state.

@@ -32,6 +32,16 @@ fn benches(c: &mut Criterion) {
     g.bench_function("load_validate_100k", |b| {
         b.iter(|| load_str("generated.yaml", &yaml, &|_| None).expect("valid"))
     });
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (i, d) in lineaged::lineage::generate_files(IMAGES, 1, 4)
+        .iter()
+        .enumerate()
+    {
+        std::fs::write(dir.path().join(format!("team-{i}.yaml")), d).expect("write");
+    }
+    g.bench_function("load_validate_100k_dir_of_4", |b| {
+        b.iter(|| lineaged::config::load(dir.path()).expect("valid"))
+    });
     g.finish();
 }
 

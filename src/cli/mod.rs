@@ -79,6 +79,12 @@ pub struct GenerateArgs {
     /// Random seed; the same seed gives the same lineage
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Write this many files (team-NNN.yaml) into --out-dir instead of stdout
+    #[arg(long, default_value_t = 1, requires = "out_dir")]
+    pub files: usize,
+    /// Directory for --files
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,9 +123,36 @@ pub fn main() -> ExitCode {
         Command::Plan(a) => plan(&a),
         Command::Graph(a) => graph(&a),
         Command::Migrate(a) => store_cmd::migrate(&a),
-        Command::Generate(a) => {
-            print(&crate::lineage::generate_yaml(a.images, a.seed));
+        Command::Generate(a) => generate(&a),
+    }
+}
+
+fn generate(a: &GenerateArgs) -> ExitCode {
+    let Some(dir) = &a.out_dir else {
+        print(&crate::lineage::generate_yaml(a.images, a.seed));
+        return ExitCode::SUCCESS;
+    };
+    let docs = crate::lineage::generate_files(a.images, a.seed, a.files);
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        for (i, d) in docs.iter().enumerate() {
+            std::fs::write(dir.join(format!("team-{i:03}.yaml")), d)?;
+        }
+        Ok(())
+    };
+    match write() {
+        Ok(()) => {
+            eprintln!(
+                "wrote {} files with {} images to {}",
+                docs.len(),
+                a.images,
+                dir.display()
+            );
             ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot write {}: {e}", dir.display());
+            ExitCode::from(EXIT_FAILED)
         }
     }
 }

@@ -45,8 +45,8 @@ fn load_bytes(
 ) -> Result<Config, ConfigError> {
     let mut diagnostics = Vec::new();
     let mut parsed = Vec::with_capacity(texts.len());
-    for (file, bytes) in texts {
-        match parse_file(&file, &bytes) {
+    for (file, result) in parse_all(texts) {
+        match result {
             Ok(raw) => parsed.push((file, raw)),
             Err(d) => diagnostics.push(d),
         }
@@ -56,6 +56,52 @@ fn load_bytes(
         return Err(ConfigError::Invalid(diagnostics));
     }
     validate(parsed, env).map_err(ConfigError::Invalid)
+}
+
+/// Parses files on all cores (YAML parsing is most of a large load), keeping
+/// their order.
+fn parse_all(texts: Vec<(PathBuf, Vec<u8>)>) -> Vec<(PathBuf, Result<RawFile, Diagnostic>)> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(texts.len());
+    if workers <= 1 {
+        return texts
+            .into_iter()
+            .map(|(f, b)| {
+                let r = parse_file(&f, &b);
+                (f, r)
+            })
+            .collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<Option<Result<RawFile, Diagnostic>>> =
+        (0..texts.len()).map(|_| None).collect();
+    let slots = std::sync::Mutex::new(&mut results);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((file, bytes)) = texts.get(i) else {
+                        break;
+                    };
+                    let r = parse_file(file, bytes);
+                    if let Ok(mut slots) = slots.lock() {
+                        slots[i] = Some(r);
+                    }
+                }
+            });
+        }
+    });
+    texts
+        .into_iter()
+        .zip(results)
+        .map(|((f, _), r)| {
+            let r =
+                r.unwrap_or_else(|| Err(diag(&f, 1, 1, "file was not parsed (internal error)")));
+            (f, r)
+        })
+        .collect()
 }
 
 fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {

@@ -26,6 +26,37 @@ impl Rng {
 /// `i` of level k takes its first parent from level k-1 and up to two more
 /// from any lower level.
 pub fn generate_yaml(images: usize, seed: u64) -> String {
+    generate_files(images, seed, 1).concat()
+}
+
+/// The same lineage split into `files` documents for a config directory
+/// (per-team layout): the first holds the backends, each holds a share of
+/// the images. Concatenated they equal [`generate_yaml`].
+pub fn generate_files(images: usize, seed: u64, files: usize) -> Vec<String> {
+    let files = files.max(1);
+    let mut docs: Vec<String> = (0..files).map(|_| String::from("images:\n")).collect();
+    let text = generate_single(images, seed);
+    let (head, body) = text.split_once("images:\n").unwrap_or((&text, ""));
+    let entries: Vec<&str> = body.split_inclusive('\n').collect();
+    let starts: Vec<usize> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("  - name:"))
+        .map(|(i, _)| i)
+        .collect();
+    let per_file = starts.len().div_ceil(files).max(1);
+    for (n, &start) in starts.iter().enumerate() {
+        let end = starts.get(n + 1).copied().unwrap_or(entries.len());
+        docs[(n / per_file).min(files - 1)].push_str(&entries[start..end].concat());
+    }
+    docs[0] = format!("{head}{}", docs[0]);
+    if files == 1 {
+        return docs;
+    }
+    docs.into_iter().filter(|d| d != "images:\n").collect()
+}
+
+fn generate_single(images: usize, seed: u64) -> String {
     let mut rng = Rng(seed);
     let roots = (images / 1000).max(2).min(images.max(1));
     let managed = images.saturating_sub(roots);

@@ -12,7 +12,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use crate::config::Image;
 use crate::registry::ImageRef;
 
-pub use generate::generate_yaml;
+pub use generate::{generate_files, generate_yaml};
 pub use render::GraphFormat;
 
 #[derive(Debug, Clone)]

@@ -168,3 +168,26 @@ fn generated_lineage_loads_and_plans() {
     // Deterministic: same seed, same text.
     assert_eq!(generate_yaml(500, 3), generate_yaml(500, 3));
 }
+
+#[test]
+fn a_split_lineage_loads_as_a_directory_like_the_single_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = crate::lineage::generate_files(1_000, 3, 4);
+    assert_eq!(docs.len(), 4);
+    assert_eq!(
+        docs.concat().len(),
+        generate_yaml(1_000, 3).len() + 3 * "images:\n".len()
+    );
+    for (i, d) in docs.iter().enumerate() {
+        std::fs::write(dir.path().join(format!("team-{i}.yaml")), d).unwrap();
+    }
+    let from_dir = crate::config::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(from_dir.sources.len(), 4);
+    let single = lineage(&generate_yaml(1_000, 3));
+    let split = Lineage::new(&from_dir.images);
+    assert_eq!(split.len(), 1_000);
+    assert_eq!(
+        split.plan(&[r("base0:1.0")]).unwrap(),
+        single.plan(&[r("base0:1.0")]).unwrap()
+    );
+}

@@ -175,12 +175,14 @@ FROM due WHERE jobs.id = due.id
 RETURNING jobs.*";
 
 // SQLite has one writer at a time: the single statement is the claim.
+// INDEXED BY: without statistics SQLite's planner picks `jobs_state` and
+// sorts every pending job per claim (7x slower at 10,000 pending jobs).
 const CLAIM_SQLITE: &str = "UPDATE jobs SET state = 'running', attempt = attempt + 1, locked_by = $3, locked_until = $4, updated_at = $1
 WHERE id IN (
-    SELECT id FROM jobs j
+    SELECT id FROM jobs AS j INDEXED BY jobs_due
     WHERE state = 'pending' AND run_at <= $1
       AND (unique_key IS NULL OR NOT EXISTS (
-          SELECT 1 FROM jobs r WHERE r.state = 'running' AND r.unique_key = j.unique_key))
+          SELECT 1 FROM jobs AS r INDEXED BY jobs_running_key WHERE r.state = 'running' AND r.unique_key = j.unique_key))
     ORDER BY priority, run_at, id
     LIMIT $2)
 RETURNING *";

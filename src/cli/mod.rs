@@ -11,6 +11,7 @@ use crate::config::{self, Config};
 use crate::lineage::{GraphFormat, Lineage};
 use crate::registry::ImageRef;
 
+mod resolve_cmd;
 mod store_cmd;
 
 pub const EXIT_FAILED: u8 = 1;
@@ -40,6 +41,8 @@ pub enum Command {
     Graph(GraphArgs),
     /// Apply the database migrations and exit
     Migrate(ConfigArg),
+    /// Resolve image references to digests through the configured registries
+    Resolve(ResolveArgs),
     /// Write a synthetic lineage of N images (for benchmarks)
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -61,6 +64,33 @@ pub struct PlanArgs {
     pub changed: Vec<ImageRef>,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ResolveArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Image references to resolve, e.g. python:3.12-slim
+    #[arg(value_name = "REF", required = true, value_parser = parse_ref)]
+    pub refs: Vec<ImageRef>,
+    /// Resolve the digest of this platform inside a multi-arch index (repeatable)
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]", value_parser = parse_platform)]
+    pub platforms: Vec<crate::config::Platform>,
+    /// Per-request timeout in seconds
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+}
+
+fn parse_platform(s: &str) -> Result<crate::config::Platform, String> {
+    let parts: Vec<&str> = s.split('/').collect();
+    if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.is_empty()) {
+        return Err(format!("expected os/arch[/variant], got `{s}`"));
+    }
+    Ok(crate::config::Platform {
+        os: parts[0].to_string(),
+        architecture: parts[1].to_string(),
+        variant: parts.get(2).map(|v| v.to_string()),
+    })
 }
 
 #[derive(clap::Args, Debug)]
@@ -123,6 +153,7 @@ pub fn main() -> ExitCode {
         Command::Plan(a) => plan(&a),
         Command::Graph(a) => graph(&a),
         Command::Migrate(a) => store_cmd::migrate(&a),
+        Command::Resolve(a) => resolve_cmd::resolve(&a),
         Command::Generate(a) => generate(&a),
     }
 }

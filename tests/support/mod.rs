@@ -1,6 +1,8 @@
 //! Test support: a fresh database per test, on either backend.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use lineaged::store::{OpenOptions, Store};
 
 /// The Postgres server tests use: `TEST_DATABASE_URL` (scripts/test.sh sets

@@ -1,0 +1,381 @@
+//! Digest resolution against a real `docker-registry`, cross-checked with skopeo.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use lineaged::config::{Platform, RegistryAuth, RegistryConfig, Secret};
+use lineaged::registry::manifest::{BASE_DIGEST, BASE_NAME};
+use lineaged::registry::{ImageRef, RegistryClient, RegistryError};
+use support::registry::{RegistryOptions, TestRegistry, skopeo_digest};
+
+fn insecure(addr: &str, auth: Option<RegistryAuth>) -> Vec<RegistryConfig> {
+    vec![RegistryConfig {
+        host: addr.to_string(),
+        trusted: true,
+        insecure: true,
+        auth,
+        concurrency: 4,
+        rate_limit: None,
+    }]
+}
+
+fn r(s: &str) -> ImageRef {
+    ImageRef::parse(s).unwrap()
+}
+
+fn platform(s: &str) -> Platform {
+    let v: Vec<&str> = s.split('/').collect();
+    Platform {
+        os: v[0].into(),
+        architecture: v[1].into(),
+        variant: None,
+    }
+}
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn single_arch_digests_match_skopeo_and_follow_pushes() {
+    let reg = TestRegistry::start(RegistryOptions::default()).await;
+    let client = RegistryClient::new(&insecure(&reg.addr, None), Duration::from_secs(10)).unwrap();
+    let (d1, _) = reg
+        .push_image(
+            "base/python",
+            "3.12",
+            "v1",
+            ("linux", "amd64"),
+            map(&[]),
+            map(&[]),
+        )
+        .await;
+    let image = r(&format!("{}/base/python:3.12", reg.addr));
+    assert_eq!(client.head_digest(&image).await.unwrap(), d1);
+    assert_eq!(skopeo_digest(&reg.addr, "base/python:3.12", None), d1);
+    // unchanged tag: same digest every time
+    assert_eq!(client.head_digest(&image).await.unwrap(), d1);
+    let (d2, _) = reg
+        .push_image(
+            "base/python",
+            "3.12",
+            "v2",
+            ("linux", "amd64"),
+            map(&[]),
+            map(&[]),
+        )
+        .await;
+    assert_ne!(d1, d2);
+    assert_eq!(client.head_digest(&image).await.unwrap(), d2);
+    assert_eq!(client.resolve(&image, &[]).await.unwrap().tracked(), d2);
+    // by digest
+    let pinned = r(&format!("{}/base/python@{d1}", reg.addr));
+    assert_eq!(client.head_digest(&pinned).await.unwrap(), d1);
+
+    match client
+        .head_digest(&r(&format!("{}/base/python:nope", reg.addr)))
+        .await
+    {
+        Err(e @ RegistryError::NotFound { .. }) => assert!(!e.retryable()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn multi_arch_tracks_platforms_inside_the_index() {
+    let reg = TestRegistry::start(RegistryOptions::default()).await;
+    let client = RegistryClient::new(&insecure(&reg.addr, None), Duration::from_secs(10)).unwrap();
+    let amd = reg
+        .push_image(
+            "base/debian",
+            "amd-1",
+            "amd v1",
+            ("linux", "amd64"),
+            map(&[]),
+            map(&[]),
+        )
+        .await;
+    let arm = reg
+        .push_image(
+            "base/debian",
+            "arm-1",
+            "arm v1",
+            ("linux", "arm64"),
+            map(&[]),
+            map(&[]),
+        )
+        .await;
+    let idx1 = reg
+        .push_index(
+            "base/debian",
+            "12",
+            &[(("linux", "amd64"), amd.clone()), (("linux", "arm64"), arm)],
+        )
+        .await;
+    let image = r(&format!("{}/base/debian:12", reg.addr));
+    assert_eq!(client.head_digest(&image).await.unwrap(), idx1);
+    assert_eq!(skopeo_digest(&reg.addr, "base/debian:12", None), idx1);
+    let amd_only = [platform("linux/amd64")];
+    let both = [platform("linux/amd64"), platform("linux/arm64")];
+    let before = client.resolve(&image, &amd_only).await.unwrap();
+    assert_eq!(before.digest, idx1);
+    assert_eq!(before.tracked(), amd.0);
+
+    // arm64 changes: the index moves, the amd64 digest does not.
+    let arm2 = reg
+        .push_image(
+            "base/debian",
+            "arm-2",
+            "arm v2",
+            ("linux", "arm64"),
+            map(&[]),
+            map(&[]),
+        )
+        .await;
+    let idx2 = reg
+        .push_index(
+            "base/debian",
+            "12",
+            &[
+                (("linux", "amd64"), amd.clone()),
+                (("linux", "arm64"), arm2.clone()),
+            ],
+        )
+        .await;
+    assert_ne!(idx1, idx2);
+    let after = client.resolve(&image, &amd_only).await.unwrap();
+    assert_eq!(after.digest, idx2);
+    assert_eq!(
+        after.tracked(),
+        before.tracked(),
+        "an arm64-only change is not a change for amd64"
+    );
+    assert_eq!(client.resolve(&image, &[]).await.unwrap().tracked(), idx2);
+    let both_res = client.resolve(&image, &both).await.unwrap();
+    assert_eq!(
+        both_res.tracked(),
+        format!("linux/amd64={},linux/arm64={}", amd.0, arm2.0)
+    );
+
+    // An index still missing a platform (pushed one at a time) is not reported.
+    reg.push_index("base/debian", "13", &[(("linux", "amd64"), amd)])
+        .await;
+    match client
+        .resolve(&r(&format!("{}/base/debian:13", reg.addr)), &both)
+        .await
+    {
+        Err(RegistryError::PlatformMissing { platform, .. }) => assert_eq!(platform, "linux/arm64"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn base_annotations_from_manifest_index_or_config_labels() {
+    let reg = TestRegistry::start(RegistryOptions::default()).await;
+    let client = RegistryClient::new(&insecure(&reg.addr, None), Duration::from_secs(10)).unwrap();
+    let base = [
+        (BASE_NAME, "docker.io/library/python:3.12"),
+        (
+            BASE_DIGEST,
+            "sha256:1111111111111111111111111111111111111111111111111111111111111111",
+        ),
+    ];
+    reg.push_image(
+        "apps/api",
+        "annotated",
+        "a",
+        ("linux", "amd64"),
+        map(&base),
+        map(&[]),
+    )
+    .await;
+    let got = client
+        .base_annotations(&r(&format!("{}/apps/api:annotated", reg.addr)), &[])
+        .await
+        .unwrap();
+    assert_eq!(got.name.as_deref(), Some("docker.io/library/python:3.12"));
+    assert_eq!(got.digest.as_deref(), Some(base[1].1));
+
+    reg.push_image(
+        "apps/api",
+        "labelled",
+        "b",
+        ("linux", "amd64"),
+        map(&[]),
+        map(&base),
+    )
+    .await;
+    let got = client
+        .base_annotations(&r(&format!("{}/apps/api:labelled", reg.addr)), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        got.digest.as_deref(),
+        Some(base[1].1),
+        "config label fallback"
+    );
+
+    let child = reg
+        .push_image(
+            "apps/api",
+            "child",
+            "c",
+            ("linux", "amd64"),
+            map(&base),
+            map(&[]),
+        )
+        .await;
+    reg.push_index("apps/api", "multi", &[(("linux", "amd64"), child)])
+        .await;
+    let got = client
+        .base_annotations(
+            &r(&format!("{}/apps/api:multi", reg.addr)),
+            &[platform("linux/amd64")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.digest.as_deref(), Some(base[1].1), "through the index");
+
+    reg.push_image(
+        "apps/api",
+        "plain",
+        "d",
+        ("linux", "amd64"),
+        map(&[]),
+        map(&[]),
+    )
+    .await;
+    assert!(
+        client
+            .base_annotations(&r(&format!("{}/apps/api:plain", reg.addr)), &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn basic_auth_with_htpasswd() {
+    let reg = TestRegistry::start(RegistryOptions {
+        basic_auth: Some(("ci".into(), "s3cret-pw".into())),
+        notify: None,
+    })
+    .await;
+    let (d, _) = reg
+        .push_image(
+            "private/app",
+            "1",
+            "p",
+            ("linux", "amd64"),
+            map(&[]),
+            map(&[]),
+        )
+        .await;
+    let image = r(&format!("{}/private/app:1", reg.addr));
+
+    let anonymous =
+        RegistryClient::new(&insecure(&reg.addr, None), Duration::from_secs(10)).unwrap();
+    let err = anonymous.head_digest(&image).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err:?}");
+    assert!(!err.retryable());
+
+    let wrong = RegistryAuth::Basic {
+        username: "ci".into(),
+        password: Secret::new("wrong-pw"),
+    };
+    let client =
+        RegistryClient::new(&insecure(&reg.addr, Some(wrong)), Duration::from_secs(10)).unwrap();
+    let err = client.head_digest(&image).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err:?}");
+    assert!(
+        !format!("{err} {err:?}").contains("wrong-pw"),
+        "secret leaked: {err}"
+    );
+
+    let right = RegistryAuth::Basic {
+        username: "ci".into(),
+        password: Secret::new("s3cret-pw"),
+    };
+    let client =
+        RegistryClient::new(&insecure(&reg.addr, Some(right)), Duration::from_secs(10)).unwrap();
+    assert_eq!(client.head_digest(&image).await.unwrap(), d);
+    assert_eq!(
+        skopeo_digest(&reg.addr, "private/app:1", Some(("ci", "s3cret-pw"))),
+        d
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_registry_is_a_retryable_transport_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let client = RegistryClient::new(&insecure(&addr, None), Duration::from_secs(2)).unwrap();
+    let err = client
+        .head_digest(&r(&format!("{addr}/x:1")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Transport { .. }), "{err:?}");
+    assert!(err.retryable());
+    assert_eq!(err.metric_label(), "transport");
+}
+
+#[tokio::test]
+async fn resolve_command_prints_digests_and_names_failures() {
+    let reg = TestRegistry::start(RegistryOptions::default()).await;
+    let (d, _) = reg
+        .push_image(
+            "base/alpine",
+            "3",
+            "x",
+            ("linux", "amd64"),
+            map(&[]),
+            map(&[]),
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(&cfg, format!("registries:\n  - host: \"{}\"\n    insecure: true\nimages:\n  - name: \"{}/base/alpine:3\"\n", reg.addr, reg.addr)).unwrap();
+    let bin = env!("CARGO_BIN_EXE_lineaged");
+    let ok_ref = format!("{}/base/alpine:3", reg.addr);
+    let out = std::process::Command::new(bin)
+        .args(["resolve", "-c"])
+        .arg(&cfg)
+        .arg(&ok_ref)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{ok_ref} {d}\n")
+    );
+
+    let missing = format!("{}/base/alpine:404", reg.addr);
+    let out = std::process::Command::new(bin)
+        .args(["resolve", "-c"])
+        .arg(&cfg)
+        .args([&ok_ref, &missing])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&d));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("error: {missing}:")) && err.contains("not found"),
+        "{err}"
+    );
+    assert!(err.contains("1 of 2 reference(s) failed"), "{err}");
+}

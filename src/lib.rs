@@ -5,8 +5,11 @@
 //! rollout waves), `registry` (image references), `store` (durable state and
 //! the job queue).
 
+pub mod api;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod lineage;
 pub mod registry;
 pub mod store;
+pub mod watch;

@@ -12,6 +12,7 @@ use crate::lineage::{GraphFormat, Lineage};
 use crate::registry::ImageRef;
 
 mod resolve_cmd;
+mod serve_cmd;
 mod store_cmd;
 
 pub const EXIT_FAILED: u8 = 1;
@@ -33,6 +34,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the daemon: watch registries and serve the API (until SIGINT/SIGTERM)
+    Serve(ConfigArg),
     /// Validate a config; every error as file:line:col: message
     Check(ConfigArg),
     /// Dry run: the waves of rebuilds a change of the given images would cause
@@ -149,6 +152,7 @@ pub fn main() -> ExitCode {
     };
     init_tracing();
     match cli.command {
+        Command::Serve(a) => serve_cmd::serve(&a),
         Command::Check(a) => check(&a),
         Command::Plan(a) => plan(&a),
         Command::Graph(a) => graph(&a),

@@ -8,6 +8,7 @@
 //! own. An enum rather than a trait object keeps async methods simple and
 //! lets callers hold a backend-neutral transaction ([`Tx`]).
 
+mod health;
 mod lease;
 mod queue;
 mod retry;
@@ -21,6 +22,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{PgPool, SqlitePool};
 
+pub use health::{ImageState, RegistryHealth, health_state};
 pub use lease::LeaseHolder;
 pub use queue::{ClaimedJob, Enqueued, Failure, JobRecord, JobState, JobWaiter, NewJob};
 pub use retry::retry_delay;

@@ -183,8 +183,13 @@ impl Store {
         now: Millis,
     ) -> Result<DigestUpdate, StoreError> {
         let mut tx = self.begin().await?;
-        let current: Option<Option<String>> = on_tx!(&mut tx, c => sqlx::query_scalar(
-            "SELECT current_digest FROM images WHERE name = $1").bind(image).fetch_optional(&mut *c).await?);
+        // FOR UPDATE on Postgres: two replicas observing the same change
+        // must not both report it. SQLite has one writer at a time.
+        let sql = match tx {
+            Tx::Pg(_) => "SELECT current_digest FROM images WHERE name = $1 FOR UPDATE",
+            Tx::Sqlite(_) => "SELECT current_digest FROM images WHERE name = $1",
+        };
+        let current: Option<Option<String>> = on_tx!(&mut tx, c => sqlx::query_scalar(sql).bind(image).fetch_optional(&mut *c).await?);
         let Some(current) = current else {
             return Err(StoreError::Corrupt(format!(
                 "image {image} is not in the store; sync the config first"

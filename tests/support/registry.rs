@@ -52,7 +52,7 @@ impl TestRegistry {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let mut cfg = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.path().join("data").display()
         );
         if let Some((user, pass)) = &opts.basic_auth {
@@ -78,7 +78,10 @@ impl TestRegistry {
             .arg("serve")
             .arg(&cfg_path)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(match std::env::var_os("LINEAGED_TEST_REGISTRY_LOG") {
+                Some(_) => Stdio::inherit(),
+                None => Stdio::null(),
+            })
             .spawn()
             .expect(
                 "docker-registry (Debian package) must be installed; scripts/test.sh installs it",

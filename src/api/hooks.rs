@@ -1,0 +1,143 @@
+//! `POST /api/v1/hooks/registry/{source}`: registry push notifications.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use super::{ApiError, AppState};
+use crate::config::Secret;
+use crate::registry::ImageRef;
+use crate::store::DigestSource;
+use crate::watch::{PushSource, parse_push};
+
+pub async fn registry_hook(
+    State(s): State<AppState>,
+    Path(source): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let src = PushSource::parse(&source).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "unknown push source `{source}` (distribution, dockerhub, harbor, acr, ghcr)"
+        ))
+    })?;
+    let r = &s.cfg.receivers;
+    let secret = match src {
+        PushSource::Distribution => r.distribution.as_ref(),
+        PushSource::Dockerhub => r.dockerhub.as_ref(),
+        PushSource::Harbor => r.harbor.as_ref(),
+        PushSource::Acr => r.acr.as_ref(),
+        PushSource::Ghcr => r.ghcr.as_ref(),
+    }
+    .ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no receiver configured for `{source}` (receivers.{source} in the config)"
+        ))
+    })?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(super::MAX_HOOK_BODY)
+        } else {
+            ApiError::BadRequest(format!("cannot read body: {e}"))
+        }
+    })?;
+    match src {
+        PushSource::Ghcr => verify_github_signature(&headers, &body, secret)?,
+        _ => verify_bearer(&headers, secret)?,
+    }
+    let pushed = parse_push(src, &body).map_err(ApiError::BadRequest)?;
+
+    let mut tracked = Vec::new();
+    let mut ignored = Vec::new();
+    for p in pushed {
+        let text = p.reference();
+        match resolve_tracked(&s, &p) {
+            Some(image) => {
+                if let Some(w) = &s.watch {
+                    w.recheck(image.clone(), DigestSource::Push);
+                }
+                tracked.push(image.to_string());
+            }
+            None => ignored.push(text),
+        }
+    }
+    tracing::info!(
+        source = src.as_str(),
+        tracked = tracked.len(),
+        ignored = ignored.len(),
+        "push event"
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "tracked": tracked, "ignored": ignored })),
+    ))
+}
+
+/// The tracked image a push names: by host, repository and tag; when the
+/// sender's host differs from the configured one (a registry behind a
+/// proxy), the only tracked image with that repository and tag.
+fn resolve_tracked(s: &AppState, p: &crate::watch::Pushed) -> Option<ImageRef> {
+    if let Ok(r) = ImageRef::parse(&p.reference())
+        && s.cfg.images.iter().any(|i| i.name == r)
+    {
+        return Some(r);
+    }
+    let mut same = s.cfg.images.iter().filter(|i| {
+        i.name.tag() == Some(p.tag.as_str())
+            && (i.name.repository() == p.repository
+                || i.name.repository() == format!("library/{}", p.repository))
+    });
+    let first = same.next()?;
+    same.next().is_none().then(|| first.name.clone())
+}
+
+fn verify_bearer(headers: &HeaderMap, secret: &Secret) -> Result<(), ApiError> {
+    let got = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer token".into()))?;
+    if bool::from(got.trim().as_bytes().ct_eq(secret.expose().as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized("wrong token".into()))
+    }
+}
+
+fn verify_github_signature(
+    headers: &HeaderMap,
+    body: &[u8],
+    secret: &Secret,
+) -> Result<(), ApiError> {
+    let sig = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("sha256="))
+        .ok_or_else(|| ApiError::Unauthorized("missing X-Hub-Signature-256".into()))?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
+        .map_err(|e| ApiError::Internal(Box::new(std::io::Error::other(e.to_string()))))?;
+    mac.update(body);
+    let want: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if bool::from(
+        sig.trim()
+            .to_ascii_lowercase()
+            .as_bytes()
+            .ct_eq(want.as_bytes()),
+    ) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized("signature does not match".into()))
+    }
+}

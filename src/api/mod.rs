@@ -1,0 +1,49 @@
+//! The HTTP API (axum): health, readiness and registry push hooks so far.
+
+mod error;
+mod hooks;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+
+use crate::config::Config;
+use crate::store::Store;
+use crate::watch::WatchHandle;
+
+pub use error::ApiError;
+
+/// Push bodies larger than this are refused with 413.
+pub const MAX_HOOK_BODY: usize = 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub cfg: Arc<Config>,
+    pub store: Store,
+    pub watch: Option<WatchHandle>,
+    /// Set once the store is migrated and the config synced.
+    pub ready: Arc<AtomicBool>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route(
+            "/api/v1/hooks/registry/{source}",
+            post(hooks::registry_hook).layer(DefaultBodyLimit::max(MAX_HOOK_BODY)),
+        )
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
+    if s.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    }
+}

@@ -1,0 +1,146 @@
+//! `lineaged serve`: the store, the watcher and the HTTP API side by side
+//! under one cancellation token. Tests start the same thing on port 0.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{AppState, router};
+use crate::config::Config;
+use crate::registry::{RegistryClient, RegistryError};
+use crate::store::{OpenOptions, Store, StoreError, now_millis};
+use crate::watch::{WatchHandle, WatchOptions, Watcher};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("HTTP server: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+/// Which parts to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub watch: bool,
+    pub watch_options: WatchOptions,
+    pub registry_timeout: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            watch: true,
+            watch_options: WatchOptions::default(),
+            registry_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    pub store: Store,
+    pub watch: Option<WatchHandle>,
+    pub addr: std::net::SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+    server: JoinHandle<Result<(), std::io::Error>>,
+}
+
+impl Daemon {
+    /// Waits until every part has stopped (after the shutdown token fires).
+    pub async fn wait(self) -> Result<(), RunError> {
+        let served = self.server.await;
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.store.close().await;
+        match served {
+            Ok(r) => r.map_err(RunError::Http),
+            Err(e) => Err(RunError::Http(std::io::Error::other(e.to_string()))),
+        }
+    }
+}
+
+/// Opens the store (migrating), syncs the config, starts the watcher and
+/// serves the API on `listener` until `shutdown` is cancelled.
+pub async fn start(
+    cfg: Arc<Config>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    opts: RunOptions,
+) -> Result<Daemon, RunError> {
+    let ready = Arc::new(AtomicBool::new(false));
+    let store = Store::open(
+        cfg.database.url.expose(),
+        &OpenOptions {
+            max_connections: cfg.database.max_connections,
+            ..OpenOptions::default()
+        },
+    )
+    .await?;
+    let summary = store.sync_config(&cfg.images, now_millis()).await?;
+    tracing::info!(
+        backend = store.backend(),
+        added = summary.added,
+        reactivated = summary.reactivated,
+        deactivated = summary.deactivated,
+        edges = summary.edges,
+        "config synced"
+    );
+
+    let mut tasks = Vec::new();
+    let watch = if opts.watch {
+        let client = Arc::new(RegistryClient::new(&cfg.registries, opts.registry_timeout)?);
+        let watcher = Watcher::new(
+            cfg.clone(),
+            store.clone(),
+            client,
+            opts.watch_options.clone(),
+        );
+        let handle = watcher.handle();
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(async move { watcher.run(token).await }));
+        Some(handle)
+    } else {
+        None
+    };
+
+    let state = AppState {
+        cfg: cfg.clone(),
+        store: store.clone(),
+        watch: watch.clone(),
+        ready: ready.clone(),
+    };
+    let addr = listener.local_addr().map_err(RunError::Http)?;
+    let token = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await
+    });
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(%addr, "listening");
+    Ok(Daemon {
+        store,
+        watch,
+        addr,
+        tasks,
+        server,
+    })
+}
+
+/// `start`, then wait for shutdown.
+pub async fn run(
+    cfg: Arc<Config>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    opts: RunOptions,
+) -> Result<(), RunError> {
+    start(cfg, listener, shutdown, opts).await?.wait().await
+}

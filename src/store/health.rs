@@ -1,0 +1,118 @@
+//! Registry health and per-image check results, for status and backoff.
+
+use super::{Millis, Store, StoreError, on_pool};
+
+/// A registry's health as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct RegistryHealth {
+    pub host: String,
+    pub state: String,
+    pub consecutive_errors: i32,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<Millis>,
+    pub last_success_at: Option<Millis>,
+    pub next_attempt_at: Option<Millis>,
+    pub ratelimit_remaining: Option<i64>,
+    pub ratelimit_limit: Option<i64>,
+    pub updated_at: Millis,
+}
+
+/// healthy: the last call worked; degraded: 1–2 failures in a row; down: 3+.
+pub fn health_state(consecutive_errors: i32) -> &'static str {
+    match consecutive_errors {
+        0 => "healthy",
+        1 | 2 => "degraded",
+        _ => "down",
+    }
+}
+
+const UPSERT: &str = "INSERT INTO registry_health (host, state, consecutive_errors, last_error, last_error_at, last_success_at, next_attempt_at, ratelimit_remaining, ratelimit_limit, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (host) DO UPDATE SET
+    state = excluded.state,
+    consecutive_errors = excluded.consecutive_errors,
+    last_error = COALESCE(excluded.last_error, registry_health.last_error),
+    last_error_at = COALESCE(excluded.last_error_at, registry_health.last_error_at),
+    last_success_at = COALESCE(excluded.last_success_at, registry_health.last_success_at),
+    next_attempt_at = excluded.next_attempt_at,
+    ratelimit_remaining = COALESCE(excluded.ratelimit_remaining, registry_health.ratelimit_remaining),
+    ratelimit_limit = COALESCE(excluded.ratelimit_limit, registry_health.ratelimit_limit),
+    updated_at = excluded.updated_at";
+
+impl Store {
+    /// Records a registry's health after a call. `error` None = success.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_registry_health(
+        &self,
+        host: &str,
+        consecutive_errors: i32,
+        error: Option<&str>,
+        next_attempt_at: Option<Millis>,
+        budget: Option<(i64, i64)>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let (err_at, ok_at) = if error.is_some() {
+            (Some(now), None)
+        } else {
+            (None, Some(now))
+        };
+        on_pool!(self, p => sqlx::query(UPSERT)
+            .bind(host).bind(health_state(consecutive_errors)).bind(consecutive_errors)
+            .bind(error).bind(err_at).bind(ok_at).bind(next_attempt_at)
+            .bind(budget.map(|b| b.0)).bind(budget.map(|b| b.1)).bind(now)
+            .execute(p).await?.rows_affected());
+        Ok(())
+    }
+
+    pub async fn registry_health(&self) -> Result<Vec<RegistryHealth>, StoreError> {
+        Ok(
+            on_pool!(self, p => sqlx::query_as("SELECT * FROM registry_health ORDER BY host").fetch_all(p).await?),
+        )
+    }
+
+    /// A failed check of one image (the registry may be fine: e.g. a 404).
+    pub async fn record_check_error(
+        &self,
+        image: &str,
+        error: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, p => sqlx::query("UPDATE images SET last_error = $2, last_checked_at = $3, updated_at = $3 WHERE name = $1")
+            .bind(image).bind(error).bind(now).execute(p).await?.rows_affected());
+        Ok(())
+    }
+
+    /// The base an image says it was built from (OCI base annotations).
+    pub async fn record_base(
+        &self,
+        image: &str,
+        base_name: Option<&str>,
+        base_digest: Option<&str>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, p => sqlx::query("UPDATE images SET base_name = $2, base_digest = $3, updated_at = $4 WHERE name = $1")
+            .bind(image).bind(base_name).bind(base_digest).bind(now).execute(p).await?.rows_affected());
+        Ok(())
+    }
+
+    /// Current digest, base digest and last error of an image.
+    pub async fn image_state(&self, image: &str) -> Result<Option<ImageState>, StoreError> {
+        Ok(on_pool!(self, p => sqlx::query_as(
+            "SELECT name, managed, active, current_digest, last_checked_at, last_changed_at, last_error, base_name, base_digest FROM images WHERE name = $1")
+            .bind(image).fetch_optional(p).await?))
+    }
+}
+
+/// One image's stored state.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct ImageState {
+    pub name: String,
+    pub managed: bool,
+    pub active: bool,
+    pub current_digest: Option<String>,
+    pub last_checked_at: Option<Millis>,
+    pub last_changed_at: Option<Millis>,
+    pub last_error: Option<String>,
+    pub base_name: Option<String>,
+    pub base_digest: Option<String>,
+}

@@ -1,0 +1,457 @@
+//! The watcher: polls every image on its schedule (leader replica only),
+//! re-checks pushed images at once, records every observation, and reports
+//! `DigestChanged` when a tracked digest differs from the stored one.
+
+mod push;
+mod schedule;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Image};
+use crate::registry::{ImageRef, RegistryClient, RegistryError};
+use crate::store::{
+    DigestSource, DigestUpdate, Millis, NewEvent, Store, health_state, now_millis, retry_delay,
+};
+
+pub use push::{PushSource, Pushed, parse as parse_push};
+pub use schedule::Schedule;
+
+/// Name of the lease whose holder runs the polling schedule.
+pub const WATCH_LEASE: &str = "watcher";
+
+/// A tracked digest moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestChanged {
+    pub image: ImageRef,
+    pub old: String,
+    pub new: String,
+    pub source: DigestSource,
+}
+
+/// How other components talk to a running watcher.
+#[derive(Clone)]
+pub struct WatchHandle {
+    recheck: mpsc::Sender<(ImageRef, DigestSource)>,
+    changes: broadcast::Sender<DigestChanged>,
+}
+
+impl WatchHandle {
+    /// Asks for an immediate check of a tracked image (a push event).
+    /// False when the queue is full (the schedule will still catch it).
+    pub fn recheck(&self, image: ImageRef, source: DigestSource) -> bool {
+        self.recheck.try_send((image, source)).is_ok()
+    }
+
+    /// Every `DigestChanged` from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<DigestChanged> {
+        self.changes.subscribe()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// This replica's name in leases.
+    pub node_id: String,
+    pub lease_ttl: Duration,
+    /// Checks running at once across registries (each registry also has
+    /// its own `concurrency` cap).
+    pub max_in_flight: usize,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            node_id: format!(
+                "lineaged-{}-{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            ),
+            lease_ttl: Duration::from_secs(15),
+            max_in_flight: 64,
+        }
+    }
+}
+
+#[derive(Default)]
+struct RegistryState {
+    consecutive_errors: i32,
+    next_attempt: Millis,
+}
+
+struct Outcome {
+    index: usize,
+    source: DigestSource,
+    registry: String,
+    result: Result<Option<DigestChanged>, RegistryError>,
+}
+
+pub struct Watcher {
+    cfg: Arc<Config>,
+    store: Store,
+    client: Arc<RegistryClient>,
+    opts: WatchOptions,
+    index: HashMap<ImageRef, usize>,
+    schedules: Vec<Option<Schedule>>,
+    recheck_rx: mpsc::Receiver<(ImageRef, DigestSource)>,
+    handle: WatchHandle,
+    registries: HashMap<String, RegistryState>,
+    /// Images with a check in flight, and the check to run after it: two
+    /// checks of one image at once could record their results out of order.
+    busy: std::collections::HashSet<usize>,
+    again: HashMap<usize, DigestSource>,
+    /// Retries of push-triggered checks that hit a registry error.
+    push_retries: HashMap<usize, u32>,
+}
+
+impl Watcher {
+    pub fn new(
+        cfg: Arc<Config>,
+        store: Store,
+        client: Arc<RegistryClient>,
+        opts: WatchOptions,
+    ) -> Watcher {
+        let (tx, rx) = mpsc::channel(4096);
+        let (changes, _) = broadcast::channel(1024);
+        let index = cfg
+            .images
+            .iter()
+            .enumerate()
+            .map(|(i, img)| (img.name.clone(), i))
+            .collect();
+        let schedules = cfg
+            .images
+            .iter()
+            .map(|img| Schedule::parse(&img.schedule).ok())
+            .collect();
+        Watcher {
+            cfg,
+            store,
+            client,
+            opts,
+            index,
+            schedules,
+            recheck_rx: rx,
+            handle: WatchHandle {
+                recheck: tx,
+                changes,
+            },
+            registries: HashMap::new(),
+            busy: Default::default(),
+            again: HashMap::new(),
+            push_retries: HashMap::new(),
+        }
+    }
+
+    pub fn handle(&self) -> WatchHandle {
+        self.handle.clone()
+    }
+
+    fn next_fire(&self, i: usize, now: Millis) -> Millis {
+        let name = self.cfg.images[i].name.to_string();
+        self.schedules[i]
+            .as_ref()
+            .and_then(|s| s.next_after(now, &name))
+            .unwrap_or(now + 300_000)
+    }
+
+    /// Runs until `shutdown`. Only the lease holder polls; push re-checks
+    /// run on whichever replica received them.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut due: BinaryHeap<Reverse<(Millis, usize)>> = BinaryHeap::new();
+        let now = now_millis();
+        for i in 0..self.cfg.images.len() {
+            due.push(Reverse((self.next_fire(i, now), i)));
+        }
+        let mut leader = false;
+        let mut next_lease = now;
+        let mut inflight: JoinSet<Outcome> = JoinSet::new();
+        tracing::info!(images = self.cfg.images.len(), node = %self.opts.node_id, "watcher started");
+        loop {
+            let now = now_millis();
+            if now >= next_lease {
+                let was = leader;
+                leader = match self
+                    .store
+                    .acquire_lease(WATCH_LEASE, &self.opts.node_id, self.opts.lease_ttl, now)
+                    .await
+                {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot renew the watcher lease; not polling");
+                        false
+                    }
+                };
+                if leader != was {
+                    tracing::info!(leader, node = %self.opts.node_id, "watcher leadership changed");
+                }
+                next_lease = now + (self.opts.lease_ttl.as_millis() as i64 / 3).max(100);
+            }
+            if leader {
+                while inflight.len() < self.opts.max_in_flight {
+                    let Some(&Reverse((at, i))) = due.peek() else {
+                        break;
+                    };
+                    if at > now {
+                        break;
+                    }
+                    due.pop();
+                    let registry = self.cfg.images[i].name.registry().to_string();
+                    let gate = self.registries.get(&registry).map_or(0, |r| r.next_attempt);
+                    if gate > now {
+                        // The registry is backing off: try this image when it may.
+                        due.push(Reverse((gate.max(self.next_fire(i, now)), i)));
+                        continue;
+                    }
+                    self.spawn_check(&mut inflight, i, DigestSource::Poll);
+                }
+            } else {
+                // Not the leader: keep the schedule moving without polling.
+                while let Some(&Reverse((at, i))) = due.peek() {
+                    if at > now {
+                        break;
+                    }
+                    due.pop();
+                    due.push(Reverse((self.next_fire(i, now), i)));
+                }
+            }
+            let wake_at = due
+                .peek()
+                .map_or(next_lease, |Reverse((at, _))| (*at).min(next_lease));
+            let sleep = Duration::from_millis((wake_at - now).clamp(1, 60_000) as u64);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some((image, source)) = self.recheck_rx.recv() => {
+                    if let Some(&i) = self.index.get(&image) {
+                        self.spawn_check(&mut inflight, i, source);
+                    }
+                }
+                Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                    if let Ok(outcome) = done {
+                        self.busy.remove(&outcome.index);
+                        if let Some(source) = self.again.remove(&outcome.index) {
+                            self.spawn_check(&mut inflight, outcome.index, source);
+                        }
+                        let retry_at = self.settle(outcome.index, &outcome.registry, &outcome.result).await;
+                        // A polled image left the schedule when it was taken;
+                        // a push re-check never did.
+                        if outcome.source == DigestSource::Poll {
+                            let next = self.next_fire(outcome.index, now_millis());
+                            due.push(Reverse((retry_at.map_or(next, |r| r.max(next)), outcome.index)));
+                        } else if retry_at.is_some() {
+                            self.retry_push(outcome.index, outcome.source);
+                        } else {
+                            self.push_retries.remove(&outcome.index);
+                        }
+                        if let Ok(Some(change)) = outcome.result {
+                            let _ = self.handle.changes.send(change);
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+        inflight.abort_all();
+        if leader {
+            let _ = self
+                .store
+                .release_lease(WATCH_LEASE, &self.opts.node_id)
+                .await;
+        }
+        tracing::info!("watcher stopped");
+    }
+
+    fn spawn_check(&mut self, set: &mut JoinSet<Outcome>, index: usize, source: DigestSource) {
+        if !self.busy.insert(index) {
+            // Run once more after the current check; a poll wins over a push
+            // so the schedule is kept.
+            let entry = self.again.entry(index).or_insert(source);
+            if source == DigestSource::Poll {
+                *entry = DigestSource::Poll;
+            }
+            return;
+        }
+        let image = self.cfg.images[index].clone();
+        let client = self.client.clone();
+        let store = self.store.clone();
+        set.spawn(async move {
+            let registry = image.name.registry().to_string();
+            let result = check(&client, &store, &image, source).await;
+            Outcome {
+                index,
+                source,
+                registry,
+                result,
+            }
+        });
+    }
+
+    /// A push said the image moved but the check failed (registries can
+    /// answer 500 for a manifest pushed a moment ago): try again soon, a
+    /// few times, rather than wait for the schedule.
+    fn retry_push(&mut self, index: usize, source: DigestSource) {
+        let n = self.push_retries.entry(index).or_insert(0);
+        *n += 1;
+        if *n > 8 {
+            self.push_retries.remove(&index);
+            return;
+        }
+        let delay = Duration::from_millis(100 << (*n - 1).min(4)); // 0.1 s … 1.6 s
+        let handle = self.handle.clone();
+        let image = self.cfg.images[index].name.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            handle.recheck(image, source);
+        });
+    }
+
+    /// Updates registry health after a check; returns an early retry time
+    /// when the registry is backing off.
+    async fn settle(
+        &mut self,
+        index: usize,
+        registry: &str,
+        result: &Result<Option<DigestChanged>, RegistryError>,
+    ) -> Option<Millis> {
+        let now = now_millis();
+        let image = &self.cfg.images[index];
+        let state = self.registries.entry(registry.to_string()).or_default();
+        let before = state.consecutive_errors;
+        let budget = self
+            .client
+            .budget(registry)
+            .map(|b| (b.remaining as i64, b.limit as i64));
+        let (retry_at, error) = match result {
+            Err(e) if e.retryable() => {
+                state.consecutive_errors += 1;
+                let delay = retry_delay(
+                    state.consecutive_errors as u32,
+                    e.retry_after(),
+                    rand::random::<f64>(),
+                );
+                state.next_attempt = now + delay.as_millis() as i64;
+                tracing::warn!(image = %image.name, registry, error = %e, retry_in_ms = delay.as_millis() as u64, "registry check failed; backing off");
+                (Some(state.next_attempt.max(now)), Some(e.to_string()))
+            }
+            Err(e) => {
+                // The registry answered; the image is the problem (404, auth).
+                state.consecutive_errors = 0;
+                state.next_attempt = 0;
+                tracing::warn!(image = %image.name, error = %e, "image check failed");
+                if let Err(se) = self
+                    .store
+                    .record_check_error(&image.name.to_string(), &e.to_string(), now)
+                    .await
+                {
+                    tracing::warn!(error = %se, "cannot record check error");
+                }
+                (None, None)
+            }
+            Ok(_) => {
+                state.consecutive_errors = 0;
+                state.next_attempt = 0;
+                (None, None)
+            }
+        };
+        let after = state.consecutive_errors;
+        let next_attempt = (state.next_attempt > 0).then_some(state.next_attempt);
+        if (before != after || error.is_some() || budget.is_some())
+            && let Err(e) = self
+                .store
+                .record_registry_health(
+                    registry,
+                    after,
+                    error.as_deref(),
+                    next_attempt,
+                    budget,
+                    now,
+                )
+                .await
+        {
+            tracing::warn!(error = %e, "cannot record registry health");
+        }
+        if health_state(before) != health_state(after) {
+            let kind = if after == 0 {
+                "registry_recovered"
+            } else {
+                "registry_degraded"
+            };
+            let event = NewEvent {
+                kind: kind.into(),
+                image: None,
+                rollout_id: None,
+                job_id: None,
+                data: serde_json::json!({ "registry": registry, "state": health_state(after), "error": error }),
+            };
+            let _ = self.store.append_event(&event, now).await;
+        }
+        retry_at
+    }
+}
+
+/// One check: resolve, record, and for managed images read base
+/// annotations when the digest moved (or on the first observation).
+async fn check(
+    client: &RegistryClient,
+    store: &Store,
+    image: &Image,
+    source: DigestSource,
+) -> Result<Option<DigestChanged>, RegistryError> {
+    let res = client.resolve(&image.name, &image.platforms).await?;
+    let tracked = res.tracked();
+    let platform = image
+        .platforms
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let name = image.name.to_string();
+    let now = now_millis();
+    let update = match store
+        .record_digest(&name, &tracked, &platform, source, now)
+        .await
+    {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(image = %name, error = %e, "cannot record digest");
+            return Ok(None);
+        }
+    };
+    if image.is_managed() && !matches!(update, DigestUpdate::Unchanged) {
+        match client.base_annotations(&image.name, &image.platforms).await {
+            Ok(base) => {
+                let _ = store
+                    .record_base(&name, base.name.as_deref(), base.digest.as_deref(), now)
+                    .await;
+            }
+            Err(e) => tracing::warn!(image = %name, error = %e, "cannot read base annotations"),
+        }
+    }
+    let DigestUpdate::Changed { old } = update else {
+        tracing::debug!(image = %name, digest = %tracked, "unchanged");
+        return Ok(None);
+    };
+    tracing::info!(image = %name, old = %old, new = %tracked, source = source.as_str(), "digest changed");
+    let event = NewEvent {
+        kind: "digest_changed".into(),
+        image: Some(name.clone()),
+        rollout_id: None,
+        job_id: None,
+        data: serde_json::json!({ "old": old, "new": tracked, "source": source.as_str() }),
+    };
+    if let Err(e) = store.append_event(&event, now).await {
+        tracing::warn!(error = %e, "cannot append event");
+    }
+    Ok(Some(DigestChanged {
+        image: image.name.clone(),
+        old,
+        new: tracked,
+        source,
+    }))
+}

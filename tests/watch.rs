@@ -526,25 +526,6 @@ async fn a_failing_registry_is_backed_off_shown_degraded_and_recovers() {
     let mut rx = run.daemon.watch.as_ref().unwrap().subscribe();
     let image = format!("{proxy}/base/flaky:1");
     let store = run.daemon.store.clone();
-    let wait_for =
-        |what: &'static str,
-         cond: Box<dyn Fn(&Option<lineaged::store::RegistryHealth>) -> bool + Send>| {
-            let store = store.clone();
-            async move {
-                let deadline = Instant::now() + Duration::from_secs(15);
-                loop {
-                    let h = store.registry_health().await.unwrap().into_iter().next();
-                    if cond(&h) {
-                        return h;
-                    }
-                    assert!(
-                        Instant::now() < deadline,
-                        "timed out waiting for {what}: {h:?}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        };
     let deadline = Instant::now() + Duration::from_secs(10);
     while store
         .image_state(&image)
@@ -559,10 +540,9 @@ async fn a_failing_registry_is_backed_off_shown_degraded_and_recovers() {
     }
 
     mode.store(1, Ordering::Relaxed); // HTTP 500
-    let h = wait_for(
-        "degraded",
-        Box::new(|h| h.as_ref().is_some_and(|h| h.state != "healthy")),
-    )
+    let h = wait_for(&store, "degraded", |h| {
+        h.as_ref().is_some_and(|h| h.state != "healthy")
+    })
     .await
     .unwrap();
     assert!(
@@ -570,13 +550,10 @@ async fn a_failing_registry_is_backed_off_shown_degraded_and_recovers() {
         "{h:?}"
     );
     mode.store(2, Ordering::Relaxed); // 429 + Retry-After
-    let h = wait_for(
-        "rate limited",
-        Box::new(|h| {
-            h.as_ref()
-                .is_some_and(|h| h.last_error.as_deref().is_some_and(|e| e.contains("429")))
-        }),
-    )
+    let h = wait_for(&store, "rate limited", |h| {
+        h.as_ref()
+            .is_some_and(|h| h.last_error.as_deref().is_some_and(|e| e.contains("429")))
+    })
     .await
     .unwrap();
     assert!(
@@ -591,10 +568,9 @@ async fn a_failing_registry_is_backed_off_shown_degraded_and_recovers() {
         .await
         .expect("resumes after recovery");
     assert_eq!((c.old, c.new), (d1, d2));
-    wait_for(
-        "healthy",
-        Box::new(|h| h.as_ref().is_some_and(|h| h.state == "healthy")),
-    )
+    wait_for(&store, "healthy", |h| {
+        h.as_ref().is_some_and(|h| h.state == "healthy")
+    })
     .await;
     let kinds: Vec<String> = store
         .events_after(0, 100)
@@ -609,4 +585,23 @@ async fn a_failing_registry_is_backed_off_shown_degraded_and_recovers() {
         "{kinds:?}"
     );
     run.stop().await;
+}
+
+async fn wait_for(
+    store: &lineaged::store::Store,
+    what: &str,
+    cond: impl Fn(&Option<lineaged::store::RegistryHealth>) -> bool,
+) -> Option<lineaged::store::RegistryHealth> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let h = store.registry_health().await.unwrap().into_iter().next();
+        if cond(&h) {
+            return h;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {h:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -3,6 +3,8 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lineaged::config::{Platform, RegistryAuth, RegistryConfig, Secret};
@@ -378,4 +380,106 @@ async fn resolve_command_prints_digests_and_names_failures() {
         "{err}"
     );
     assert!(err.contains("1 of 2 reference(s) failed"), "{err}");
+}
+
+/// A token-auth registry peer (no real token server ships in Debian): 401
+/// with a Bearer challenge, a token endpoint that checks basic credentials,
+/// Docker Hub style rate-limit headers on manifests.
+async fn token_registry() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    let token_calls = Arc::new(AtomicUsize::new(0));
+    let head_calls = Arc::new(AtomicUsize::new(0));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let realm = format!("http://{addr}/token");
+    let (tc, hc) = (token_calls.clone(), head_calls.clone());
+    let app = axum::Router::new()
+        .route(
+            "/token",
+            axum::routing::get(move |q: axum::extract::Query<std::collections::HashMap<String, String>>, h: HeaderMap| {
+                let tc = tc.clone();
+                async move {
+                    tc.fetch_add(1, Ordering::SeqCst);
+                    assert_eq!(q.get("scope").map(String::as_str), Some("repository:team/app:pull"));
+                    assert_eq!(q.get("service").map(String::as_str), Some("test-registry"));
+                    // base64("ci:tok-pw")
+                    let ok = h.get("authorization").and_then(|v| v.to_str().ok()) == Some("Basic Y2k6dG9rLXB3");
+                    if !ok {
+                        return (StatusCode::UNAUTHORIZED, "bad credentials").into_response();
+                    }
+                    axum::Json(serde_json::json!({"token": "T0KEN", "expires_in": 300})).into_response()
+                }
+            }),
+        )
+        .route(
+            "/v2/team/app/manifests/{tag}",
+            axum::routing::head(move |h: HeaderMap| {
+                let (hc, realm) = (hc.clone(), realm.clone());
+                async move {
+                    if h.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer T0KEN") {
+                        let challenge = format!(r#"Bearer realm="{realm}",service="test-registry",scope="repository:team/app:pull""#);
+                        return (StatusCode::UNAUTHORIZED, [("www-authenticate", challenge)]).into_response();
+                    }
+                    let n = hc.fetch_add(1, Ordering::SeqCst);
+                    let remaining = 5u64.saturating_sub(n as u64);
+                    (
+                        StatusCode::OK,
+                        [
+                            ("docker-content-digest", format!("sha256:{}", "a".repeat(64))),
+                            ("ratelimit-limit", "100;w=2".to_string()),
+                            ("ratelimit-remaining", format!("{remaining};w=2")),
+                        ],
+                    )
+                        .into_response()
+                }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (addr, token_calls, head_calls)
+}
+
+#[tokio::test]
+async fn bearer_tokens_are_fetched_once_and_rate_limit_headers_slow_requests_down() {
+    let (addr, token_calls, head_calls) = token_registry().await;
+    let image = r(&format!("{addr}/team/app:1"));
+
+    let anonymous = RegistryClient::new(&insecure(&addr, None), Duration::from_secs(5)).unwrap();
+    assert!(matches!(
+        anonymous.head_digest(&image).await,
+        Err(RegistryError::Unauthorized { .. })
+    ));
+
+    let creds = RegistryAuth::Basic {
+        username: "ci".into(),
+        password: Secret::new("tok-pw"),
+    };
+    let client =
+        RegistryClient::new(&insecure(&addr, Some(creds)), Duration::from_secs(5)).unwrap();
+    token_calls.store(0, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    for _ in 0..4 {
+        assert_eq!(
+            client.head_digest(&image).await.unwrap(),
+            format!("sha256:{}", "a".repeat(64))
+        );
+    }
+    assert_eq!(
+        token_calls.load(Ordering::SeqCst),
+        1,
+        "token cached until expiry"
+    );
+    assert_eq!(head_calls.load(Ordering::SeqCst), 4);
+    let budget = client.budget(&addr).unwrap();
+    assert_eq!(
+        (budget.remaining, budget.limit, budget.window),
+        (2, 100, Duration::from_secs(2))
+    );
+    // Under 10 % of the budget left: requests are spread over the window
+    // (2 s / remaining), so the later calls were paced, not sent at once.
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -45,10 +45,23 @@ impl Running {
 }
 
 async fn daemon(yaml_body: &str, listener: tokio::net::TcpListener) -> Running {
+    daemon_on(None, "test", yaml_body, listener).await
+}
+
+/// A daemon on `db_url` (default: SQLite in a temp dir) named `node`.
+async fn daemon_on(
+    db_url: Option<&str>,
+    node: &str,
+    yaml_body: &str,
+    listener: tokio::net::TcpListener,
+) -> Running {
     let db = tempfile::tempdir().unwrap();
+    let url = db_url.map_or_else(
+        || format!("sqlite://{}/l.db", db.path().display()),
+        str::to_string,
+    );
     let yaml = format!(
-        "database: {{ url: \"sqlite://{}/l.db\" }}\nreceivers:\n  distribution: {{ token_env: T_HOOK_TOKEN }}\n  ghcr: {{ secret_env: T_GH_SECRET }}\n{yaml_body}",
-        db.path().display()
+        "database: {{ url: \"{url}\" }}\nreceivers:\n  distribution: {{ token_env: T_HOOK_TOKEN }}\n  ghcr: {{ secret_env: T_GH_SECRET }}\n{yaml_body}"
     );
     let cfg =
         Arc::new(load_str("test.yaml", &yaml, &env).unwrap_or_else(|e| panic!("{e}\n{yaml}")));
@@ -56,7 +69,7 @@ async fn daemon(yaml_body: &str, listener: tokio::net::TcpListener) -> Running {
     let opts = RunOptions {
         watch: true,
         watch_options: WatchOptions {
-            node_id: "test".into(),
+            node_id: node.into(),
             lease_ttl: Duration::from_secs(5),
             max_in_flight: 16,
         },
@@ -604,4 +617,43 @@ async fn wait_for(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_lease_holder_polls_when_two_replicas_share_postgres() {
+    let pg = support::PgDb::create().await;
+    let reg = TestRegistry::start(RegistryOptions::default()).await;
+    reg.push_image("base/shared", "1", "s", ("linux", "amd64"), map(), map())
+        .await;
+    let a = &reg.addr;
+    let yaml = format!(
+        "registries:\n  - host: \"{a}\"\n    insecure: true\nimages:\n  - name: \"{a}/base/shared:1\"\n    schedule: \"* * * * * *\"\n"
+    );
+    let one = daemon_on(Some(&pg.url), "replica-1", &yaml, listener().await).await;
+    let two = daemon_on(Some(&pg.url), "replica-2", &yaml, listener().await).await;
+    let image = format!("{a}/base/shared:1");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let polls = one
+        .daemon
+        .store
+        .digest_history(&image, 1000)
+        .await
+        .unwrap()
+        .len();
+    let holder = one
+        .daemon
+        .store
+        .lease_holder(lineaged::watch::WATCH_LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        holder.holder == "replica-1" || holder.holder == "replica-2",
+        "{holder:?}"
+    );
+    // One poller at one check per second: about 5, never the ~10 two would make.
+    assert!((3..=7).contains(&polls), "{polls} observations in 5 s");
+    one.stop().await;
+    two.stop().await;
+    pg.drop_db().await;
 }

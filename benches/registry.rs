@@ -136,7 +136,7 @@ fn main() {
         );
         let cfg = Arc::new(load_str("bench.yaml", &yaml, &|n| (n == "BENCH_TOKEN").then(|| "bench-token".to_string())).expect("config"));
         let shutdown = CancellationToken::new();
-        let opts = RunOptions { watch: true, watch_options: WatchOptions { node_id: "bench".into(), ..WatchOptions::default() }, registry_timeout: Duration::from_secs(5) };
+        let opts = RunOptions { rollouts: false, watch_options: WatchOptions { node_id: "bench".into(), ..WatchOptions::default() }, registry_timeout: Duration::from_secs(5), ..RunOptions::default() };
         let daemon = start(cfg, listener, shutdown.clone(), opts).await.expect("daemon");
         let mut rx = daemon.watch.as_ref().expect("watch").subscribe();
         // Settle the baseline.

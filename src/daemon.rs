@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{AppState, router};
 use crate::config::Config;
+use crate::dispatch::Dispatcher;
 use crate::registry::{RegistryClient, RegistryError};
+use crate::rollout::Engine;
 use crate::store::{OpenOptions, Store, StoreError, now_millis};
 use crate::watch::{WatchHandle, WatchOptions, Watcher};
 
@@ -29,6 +31,10 @@ pub enum RunError {
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub watch: bool,
+    /// Run the rollout engine and the dispatcher.
+    pub rollouts: bool,
+    /// How often reconcile and the build-deadline check run.
+    pub reconcile_interval: Duration,
     pub watch_options: WatchOptions,
     pub registry_timeout: Duration,
 }
@@ -37,6 +43,8 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             watch: true,
+            rollouts: true,
+            reconcile_interval: Duration::from_secs(30),
             watch_options: WatchOptions::default(),
             registry_timeout: Duration::from_secs(30),
         }
@@ -111,13 +119,39 @@ pub async fn start(
         None
     };
 
+    let addr = listener.local_addr().map_err(RunError::Http)?;
+    let engine = if opts.rollouts {
+        let engine = Arc::new(Engine::new(cfg.clone(), store.clone()));
+        let callback_base = cfg
+            .api
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        let dispatcher = Arc::new(Dispatcher::new(
+            cfg.clone(),
+            store.clone(),
+            engine.clone(),
+            opts.watch_options.node_id.clone(),
+            callback_base,
+        ));
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(async move { dispatcher.run(token).await }));
+        let changes = watch.as_ref().map(|w| w.subscribe());
+        let (e, token, every) = (engine.clone(), shutdown.clone(), opts.reconcile_interval);
+        tasks.push(tokio::spawn(async move {
+            drive_engine(e, changes, every, token).await
+        }));
+        Some(engine)
+    } else {
+        None
+    };
     let state = AppState {
         cfg: cfg.clone(),
         store: store.clone(),
         watch: watch.clone(),
+        engine,
         ready: ready.clone(),
     };
-    let addr = listener.local_addr().map_err(RunError::Http)?;
     let token = shutdown.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, router(state))
@@ -133,6 +167,47 @@ pub async fn start(
         tasks,
         server,
     })
+}
+
+/// Feeds digest changes to the engine; reconciles and expires overdue
+/// builds at start-up and every `every`.
+async fn drive_engine(
+    engine: Arc<Engine>,
+    mut changes: Option<tokio::sync::broadcast::Receiver<crate::watch::DigestChanged>>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {
+                if let Err(e) = engine.reconcile().await {
+                    tracing::warn!(error = %e, "reconcile failed");
+                }
+                if let Err(e) = engine.expire_builds().await {
+                    tracing::warn!(error = %e, "build deadline check failed");
+                }
+            }
+            change = async {
+                match changes.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match change {
+                Ok(c) => {
+                    if let Err(e) = engine.on_change(&c).await {
+                        tracing::error!(image = %c.image, error = %e, "cannot plan the rollout; reconcile will retry");
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "engine lagged behind changes; reconciling");
+                    let _ = engine.reconcile().await;
+                }
+                Err(_) => changes = None,
+            },
+        }
+    }
 }
 
 /// `start`, then wait for shutdown.

@@ -483,3 +483,30 @@ async fn bearer_tokens_are_fetched_once_and_rate_limit_headers_slow_requests_dow
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_slow_registry_times_out_as_a_retryable_error() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let app = axum::Router::new().fallback(|| async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        "too late"
+    });
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let client = RegistryClient::new(&insecure(&addr, None), Duration::from_millis(500)).unwrap();
+    let started = std::time::Instant::now();
+    let err = client
+        .head_digest(&r(&format!("{addr}/x/y:1")))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    match &err {
+        RegistryError::Transport { kind, .. } => assert_eq!(*kind, "timed out"),
+        other => panic!("{other:?}"),
+    }
+    assert!(err.retryable());
+}

@@ -68,6 +68,8 @@ async fn daemon_on(
     let shutdown = CancellationToken::new();
     let opts = RunOptions {
         watch: true,
+        rollouts: false,
+        reconcile_interval: Duration::from_secs(30),
         watch_options: WatchOptions {
             node_id: node.into(),
             lease_ttl: Duration::from_secs(5),

@@ -2,6 +2,7 @@
 
 mod error;
 mod hooks;
+mod jobs;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +26,7 @@ pub struct AppState {
     pub cfg: Arc<Config>,
     pub store: Store,
     pub watch: Option<WatchHandle>,
+    pub engine: Option<Arc<crate::rollout::Engine>>,
     /// Set once the store is migrated and the config synced.
     pub ready: Arc<AtomicBool>,
 }
@@ -33,6 +35,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route(
+            "/api/v1/jobs/{id}/result",
+            post(jobs::job_result).layer(DefaultBodyLimit::max(64 * 1024)),
+        )
         .route(
             "/api/v1/hooks/registry/{source}",
             post(hooks::registry_hook).layer(DefaultBodyLimit::max(MAX_HOOK_BODY)),

@@ -133,18 +133,51 @@ impl Lineage {
         let mut changed: Vec<ImageRef> = changed.to_vec();
         changed.sort();
         changed.dedup();
+        let waves = self.waves(&starts, &[]);
+        Ok(Plan { changed, waves })
+    }
 
+    /// Plans rebuilds of `stale` managed images themselves (wave 1 unless
+    /// one descends from another) and of their managed descendants: what
+    /// reconcile runs for images whose base moved while nobody watched.
+    pub fn plan_rebuild(&self, stale: &[ImageRef]) -> Result<Plan, PlanError> {
+        let mut seeds = Vec::with_capacity(stale.len());
+        for c in stale {
+            let n = *self
+                .index
+                .get(c)
+                .ok_or_else(|| PlanError::UnknownImage(c.clone()))?;
+            if self.graph[n].managed {
+                seeds.push(n);
+            }
+        }
+        let mut changed: Vec<ImageRef> = stale.to_vec();
+        changed.sort();
+        changed.dedup();
+        let waves = self.waves(&seeds, &seeds);
+        Ok(Plan { changed, waves })
+    }
+
+    /// Waves over the managed descendants of `starts`, plus `include`
+    /// (managed images that are rebuilt themselves).
+    fn waves(&self, starts: &[NodeIndex], include: &[NodeIndex]) -> Vec<Vec<ImageRef>> {
         let count = self.graph.node_count();
         let mut expanded = vec![false; count];
         let mut affected = vec![false; count];
         let mut queue: VecDeque<NodeIndex> = VecDeque::new();
-        for &s in &starts {
+        let mut members = Vec::new();
+        for &s in include {
+            if !affected[s.index()] {
+                affected[s.index()] = true;
+                members.push(s);
+            }
+        }
+        for &s in starts {
             if !expanded[s.index()] {
                 expanded[s.index()] = true;
                 queue.push_back(s);
             }
         }
-        let mut members = Vec::new();
         while let Some(n) = queue.pop_front() {
             for c in self.graph.neighbors_directed(n, Direction::Outgoing) {
                 let ci = c.index();
@@ -197,7 +230,7 @@ impl Lineage {
         for w in &mut waves {
             w.sort();
         }
-        Ok(Plan { changed, waves })
+        waves
     }
 
     pub(crate) fn nodes(&self) -> impl Iterator<Item = (NodeIndex, &ImageRef, bool)> {

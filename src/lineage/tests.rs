@@ -191,3 +191,33 @@ fn a_split_lineage_loads_as_a_directory_like_the_single_file() {
         single.plan(&[r("base0:1.0")]).unwrap()
     );
 }
+
+#[test]
+fn plan_rebuild_includes_the_stale_images_themselves() {
+    let yaml = format!(
+        "{HEAD}{}{}{}{}{}",
+        img("base:1", &[], false),
+        img("left:1", &["base:1"], true),
+        img("right:1", &["base:1"], true),
+        img("bottom:1", &["left:1", "right:1"], true),
+        img("other:1", &["base:1"], true),
+    );
+    let l = lineage(&yaml);
+    let p = l.plan_rebuild(&[r("left:1")]).unwrap();
+    let names: Vec<Vec<String>> = p
+        .waves
+        .iter()
+        .map(|w| w.iter().map(|i| i.familiar()).collect())
+        .collect();
+    assert_eq!(
+        names,
+        vec![vec!["left:1"], vec!["bottom:1"]],
+        "right and other are fresh"
+    );
+    let p = l.plan_rebuild(&[r("left:1"), r("bottom:1")]).unwrap();
+    assert_eq!(p.image_count(), 2);
+    assert!(
+        l.plan_rebuild(&[r("base:1")]).unwrap().waves.is_empty(),
+        "external images are not rebuilt"
+    );
+}

@@ -95,6 +95,18 @@ impl Store {
         Ok(())
     }
 
+    /// `image_state` inside a transaction (no second connection needed:
+    /// on SQLite a writer must not wait on the pool).
+    pub async fn image_state_in(
+        &self,
+        tx: &mut super::Tx,
+        image: &str,
+    ) -> Result<Option<ImageState>, StoreError> {
+        Ok(super::on_tx!(tx, c => sqlx::query_as(
+            "SELECT name, managed, active, current_digest, last_checked_at, last_changed_at, last_error, base_name, base_digest FROM images WHERE name = $1")
+            .bind(image).fetch_optional(&mut *c).await?))
+    }
+
     /// Current digest, base digest and last error of an image.
     pub async fn image_state(&self, image: &str) -> Result<Option<ImageState>, StoreError> {
         Ok(on_pool!(self, p => sqlx::query_as(

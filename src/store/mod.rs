@@ -12,6 +12,7 @@ mod health;
 mod lease;
 mod queue;
 mod retry;
+mod rollouts;
 mod sync;
 
 use std::str::FromStr;
@@ -26,6 +27,7 @@ pub use health::{ImageState, RegistryHealth, health_state};
 pub use lease::LeaseHolder;
 pub use queue::{ClaimedJob, Enqueued, Failure, JobRecord, JobState, JobWaiter, NewJob};
 pub use retry::retry_delay;
+pub use rollouts::{RolloutImage, RolloutRecord};
 pub use sync::{DigestSource, DigestUpdate, EventRecord, NewEvent, SyncSummary};
 
 /// Milliseconds since the Unix epoch; the store's clock unit. Queue and lease
@@ -241,7 +243,10 @@ impl Store {
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(match &self.pool {
             Pool::Pg(p) => Tx::Pg(p.begin().await?),
-            Pool::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+            // IMMEDIATE takes the write lock up front: two deferred
+            // transactions that both read and then write would deadlock,
+            // and SQLite answers one of them "database is locked" at once.
+            Pool::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
         })
     }
 

@@ -426,8 +426,14 @@ async fn check(
     if image.is_managed() && !matches!(update, DigestUpdate::Unchanged) {
         match client.base_annotations(&image.name, &image.platforms).await {
             Ok(base) => {
+                // Normalised, so it compares with the parent's stored name.
+                let base_name = base.name.as_deref().map(|n| {
+                    ImageRef::parse(n)
+                        .map(|r| r.to_string())
+                        .unwrap_or_else(|_| n.to_string())
+                });
                 let _ = store
-                    .record_base(&name, base.name.as_deref(), base.digest.as_deref(), now)
+                    .record_base(&name, base_name.as_deref(), base.digest.as_deref(), now)
                     .await;
             }
             Err(e) => tracing::warn!(image = %name, error = %e, "cannot read base annotations"),

@@ -1,0 +1,524 @@
+//! The rollout engine: a change opens (or joins) the running rollout; each
+//! affected managed image is rebuilt once, after every affected parent in
+//! the rollout succeeded, never on a failed parent.
+//!
+//! Every step is one store transaction, so a crash between steps loses
+//! nothing: the state it resumes from is the state it committed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::config::{Config, Image};
+use crate::lineage::Lineage;
+use crate::registry::ImageRef;
+use crate::store::{Millis, NewEvent, NewJob, RolloutImage, Store, StoreError, Tx, now_millis};
+use crate::watch::DigestChanged;
+
+/// Job kind of a rebuild trigger.
+pub const REBUILD: &str = "rebuild";
+
+/// How a build ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildResult {
+    Succeeded { digest: Option<String> },
+    Failed { reason: String },
+}
+
+pub struct Engine {
+    cfg: Arc<Config>,
+    store: Store,
+    lineage: Lineage,
+    images: HashMap<ImageRef, usize>,
+    /// Serialises engine steps in this process (Postgres row locks do it
+    /// across replicas).
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Engine {
+    pub fn new(cfg: Arc<Config>, store: Store) -> Engine {
+        let lineage = Lineage::new(&cfg.images);
+        let images = cfg
+            .images
+            .iter()
+            .enumerate()
+            .map(|(i, img)| (img.name.clone(), i))
+            .collect();
+        Engine {
+            cfg,
+            store,
+            lineage,
+            images,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn image(&self, name: &str) -> Option<&Image> {
+        let r = ImageRef::parse(name).ok()?;
+        self.images.get(&r).map(|&i| &self.cfg.images[i])
+    }
+
+    /// A tracked digest moved: add the affected images to the running
+    /// rollout (opening one if none runs) and trigger what is ready. A
+    /// managed image that is building and now carries its new base is done.
+    pub async fn on_change(&self, change: &DigestChanged) -> Result<(), StoreError> {
+        let _g = self.lock.lock().await;
+        let now = now_millis();
+        let plan = match self.lineage.plan(std::slice::from_ref(&change.image)) {
+            Ok(p) => p,
+            Err(_) => return Ok(()),
+        };
+        // Completion seen in the registry: the rebuilt image's base
+        // annotation names its parent's current digest.
+        if self.lineage.is_managed(&change.image) == Some(true) {
+            self.complete_from_registry(&change.image, &change.new, now)
+                .await?;
+            // Our own rebuild showing up: its descendants are already in
+            // the rollout (or were rebuilt on it).
+            if self.is_own_build(&change.image, &change.new).await? {
+                return Ok(());
+            }
+        }
+        if plan.waves.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.store.begin().await?;
+        let cause = json!({ "image": change.image.to_string(), "old": change.old, "new": change.new, "source": change.source.as_str() });
+        let (rollout, created) = self.store.open_rollout_in(&mut tx, &cause, now).await?;
+        let mut current: HashMap<String, RolloutImage> = self
+            .store
+            .rollout_images_in(&mut tx, rollout)
+            .await?
+            .into_iter()
+            .map(|r| (r.image.clone(), r))
+            .collect();
+        for (w, wave) in plan.waves.iter().enumerate() {
+            for img in wave {
+                let name = img.to_string();
+                let wave_no = w as i32 + 1;
+                let ri = match current.remove(&name) {
+                    None => RolloutImage::new(rollout, &name, wave_no, now),
+                    Some(mut ri) => {
+                        match ri.state.as_str() {
+                            // Its pending trigger will carry the newest parents.
+                            "waiting" | "queued" => {}
+                            "building" => ri.rerun = true,
+                            _ => {
+                                ri.state = "waiting".into();
+                                ri.reason = Some(format!("{} moved again", change.image));
+                                ri.job_id = None;
+                            }
+                        }
+                        ri.wave = ri.wave.max(wave_no);
+                        ri.updated_at = now;
+                        ri
+                    }
+                };
+                self.store.save_rollout_image_in(&mut tx, &ri).await?;
+            }
+        }
+        let kind = if created {
+            "rollout_started"
+        } else {
+            "rollout_joined"
+        };
+        let event = NewEvent {
+            kind: kind.into(),
+            image: Some(change.image.to_string()),
+            rollout_id: Some(rollout),
+            job_id: None,
+            data: json!({ "images": plan.image_count(), "cause": cause }),
+        };
+        self.store.append_event_in(&mut tx, &event, now).await?;
+        self.advance(&mut tx, rollout, now).await?;
+        tx.commit().await?;
+        self.store.wake_local();
+        Ok(())
+    }
+
+    /// Reconcile: stale managed images with no work in flight get a
+    /// rollout of their own rebuild and their descendants'.
+    pub async fn reconcile(&self) -> Result<usize, StoreError> {
+        let stale = self.store.stale_images().await?;
+        let busy: HashSet<String> = self.store.images_in_flight().await?.into_iter().collect();
+        let todo: Vec<ImageRef> = stale
+            .iter()
+            .filter(|(n, _, _)| !busy.contains(n))
+            .filter_map(|(n, _, _)| ImageRef::parse(n).ok())
+            .filter(|r| self.lineage.contains(r))
+            .collect();
+        if todo.is_empty() {
+            return Ok(0);
+        }
+        let _g = self.lock.lock().await;
+        let now = now_millis();
+        let plan = match self.lineage.plan_rebuild(&todo) {
+            Ok(p) => p,
+            Err(_) => return Ok(0),
+        };
+        let mut tx = self.store.begin().await?;
+        let cause =
+            json!({ "reconcile": todo.iter().map(ToString::to_string).collect::<Vec<_>>() });
+        let (rollout, _) = self.store.open_rollout_in(&mut tx, &cause, now).await?;
+        let existing: HashSet<String> = self
+            .store
+            .rollout_images_in(&mut tx, rollout)
+            .await?
+            .into_iter()
+            .map(|r| r.image)
+            .collect();
+        for (w, wave) in plan.waves.iter().enumerate() {
+            for img in wave {
+                let name = img.to_string();
+                if !existing.contains(&name) {
+                    self.store
+                        .save_rollout_image_in(
+                            &mut tx,
+                            &RolloutImage::new(rollout, &name, w as i32 + 1, now),
+                        )
+                        .await?;
+                }
+            }
+        }
+        let event = NewEvent {
+            kind: "rollout_reconciled".into(),
+            image: None,
+            rollout_id: Some(rollout),
+            job_id: None,
+            data: cause,
+        };
+        self.store.append_event_in(&mut tx, &event, now).await?;
+        self.advance(&mut tx, rollout, now).await?;
+        tx.commit().await?;
+        self.store.wake_local();
+        tracing::info!(
+            images = todo.len(),
+            rollout,
+            "reconcile: stale images rebuilt"
+        );
+        Ok(todo.len())
+    }
+
+    /// The dispatcher delivered a trigger: the image is building until its
+    /// result or the deadline.
+    pub async fn on_triggered(&self, job_id: i64) -> Result<(), StoreError> {
+        let _g = self.lock.lock().await;
+        let Some(mut ri) = self.store.rollout_image_for_job(job_id).await? else {
+            return Ok(());
+        };
+        if ri.state != "queued" {
+            return Ok(());
+        }
+        let now = now_millis();
+        let timeout = self
+            .image(&ri.image)
+            .and_then(|i| i.build.as_ref())
+            .map_or(Duration::from_secs(7200), |b| b.build_timeout);
+        ri.state = "building".into();
+        ri.build_deadline = Some(now + timeout.as_millis() as i64);
+        ri.updated_at = now;
+        let mut tx = self.store.begin().await?;
+        self.store.save_rollout_image_in(&mut tx, &ri).await?;
+        let event = NewEvent {
+            kind: "job_accepted".into(),
+            image: Some(ri.image.clone()),
+            rollout_id: Some(ri.rollout_id),
+            job_id: Some(job_id),
+            data: json!({}),
+        };
+        self.store.append_event_in(&mut tx, &event, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A trigger could not be delivered (4xx, or retries used up).
+    pub async fn on_trigger_failed(&self, job_id: i64, reason: &str) -> Result<(), StoreError> {
+        self.finish_job(
+            job_id,
+            BuildResult::Failed {
+                reason: format!("trigger failed: {reason}"),
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// A build result for the image a job triggered (CI callback, deadline).
+    /// Returns the image's state afterwards; a repeated report changes nothing.
+    pub async fn finish_job(
+        &self,
+        job_id: i64,
+        result: BuildResult,
+    ) -> Result<Option<String>, StoreError> {
+        let _g = self.lock.lock().await;
+        let Some(ri) = self.store.rollout_image_for_job(job_id).await? else {
+            return Ok(None);
+        };
+        if ri.is_finished() {
+            return Ok(Some(ri.state));
+        }
+        let now = now_millis();
+        let mut tx = self.store.begin().await?;
+        self.store.lock_rollout_in(&mut tx, ri.rollout_id).await?;
+        let state = self.apply_result(&mut tx, ri, result, now).await?;
+        tx.commit().await?;
+        self.store.wake_local();
+        Ok(Some(state))
+    }
+
+    /// Builds past their deadline fail.
+    pub async fn expire_builds(&self) -> Result<usize, StoreError> {
+        let overdue = self.store.overdue_builds(now_millis()).await?;
+        let n = overdue.len();
+        for ri in overdue {
+            if let Some(job) = ri.job_id {
+                self.finish_job(
+                    job,
+                    BuildResult::Failed {
+                        reason: "no result before build_timeout".into(),
+                    },
+                )
+                .await?;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn complete_from_registry(
+        &self,
+        image: &ImageRef,
+        digest: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let name = image.to_string();
+        let Some(state) = self.store.image_state(&name).await? else {
+            return Ok(());
+        };
+        let parents = self.lineage.parents(image);
+        let mut fresh = !parents.is_empty();
+        for p in &parents {
+            let parent = self.store.image_state(&p.to_string()).await?;
+            let current = parent.and_then(|s| s.current_digest);
+            fresh &= current.is_some() && state.base_digest == current;
+        }
+        if !fresh {
+            return Ok(());
+        }
+        let mut tx = self.store.begin().await?;
+        let Some(rollout) = self.store.running_rollout_in(&mut tx).await? else {
+            return Ok(());
+        };
+        let ri = self
+            .store
+            .rollout_images_in(&mut tx, rollout)
+            .await?
+            .into_iter()
+            .find(|r| r.image == name);
+        if let Some(ri) = ri.filter(|r| r.state == "building" || r.state == "queued") {
+            self.apply_result(
+                &mut tx,
+                ri,
+                BuildResult::Succeeded {
+                    digest: Some(digest.to_string()),
+                },
+                now,
+            )
+            .await?;
+            tx.commit().await?;
+            self.store.wake_local();
+        }
+        Ok(())
+    }
+
+    async fn is_own_build(&self, image: &ImageRef, digest: &str) -> Result<bool, StoreError> {
+        let name = image.to_string();
+        for r in self.store.rollouts(3).await? {
+            let own = self
+                .store
+                .rollout_images(r.id)
+                .await?
+                .into_iter()
+                .any(|ri| ri.image == name && ri.built_digest.as_deref() == Some(digest));
+            if own {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn apply_result(
+        &self,
+        tx: &mut Tx,
+        mut ri: RolloutImage,
+        result: BuildResult,
+        now: Millis,
+    ) -> Result<String, StoreError> {
+        let rollout = ri.rollout_id;
+        let (kind, data) = match &result {
+            BuildResult::Succeeded { digest } => {
+                ri.built_digest = digest.clone();
+                ri.reason = None;
+                if std::mem::take(&mut ri.rerun) {
+                    // A newer base arrived during the build: once more.
+                    ri.state = "waiting".into();
+                    ri.job_id = None;
+                } else {
+                    ri.state = "succeeded".into();
+                }
+                ("job_succeeded", json!({ "digest": digest }))
+            }
+            BuildResult::Failed { reason } => {
+                ri.state = "failed".into();
+                ri.reason = Some(reason.clone());
+                ("job_failed", json!({ "reason": reason }))
+            }
+        };
+        ri.updated_at = now;
+        self.store.save_rollout_image_in(tx, &ri).await?;
+        let event = NewEvent {
+            kind: kind.into(),
+            image: Some(ri.image.clone()),
+            rollout_id: Some(rollout),
+            job_id: ri.job_id,
+            data,
+        };
+        self.store.append_event_in(tx, &event, now).await?;
+        self.advance(tx, rollout, now).await?;
+        Ok(ri.state)
+    }
+
+    /// Blocks descendants of failed images, triggers images whose affected
+    /// parents all succeeded, and finishes the rollout when nothing is left.
+    async fn advance(&self, tx: &mut Tx, rollout: i64, now: Millis) -> Result<(), StoreError> {
+        let mut rows: HashMap<String, RolloutImage> = self
+            .store
+            .rollout_images_in(tx, rollout)
+            .await?
+            .into_iter()
+            .map(|r| (r.image.clone(), r))
+            .collect();
+        let mut order: Vec<(i32, String)> =
+            rows.values().map(|r| (r.wave, r.image.clone())).collect();
+        order.sort();
+        for (_, name) in &order {
+            let Some(r) = rows.get(name) else { continue };
+            if r.state != "waiting" {
+                continue;
+            }
+            let Ok(image_ref) = ImageRef::parse(name) else {
+                continue;
+            };
+            let in_rollout: Vec<&RolloutImage> = self
+                .lineage
+                .parents(&image_ref)
+                .iter()
+                .filter_map(|p| rows.get(&p.to_string()))
+                .collect();
+            if let Some(bad) = in_rollout
+                .iter()
+                .find(|p| matches!(p.state.as_str(), "failed" | "blocked"))
+            {
+                let reason = format!(
+                    "parent {} {}{}",
+                    bad.image,
+                    bad.state,
+                    bad.job_id
+                        .map(|j| format!(" (job {j})"))
+                        .unwrap_or_default()
+                );
+                let mut r = rows[name].clone();
+                r.state = "blocked".into();
+                r.reason = Some(reason.clone());
+                r.updated_at = now;
+                self.store.save_rollout_image_in(tx, &r).await?;
+                let event = NewEvent {
+                    kind: "image_blocked".into(),
+                    image: Some(name.clone()),
+                    rollout_id: Some(rollout),
+                    job_id: None,
+                    data: json!({ "reason": reason }),
+                };
+                self.store.append_event_in(tx, &event, now).await?;
+                rows.insert(name.clone(), r);
+                continue;
+            }
+            if !in_rollout.iter().all(|p| p.state == "succeeded") {
+                continue;
+            }
+            let r = self
+                .trigger(tx, rows[name].clone(), &image_ref, now)
+                .await?;
+            rows.insert(name.clone(), r);
+        }
+        if rows.values().all(RolloutImage::is_finished) {
+            let ok = rows.values().filter(|r| r.state == "succeeded").count();
+            let state = if ok == rows.len() {
+                "succeeded"
+            } else if ok == 0 {
+                "failed"
+            } else {
+                "partially_failed"
+            };
+            self.store
+                .finish_rollout_in(tx, rollout, state, now)
+                .await?;
+            let event = NewEvent {
+                kind: "rollout_finished".into(),
+                image: None,
+                rollout_id: Some(rollout),
+                job_id: None,
+                data: json!({ "state": state, "images": rows.len(), "succeeded": ok }),
+            };
+            self.store.append_event_in(tx, &event, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Enqueues the rebuild trigger (coalescing per image) in this transaction.
+    async fn trigger(
+        &self,
+        tx: &mut Tx,
+        mut r: RolloutImage,
+        image: &ImageRef,
+        now: Millis,
+    ) -> Result<RolloutImage, StoreError> {
+        let Some(img) = self.image(&r.image) else {
+            return Ok(r);
+        };
+        let Some(build) = &img.build else {
+            return Ok(r);
+        };
+        let mut parents = Vec::new();
+        for p in self.lineage.parents(image) {
+            let digest = self
+                .store
+                .image_state_in(tx, &p.to_string())
+                .await?
+                .and_then(|s| s.current_digest);
+            parents.push(json!({ "name": p.to_string(), "digest": digest }));
+        }
+        let token = format!("{:032x}", rand::random::<u128>());
+        let mut job = NewJob::new(REBUILD, now);
+        job.unique_key = Some(format!("rebuild:{}", r.image));
+        job.image = Some(r.image.clone());
+        job.rollout_id = Some(r.rollout_id);
+        job.reasons = vec![format!("rollout {}", r.rollout_id)];
+        job.payload = json!({
+            "image": r.image,
+            "parents": parents,
+            "rollout_id": r.rollout_id,
+            "backend": build.backend,
+            "build": build,
+            "callback_token": token,
+        });
+        let e = self.store.enqueue_in(tx, &job, now).await?;
+        r.state = "queued".into();
+        r.job_id = Some(e.id);
+        r.callback_token = Some(token);
+        r.updated_at = now;
+        self.store.save_rollout_image_in(tx, &r).await?;
+        Ok(r)
+    }
+}

@@ -1,0 +1,210 @@
+//! Rollouts and the per-image state inside them.
+
+use super::{Millis, Store, StoreError, Tx, on_pool, on_tx};
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct RolloutRecord {
+    pub id: i64,
+    pub state: String,
+    pub cause: String,
+    pub created_at: Millis,
+    pub finished_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct RolloutImage {
+    pub rollout_id: i64,
+    pub image: String,
+    pub wave: i32,
+    pub state: String,
+    pub job_id: Option<i64>,
+    pub rerun: bool,
+    pub build_deadline: Option<Millis>,
+    pub built_digest: Option<String>,
+    pub reason: Option<String>,
+    #[serde(skip)]
+    pub callback_token: Option<String>,
+    pub updated_at: Millis,
+}
+
+impl RolloutImage {
+    pub fn new(rollout_id: i64, image: &str, wave: i32, now: Millis) -> RolloutImage {
+        RolloutImage {
+            rollout_id,
+            image: image.to_string(),
+            wave,
+            state: "waiting".into(),
+            job_id: None,
+            rerun: false,
+            build_deadline: None,
+            built_digest: None,
+            reason: None,
+            callback_token: None,
+            updated_at: now,
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "succeeded" | "failed" | "blocked" | "cancelled"
+        )
+    }
+}
+
+const SAVE: &str = "INSERT INTO rollout_images (rollout_id, image, wave, state, job_id, rerun, build_deadline, built_digest, reason, callback_token, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+ON CONFLICT (rollout_id, image) DO UPDATE SET
+    wave = excluded.wave, state = excluded.state, job_id = excluded.job_id, rerun = excluded.rerun,
+    build_deadline = excluded.build_deadline, built_digest = excluded.built_digest, reason = excluded.reason,
+    callback_token = excluded.callback_token, updated_at = excluded.updated_at";
+
+impl Store {
+    /// The running rollout (locked on Postgres for this transaction), or a
+    /// new one with `cause`. Returns (id, created).
+    pub async fn open_rollout_in(
+        &self,
+        tx: &mut Tx,
+        cause: &serde_json::Value,
+        now: Millis,
+    ) -> Result<(i64, bool), StoreError> {
+        let sql = match tx {
+            Tx::Pg(_) => {
+                "SELECT id FROM rollouts WHERE state = 'running' ORDER BY id DESC LIMIT 1 FOR UPDATE"
+            }
+            Tx::Sqlite(_) => {
+                "SELECT id FROM rollouts WHERE state = 'running' ORDER BY id DESC LIMIT 1"
+            }
+        };
+        let open: Option<i64> =
+            on_tx!(tx, c => sqlx::query_scalar(sql).fetch_optional(&mut *c).await?);
+        if let Some(id) = open {
+            return Ok((id, false));
+        }
+        let id: i64 = on_tx!(tx, c => sqlx::query_scalar(
+            "INSERT INTO rollouts (state, cause, created_at) VALUES ('running', $1, $2) RETURNING id")
+            .bind(cause.to_string()).bind(now).fetch_one(&mut *c).await?);
+        Ok((id, true))
+    }
+
+    /// The newest rollout if it is running, locked for this transaction.
+    pub async fn running_rollout_in(&self, tx: &mut Tx) -> Result<Option<i64>, StoreError> {
+        let sql = match tx {
+            Tx::Pg(_) => {
+                "SELECT id FROM rollouts WHERE state = 'running' ORDER BY id DESC LIMIT 1 FOR UPDATE"
+            }
+            Tx::Sqlite(_) => {
+                "SELECT id FROM rollouts WHERE state = 'running' ORDER BY id DESC LIMIT 1"
+            }
+        };
+        Ok(on_tx!(tx, c => sqlx::query_scalar(sql).fetch_optional(&mut *c).await?))
+    }
+
+    /// Locks a rollout row for this transaction (Postgres) and returns it.
+    pub async fn lock_rollout_in(
+        &self,
+        tx: &mut Tx,
+        id: i64,
+    ) -> Result<Option<RolloutRecord>, StoreError> {
+        let sql = match tx {
+            Tx::Pg(_) => "SELECT * FROM rollouts WHERE id = $1 FOR UPDATE",
+            Tx::Sqlite(_) => "SELECT * FROM rollouts WHERE id = $1",
+        };
+        Ok(on_tx!(tx, c => sqlx::query_as(sql).bind(id).fetch_optional(&mut *c).await?))
+    }
+
+    pub async fn rollout_images_in(
+        &self,
+        tx: &mut Tx,
+        rollout_id: i64,
+    ) -> Result<Vec<RolloutImage>, StoreError> {
+        Ok(
+            on_tx!(tx, c => sqlx::query_as("SELECT * FROM rollout_images WHERE rollout_id = $1 ORDER BY wave, image")
+            .bind(rollout_id).fetch_all(&mut *c).await?),
+        )
+    }
+
+    pub async fn save_rollout_image_in(
+        &self,
+        tx: &mut Tx,
+        ri: &RolloutImage,
+    ) -> Result<(), StoreError> {
+        on_tx!(tx, c => sqlx::query(SAVE)
+            .bind(ri.rollout_id).bind(&ri.image).bind(ri.wave).bind(&ri.state).bind(ri.job_id).bind(ri.rerun)
+            .bind(ri.build_deadline).bind(&ri.built_digest).bind(&ri.reason).bind(&ri.callback_token).bind(ri.updated_at)
+            .execute(&mut *c).await?.rows_affected());
+        Ok(())
+    }
+
+    pub async fn finish_rollout_in(
+        &self,
+        tx: &mut Tx,
+        id: i64,
+        state: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        on_tx!(tx, c => sqlx::query("UPDATE rollouts SET state = $2, finished_at = $3 WHERE id = $1 AND state = 'running'")
+            .bind(id).bind(state).bind(now).execute(&mut *c).await?.rows_affected());
+        Ok(())
+    }
+
+    /// The rollout image a job triggered.
+    pub async fn rollout_image_for_job(
+        &self,
+        job_id: i64,
+    ) -> Result<Option<RolloutImage>, StoreError> {
+        Ok(
+            on_pool!(self, p => sqlx::query_as("SELECT * FROM rollout_images WHERE job_id = $1 ORDER BY rollout_id DESC LIMIT 1")
+            .bind(job_id).fetch_optional(p).await?),
+        )
+    }
+
+    pub async fn rollout(&self, id: i64) -> Result<Option<RolloutRecord>, StoreError> {
+        Ok(
+            on_pool!(self, p => sqlx::query_as("SELECT * FROM rollouts WHERE id = $1").bind(id).fetch_optional(p).await?),
+        )
+    }
+
+    pub async fn rollouts(&self, limit: i64) -> Result<Vec<RolloutRecord>, StoreError> {
+        Ok(
+            on_pool!(self, p => sqlx::query_as("SELECT * FROM rollouts ORDER BY id DESC LIMIT $1").bind(limit).fetch_all(p).await?),
+        )
+    }
+
+    pub async fn rollout_images(&self, rollout_id: i64) -> Result<Vec<RolloutImage>, StoreError> {
+        Ok(
+            on_pool!(self, p => sqlx::query_as("SELECT * FROM rollout_images WHERE rollout_id = $1 ORDER BY wave, image")
+            .bind(rollout_id).fetch_all(p).await?),
+        )
+    }
+
+    /// Builds past their deadline (no result reported in time).
+    pub async fn overdue_builds(&self, now: Millis) -> Result<Vec<RolloutImage>, StoreError> {
+        Ok(on_pool!(self, p => sqlx::query_as(
+            "SELECT * FROM rollout_images WHERE state = 'building' AND build_deadline < $1 ORDER BY rollout_id, image LIMIT 1000")
+            .bind(now).fetch_all(p).await?))
+    }
+
+    /// Images currently waiting, queued or building in a running rollout.
+    pub async fn images_in_flight(&self) -> Result<Vec<String>, StoreError> {
+        Ok(on_pool!(self, p => sqlx::query_scalar(
+            "SELECT ri.image FROM rollout_images ri JOIN rollouts r ON r.id = ri.rollout_id
+             WHERE r.state = 'running' AND ri.state IN ('waiting', 'queued', 'building')")
+            .fetch_all(p).await?))
+    }
+
+    /// Managed, active images whose recorded base digest is set and differs
+    /// from the parent's current digest (single-parent images; the base
+    /// annotation names one base).
+    pub async fn stale_images(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        Ok(on_pool!(self, p => sqlx::query_as(
+            "SELECT i.name, i.base_digest, p.current_digest FROM images i
+             JOIN edges e ON e.child = i.name
+             JOIN images p ON p.name = e.parent
+             WHERE i.managed AND i.active AND i.base_digest IS NOT NULL AND p.current_digest IS NOT NULL
+               AND (i.base_name IS NULL OR i.base_name = p.name)
+               AND i.base_digest <> p.current_digest
+             ORDER BY i.name")
+            .fetch_all(p).await?))
+    }
+}

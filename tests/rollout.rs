@@ -1,0 +1,404 @@
+//! Rollouts end to end: a real docker-registry, the daemon in-process, and a
+//! CI receiver that verifies signatures, "builds" by pushing the rebuilt
+//! image (base annotation = its parent's new digest) and calls back.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lineaged::config::load_str;
+use lineaged::daemon::{Daemon, RunOptions, start};
+use lineaged::dispatch::webhook;
+use lineaged::registry::manifest::{BASE_DIGEST, BASE_NAME};
+use lineaged::watch::WatchOptions;
+use serde_json::Value;
+use support::registry::{RegistryOptions, TestRegistry};
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "ci-signing-secret";
+
+#[derive(Clone, Debug)]
+struct Received {
+    image: String,
+    webhook_id: String,
+    parents: Value,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct Ci {
+    received: Mutex<Vec<Received>>,
+    finished: Mutex<Vec<(String, Instant)>>,
+    /// Answer 503 to this many requests first.
+    unavailable: Mutex<u32>,
+    /// Images whose build fails.
+    failing: Mutex<Vec<String>>,
+}
+
+/// The CI peer: checks the Standard Webhooks signature, records, builds.
+async fn ci_receiver(reg: Arc<TestRegistry>, ci: Arc<Ci>) -> String {
+    use axum::http::{HeaderMap, StatusCode};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let app = axum::Router::new().route(
+        "/build",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let (reg, ci) = (reg.clone(), ci.clone());
+            async move {
+                let id = headers["webhook-id"].to_str().unwrap().to_string();
+                let ts: i64 = headers["webhook-timestamp"].to_str().unwrap().parse().unwrap();
+                let sig = headers["webhook-signature"].to_str().unwrap();
+                assert!(webhook::verify(SECRET.as_bytes(), &id, ts, &body, sig), "bad signature");
+                {
+                    let mut u = ci.unavailable.lock().unwrap();
+                    if *u > 0 {
+                        *u -= 1;
+                        ci.received.lock().unwrap().push(Received { image: "<503>".into(), webhook_id: id, parents: Value::Null, at: Instant::now() });
+                        return StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                }
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                let image = v["image"].as_str().unwrap().to_string();
+                ci.received.lock().unwrap().push(Received { image: image.clone(), webhook_id: id, parents: v["parents"].clone(), at: Instant::now() });
+                let callback = v["callback_url"].as_str().unwrap().to_string();
+                let parent = v["parents"][0].clone();
+                let fail = ci.failing.lock().unwrap().contains(&image);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let http = reqwest::Client::new();
+                    let body = if fail {
+                        serde_json::json!({ "status": "failed", "log_url": "http://ci.example/log/1" })
+                    } else {
+                        let repo_tag = image.split_once('/').unwrap().1;
+                        let (repo, tag) = repo_tag.rsplit_once(':').unwrap();
+                        let mut ann = BTreeMap::new();
+                        ann.insert(BASE_NAME.to_string(), parent["name"].as_str().unwrap().to_string());
+                        ann.insert(BASE_DIGEST.to_string(), parent["digest"].as_str().unwrap().to_string());
+                        let (digest, _) = reg.push_image(repo, tag, &format!("{image} {}", rand_tag()), ("linux", "amd64"), ann, BTreeMap::new()).await;
+                        serde_json::json!({ "status": "succeeded", "digest": digest })
+                    };
+                    ci.finished.lock().unwrap().push((image.clone(), Instant::now()));
+                    let r = http.post(&callback).json(&body).send().await.unwrap();
+                    assert_eq!(r.status().as_u16(), 200, "callback: {}", r.text().await.unwrap_or_default());
+                });
+                StatusCode::ACCEPTED
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    addr
+}
+
+fn rand_tag() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+struct Setup {
+    reg: Arc<TestRegistry>,
+    ci: Arc<Ci>,
+    daemon: Option<Daemon>,
+    shutdown: CancellationToken,
+    _db: tempfile::TempDir,
+}
+
+/// base (external) → left, right → bottom (diamond), all in the registry.
+async fn diamond() -> Setup {
+    let reg = Arc::new(TestRegistry::start(RegistryOptions::default()).await);
+    let none = BTreeMap::new;
+    for (repo, seed) in [
+        ("base/os", "b1"),
+        ("team/left", "l1"),
+        ("team/right", "r1"),
+        ("team/bottom", "m1"),
+    ] {
+        reg.push_image(repo, "1", seed, ("linux", "amd64"), none(), none())
+            .await;
+    }
+    let ci = Arc::new(Ci::default());
+    let ci_addr = ci_receiver(reg.clone(), ci.clone()).await;
+    let a = &reg.addr;
+    let db = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        r#"database: {{ url: "sqlite://{db}/l.db" }}
+registries:
+  - host: "{a}"
+    insecure: true
+backends:
+  ci:
+    kind: webhook
+    url: http://{ci_addr}/build
+    secret_env: T_CI_SECRET
+images:
+  - name: "{a}/base/os:1"
+    schedule: "* * * * * *"
+  - name: "{a}/team/left:1"
+    from: ["{a}/base/os:1"]
+    build: {{ backend: ci }}
+    schedule: "* * * * * *"
+  - name: "{a}/team/right:1"
+    from: ["{a}/base/os:1"]
+    build: {{ backend: ci }}
+    schedule: "* * * * * *"
+  - name: "{a}/team/bottom:1"
+    from: ["{a}/team/left:1", "{a}/team/right:1"]
+    build: {{ backend: ci }}
+    schedule: "* * * * * *"
+"#,
+        db = db.path().display()
+    );
+    let cfg = Arc::new(
+        load_str("diamond.yaml", &yaml, &|n| {
+            (n == "T_CI_SECRET").then(|| SECRET.to_string())
+        })
+        .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let shutdown = CancellationToken::new();
+    let opts = RunOptions {
+        watch: true,
+        rollouts: true,
+        reconcile_interval: Duration::from_secs(1),
+        watch_options: WatchOptions {
+            node_id: "t".into(),
+            lease_ttl: Duration::from_secs(5),
+            max_in_flight: 16,
+        },
+        registry_timeout: Duration::from_secs(5),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let daemon = start(cfg, listener, shutdown.clone(), opts).await.unwrap();
+    // Every image observed once (baselines) before anything changes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for repo in ["base/os", "team/left", "team/right", "team/bottom"] {
+        let name = format!("{a}/{repo}:1");
+        while daemon
+            .store
+            .image_state(&name)
+            .await
+            .unwrap()
+            .unwrap()
+            .current_digest
+            .is_none()
+        {
+            assert!(Instant::now() < deadline, "no baseline for {name}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Setup {
+        reg,
+        ci,
+        daemon: Some(daemon),
+        shutdown,
+        _db: db,
+    }
+}
+
+impl Setup {
+    async fn wait_rollout(&self, within: Duration) -> (String, Vec<(String, String)>) {
+        let store = &self.daemon.as_ref().unwrap().store;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(r) = store.rollouts(1).await.unwrap().into_iter().next()
+                && r.state != "running"
+            {
+                let imgs = store
+                    .rollout_images(r.id)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|i| (i.image, i.state))
+                    .collect();
+                return (r.state, imgs);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rollout did not finish: {:?}\nimages: {:?}\njobs: {:?}",
+                store.rollouts(5).await.unwrap(),
+                store.rollout_images(1).await.unwrap(),
+                store
+                    .jobs(None, 0, 20)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|j| (
+                        j.id,
+                        j.image.clone(),
+                        j.state.clone(),
+                        j.attempt,
+                        j.last_error.clone()
+                    ))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        self.daemon.take().unwrap().wait().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_push_rebuilds_a_diamond_once_each_in_wave_order() {
+    let s = diamond().await;
+    let a = s.reg.addr.clone();
+    let (base_digest, _) = s
+        .reg
+        .push_image(
+            "base/os",
+            "1",
+            "b2",
+            ("linux", "amd64"),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        )
+        .await;
+    let (state, images) = s.wait_rollout(Duration::from_secs(30)).await;
+    assert_eq!(state, "succeeded", "{images:?}");
+    assert_eq!(images.len(), 3);
+    // Quiet period: nothing is rebuilt again by the watcher seeing the rebuilt images.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got = s.ci.received.lock().unwrap().clone();
+    let mut names: Vec<&str> = got.iter().map(|r| r.image.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            format!("{a}/team/bottom:1"),
+            format!("{a}/team/left:1"),
+            format!("{a}/team/right:1")
+        ],
+        "each exactly once"
+    );
+    let at = |img: &str| got.iter().find(|r| r.image.ends_with(img)).unwrap().clone();
+    for side in ["/team/left:1", "/team/right:1"] {
+        let r = at(side);
+        assert_eq!(
+            r.parents[0]["digest"],
+            base_digest.as_str(),
+            "built on the new base"
+        );
+        let finished =
+            s.ci.finished
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(i, _)| i.ends_with(side))
+                .unwrap()
+                .1;
+        assert!(
+            at("/team/bottom:1").at > finished,
+            "bottom only after {side} finished"
+        );
+    }
+    let ids: std::collections::HashSet<_> = got.iter().map(|r| r.webhook_id.clone()).collect();
+    assert_eq!(ids.len(), 3);
+    let kinds: Vec<String> = s
+        .daemon
+        .as_ref()
+        .unwrap()
+        .store
+        .events_after(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    for k in [
+        "digest_changed",
+        "rollout_started",
+        "job_dispatched",
+        "job_accepted",
+        "job_succeeded",
+        "rollout_finished",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "missing event {k}: {kinds:?}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_build_blocks_its_descendants() {
+    let s = diamond().await;
+    let a = s.reg.addr.clone();
+    s.ci.failing
+        .lock()
+        .unwrap()
+        .push(format!("{a}/team/left:1"));
+    s.reg
+        .push_image(
+            "base/os",
+            "1",
+            "b2",
+            ("linux", "amd64"),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        )
+        .await;
+    let (state, images) = s.wait_rollout(Duration::from_secs(30)).await;
+    assert_eq!(state, "partially_failed");
+    let st = |img: &str| {
+        images
+            .iter()
+            .find(|(i, _)| i.ends_with(img))
+            .unwrap()
+            .1
+            .clone()
+    };
+    assert_eq!(
+        (
+            st("/team/left:1"),
+            st("/team/right:1"),
+            st("/team/bottom:1")
+        ),
+        ("failed".into(), "succeeded".into(), "blocked".into())
+    );
+    assert!(
+        !s.ci
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.image.ends_with("/team/bottom:1")),
+        "never built on a failed parent"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ci_unavailable_then_back_delivers_once_with_the_same_webhook_id() {
+    let s = diamond().await;
+    *s.ci.unavailable.lock().unwrap() = 3;
+    s.reg
+        .push_image(
+            "base/os",
+            "1",
+            "b2",
+            ("linux", "amd64"),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        )
+        .await;
+    let (state, _) = s.wait_rollout(Duration::from_secs(60)).await;
+    assert_eq!(state, "succeeded");
+    let got = s.ci.received.lock().unwrap().clone();
+    let refused: Vec<&Received> = got.iter().filter(|r| r.image == "<503>").collect();
+    assert_eq!(refused.len(), 3);
+    let delivered: Vec<&Received> = got.iter().filter(|r| r.image != "<503>").collect();
+    assert_eq!(delivered.len(), 3, "one accepted trigger per image");
+    for r in refused {
+        assert!(
+            delivered.iter().any(|d| d.webhook_id == r.webhook_id),
+            "retries keep the webhook-id"
+        );
+    }
+    s.stop().await;
+}

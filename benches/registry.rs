@@ -102,7 +102,12 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    if let Ok(filter) = std::env::var("LINEAGED_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    }
+    let only_latency = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "latency");
     rt.block_on(async {
+        if !only_latency {
         let reg = TestRegistry::start(RegistryOptions::default()).await;
         for i in 0..REFS {
             reg.push_image("bench/img", &format!("t{i}"), &format!("s{i}"), ("linux", "amd64"), BTreeMap::new(), BTreeMap::new()).await;
@@ -118,6 +123,7 @@ fn main() {
             None => println!("skopeo: not available"),
         }
         drop(reg);
+        }
 
         // Push → DigestChanged through the registry's own notifications.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -148,7 +154,7 @@ fn main() {
         for i in 0..100 {
             let (digest, _) = reg.push_image("bench/app", "1", &format!("p{i}"), ("linux", "amd64"), BTreeMap::new(), BTreeMap::new()).await;
             let t = Instant::now();
-            let deadline = t + Duration::from_secs(10);
+            let deadline = t + Duration::from_secs(3);
             loop {
                 match tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), rx.recv()).await {
                     Ok(Ok(c)) if c.new == digest => {
@@ -156,7 +162,8 @@ fn main() {
                         break;
                     }
                     Ok(Ok(_)) => continue,
-                    _ => {
+                    other => {
+                        eprintln!("push {i}: no change seen ({other:?})");
                         missed += 1;
                         break;
                     }

@@ -58,7 +58,7 @@ pub async fn registry_hook(
         match resolve_tracked(&s, &p) {
             Some(image) => {
                 if let Some(w) = &s.watch {
-                    w.recheck(image.clone(), DigestSource::Push);
+                    w.recheck_expecting(image.clone(), DigestSource::Push, p.digest.clone());
                 }
                 tracked.push(image.to_string());
             }

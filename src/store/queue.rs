@@ -381,16 +381,31 @@ impl Store {
     /// Returns running jobs whose lease expired to pending (or `dead` when
     /// their attempts are used up). The leader runs this periodically.
     pub async fn rescue(&self, now: Millis) -> Result<Vec<i64>, StoreError> {
+        self.rescue_matching(now, None).await
+    }
+
+    /// Returns the running jobs of `worker` to pending at once: called at
+    /// start-up by a process that reuses the node id of one that died, whose
+    /// jobs nobody else would free before their leases expire.
+    pub async fn release_worker(&self, worker: &str, now: Millis) -> Result<Vec<i64>, StoreError> {
+        self.rescue_matching(now, Some(worker)).await
+    }
+
+    async fn rescue_matching(
+        &self,
+        now: Millis,
+        worker: Option<&str>,
+    ) -> Result<Vec<i64>, StoreError> {
         let expired: Vec<JobRecord> = on_pool!(self, p => sqlx::query_as(
-            "SELECT * FROM jobs WHERE state = 'running' AND locked_until < $1 ORDER BY id LIMIT 1000")
-            .bind(now).fetch_all(p).await?);
+            "SELECT * FROM jobs WHERE state = 'running' AND (locked_until < $1 OR locked_by = $2) ORDER BY id LIMIT 1000")
+            .bind(now).bind(worker).fetch_all(p).await?);
         let mut rescued = Vec::with_capacity(expired.len());
         for job in expired {
             let mut tx = self.begin().await?;
             // Re-check inside the transaction: a heartbeat may have won.
             let still: Option<JobRecord> = on_tx!(&mut tx, c => sqlx::query_as(
-                "SELECT * FROM jobs WHERE id = $1 AND state = 'running' AND locked_until < $2")
-                .bind(job.id).bind(now).fetch_optional(c).await?);
+                "SELECT * FROM jobs WHERE id = $1 AND state = 'running' AND (locked_until < $2 OR locked_by = $3)")
+                .bind(job.id).bind(now).bind(worker).fetch_optional(c).await?);
             let Some(job) = still else { continue };
             let holder = job.locked_by.clone().unwrap_or_default();
             let error = format!("lease of worker {holder} expired");

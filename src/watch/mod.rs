@@ -39,6 +39,8 @@ pub struct DigestChanged {
 #[derive(Clone)]
 pub struct WatchHandle {
     recheck: mpsc::Sender<(ImageRef, DigestSource)>,
+    /// Digests push events announced, until a re-check sees them.
+    expected: Arc<std::sync::Mutex<HashMap<ImageRef, String>>>,
     changes: broadcast::Sender<DigestChanged>,
 }
 
@@ -47,6 +49,23 @@ impl WatchHandle {
     /// False when the queue is full (the schedule will still catch it).
     pub fn recheck(&self, image: ImageRef, source: DigestSource) -> bool {
         self.recheck.try_send((image, source)).is_ok()
+    }
+
+    /// A re-check for a push that announced `digest`: if the registry does
+    /// not show it yet (some notify before the tag moves), check again
+    /// shortly. What is recorded is always what the registry answers.
+    pub fn recheck_expecting(
+        &self,
+        image: ImageRef,
+        source: DigestSource,
+        digest: Option<String>,
+    ) -> bool {
+        if let Some(d) = digest
+            && let Ok(mut m) = self.expected.lock()
+        {
+            m.insert(image.clone(), d);
+        }
+        self.recheck(image, source)
     }
 
     /// Every `DigestChanged` from now on.
@@ -68,15 +87,27 @@ pub struct WatchOptions {
 impl Default for WatchOptions {
     fn default() -> Self {
         WatchOptions {
-            node_id: format!(
-                "lineaged-{}-{:08x}",
-                std::process::id(),
-                rand::random::<u32>()
-            ),
+            node_id: default_node_id(),
             lease_ttl: Duration::from_secs(15),
             max_in_flight: 64,
         }
     }
+}
+
+/// `LINEAGED_NODE_ID`, else the host name: stable across restarts, so a
+/// restarted daemon frees the jobs its previous run left running instead of
+/// waiting for their leases. Replicas on one host must set distinct ids.
+pub fn default_node_id() -> String {
+    if let Ok(id) = std::env::var("LINEAGED_NODE_ID")
+        && !id.trim().is_empty()
+    {
+        return id.trim().to_string();
+    }
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "lineaged".to_string())
 }
 
 #[derive(Default)]
@@ -90,6 +121,8 @@ struct Outcome {
     source: DigestSource,
     registry: String,
     result: Result<Option<DigestChanged>, RegistryError>,
+    /// The tag's top-level digest the registry answered, when it answered.
+    seen: Option<String>,
 }
 
 pub struct Watcher {
@@ -140,6 +173,7 @@ impl Watcher {
             recheck_rx: rx,
             handle: WatchHandle {
                 recheck: tx,
+                expected: Arc::default(),
                 changes,
             },
             registries: HashMap::new(),
@@ -244,7 +278,7 @@ impl Watcher {
                         if outcome.source == DigestSource::Poll {
                             let next = self.next_fire(outcome.index, now_millis());
                             due.push(Reverse((retry_at.map_or(next, |r| r.max(next)), outcome.index)));
-                        } else if retry_at.is_some() {
+                        } else if retry_at.is_some() || self.still_expected(outcome.index, outcome.seen.as_deref()) {
                             self.retry_push(outcome.index, outcome.source);
                         } else {
                             self.push_retries.remove(&outcome.index);
@@ -282,14 +316,32 @@ impl Watcher {
         let store = self.store.clone();
         set.spawn(async move {
             let registry = image.name.registry().to_string();
-            let result = check(&client, &store, &image, source).await;
+            let mut seen = None;
+            let result = check(&client, &store, &image, source, &mut seen).await;
             Outcome {
                 index,
                 source,
                 registry,
                 result,
+                seen,
             }
         });
+    }
+
+    /// True while a push announced a digest the registry does not show yet.
+    fn still_expected(&self, index: usize, seen: Option<&str>) -> bool {
+        let image = &self.cfg.images[index].name;
+        let Ok(mut m) = self.handle.expected.lock() else {
+            return false;
+        };
+        match (m.get(image), seen) {
+            (Some(want), Some(got)) if want != got => true,
+            (Some(_), _) => {
+                m.remove(image);
+                false
+            }
+            (None, _) => false,
+        }
     }
 
     /// A push said the image moved but the check failed (registries can
@@ -300,6 +352,9 @@ impl Watcher {
         *n += 1;
         if *n > 8 {
             self.push_retries.remove(&index);
+            if let Ok(mut m) = self.handle.expected.lock() {
+                m.remove(&self.cfg.images[index].name);
+            }
             return;
         }
         let delay = Duration::from_millis(100 << (*n - 1).min(4)); // 0.1 s … 1.6 s
@@ -402,8 +457,10 @@ async fn check(
     store: &Store,
     image: &Image,
     source: DigestSource,
+    seen: &mut Option<String>,
 ) -> Result<Option<DigestChanged>, RegistryError> {
     let res = client.resolve(&image.name, &image.platforms).await?;
+    *seen = Some(res.digest.clone());
     let tracked = res.tracked();
     let platform = image
         .platforms

@@ -43,6 +43,9 @@ pub struct Pushed {
     pub host: Option<String>,
     pub repository: String,
     pub tag: String,
+    /// The digest the event says was pushed: only a hint of what a re-check
+    /// should find (registries may notify before the tag moves).
+    pub digest: Option<String>,
 }
 
 impl Pushed {
@@ -85,6 +88,7 @@ pub fn parse(source: PushSource, body: &[u8]) -> Result<Vec<Pushed>, String> {
                         host: s(e, &["request", "host"]).map(str::to_string),
                         repository: s(e, &["target", "repository"])?.to_string(),
                         tag: s(e, &["target", "tag"])?.to_string(),
+                        digest: s(e, &["target", "digest"]).map(str::to_string),
                     })
                 })
                 .collect())
@@ -97,6 +101,7 @@ pub fn parse(source: PushSource, body: &[u8]) -> Result<Vec<Pushed>, String> {
                 host: Some("docker.io".into()),
                 repository: repo.to_string(),
                 tag: tag.to_string(),
+                digest: None,
             }])
         }
         PushSource::Harbor => {
@@ -124,6 +129,7 @@ pub fn parse(source: PushSource, body: &[u8]) -> Result<Vec<Pushed>, String> {
                         host: Some(host.to_string()),
                         repository: repo.to_string(),
                         tag: tag.to_string(),
+                        digest: s(r, &["digest"]).map(str::to_string),
                     })
                 })
                 .collect())
@@ -150,6 +156,11 @@ pub fn parse(source: PushSource, body: &[u8]) -> Result<Vec<Pushed>, String> {
                 host: Some("ghcr.io".into()),
                 repository: format!("{}/{name}", owner.to_ascii_lowercase()),
                 tag: tag.to_string(),
+                digest: s(
+                    pkg,
+                    &["package_version", "container_metadata", "tag", "digest"],
+                )
+                .map(str::to_string),
             }])
         }
     }

@@ -428,3 +428,61 @@ async fn reconcile_rebuilds_an_image_that_went_stale_while_nobody_planned_it() {
     );
     serve.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_on_errors() {
+    let w = world(false).await;
+    let a = w.reg.addr.clone();
+    let mut serve = Serve::start(&w.cfg);
+    let extra = format!("{a}/team/extra:1");
+    let base = format!("{a}/base/os:1");
+    let store = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(s) = Store::connect(
+                &w.db_url,
+                &OpenOptions {
+                    max_connections: 2,
+                    ..OpenOptions::default()
+                },
+            )
+            .await
+                && s.active_images().await.is_ok_and(|i| i.contains(&base))
+            {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "daemon did not start");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let original = std::fs::read_to_string(&w.cfg).unwrap();
+    std::fs::write(&w.cfg, format!("{original}  - name: \"{extra}\"\n")).unwrap();
+    let hup = |pid: u32| {
+        Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    hup(serve.child.id());
+    until("reloaded", Duration::from_secs(20), || {
+        let store = store.clone();
+        let extra = extra.clone();
+        async move {
+            store
+                .active_images()
+                .await
+                .is_ok_and(|i| i.contains(&extra))
+        }
+    })
+    .await;
+    // A broken config is refused; the daemon keeps running the last good one.
+    std::fs::write(&w.cfg, format!("{original}  - name: \"Not A Ref\"\n")).unwrap();
+    hup(serve.child.id());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(serve.child.try_wait().unwrap().is_none(), "still running");
+    assert!(
+        store.active_images().await.unwrap().contains(&extra),
+        "old config kept"
+    );
+    serve.stop();
+}

@@ -35,6 +35,8 @@ struct Ci {
     unavailable: Mutex<u32>,
     /// Images whose build fails.
     failing: Mutex<Vec<String>>,
+    /// Push the rebuilt image but never call back.
+    silent: std::sync::atomic::AtomicBool,
 }
 
 /// The CI peer: checks the Standard Webhooks signature, records, builds.
@@ -80,6 +82,9 @@ async fn ci_receiver(reg: Arc<TestRegistry>, ci: Arc<Ci>) -> String {
                         serde_json::json!({ "status": "succeeded", "digest": digest })
                     };
                     ci.finished.lock().unwrap().push((image.clone(), Instant::now()));
+                    if ci.silent.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
                     let r = http.post(&callback).json(&body).send().await.unwrap();
                     assert_eq!(r.status().as_u16(), 200, "callback: {}", r.text().await.unwrap_or_default());
                 });
@@ -111,6 +116,11 @@ struct Setup {
 
 /// base (external) → left, right → bottom (diamond), all in the registry.
 async fn diamond() -> Setup {
+    diamond_on(None).await
+}
+
+/// The diamond on `db_url` (default: SQLite in a temp dir).
+async fn diamond_on(db_url: Option<&str>) -> Setup {
     let reg = Arc::new(TestRegistry::start(RegistryOptions::default()).await);
     let none = BTreeMap::new;
     for (repo, seed) in [
@@ -126,8 +136,12 @@ async fn diamond() -> Setup {
     let ci_addr = ci_receiver(reg.clone(), ci.clone()).await;
     let a = &reg.addr;
     let db = tempfile::tempdir().unwrap();
+    let url = db_url.map_or_else(
+        || format!("sqlite://{}/l.db", db.path().display()),
+        str::to_string,
+    );
     let yaml = format!(
-        r#"database: {{ url: "sqlite://{db}/l.db" }}
+        r#"database: {{ url: "{url}" }}
 registries:
   - host: "{a}"
     insecure: true
@@ -151,8 +165,7 @@ images:
     from: ["{a}/team/left:1", "{a}/team/right:1"]
     build: {{ backend: ci }}
     schedule: "* * * * * *"
-"#,
-        db = db.path().display()
+"#
     );
     let cfg = Arc::new(
         load_str("diamond.yaml", &yaml, &|n| {
@@ -400,5 +413,124 @@ async fn ci_unavailable_then_back_delivers_once_with_the_same_webhook_id() {
             "retries keep the webhook-id"
         );
     }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_diamond_on_postgres() {
+    let pg = support::PgDb::create().await;
+    let s = diamond_on(Some(&pg.url)).await;
+    s.reg
+        .push_image(
+            "base/os",
+            "1",
+            "b2",
+            ("linux", "amd64"),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        )
+        .await;
+    let (state, images) = s.wait_rollout(Duration::from_secs(30)).await;
+    assert_eq!(state, "succeeded", "{images:?}");
+    assert_eq!(s.ci.received.lock().unwrap().len(), 3);
+    s.stop().await;
+    pg.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_quick_base_pushes_rebuild_on_the_newest_base_without_overlap() {
+    let s = diamond().await;
+    let a = s.reg.addr.clone();
+    s.reg
+        .push_image(
+            "base/os",
+            "1",
+            "b2",
+            ("linux", "amd64"),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        )
+        .await;
+    // The second push lands while the first rollout is being planned or built.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (v3, _) = s
+        .reg
+        .push_image(
+            "base/os",
+            "1",
+            "b3",
+            ("linux", "amd64"),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        )
+        .await;
+    let store = s.daemon.as_ref().unwrap().store.clone();
+    // Until the base's v3 is observed and everything after it has settled.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = store
+            .image_state(&format!("{a}/base/os:1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .current_digest;
+        let running = store
+            .rollouts(1)
+            .await
+            .unwrap()
+            .first()
+            .is_some_and(|r| r.state == "running");
+        if seen.as_deref() == Some(v3.as_str()) && !running {
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not settle");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let got = s.ci.received.lock().unwrap().clone();
+    let finished = s.ci.finished.lock().unwrap().clone();
+    for img in ["team/left:1", "team/right:1", "team/bottom:1"] {
+        let mine: Vec<&Received> = got.iter().filter(|r| r.image.ends_with(img)).collect();
+        assert!(
+            (1..=2).contains(&mine.len()),
+            "{img}: {} triggers",
+            mine.len()
+        );
+        if mine.len() == 2 {
+            let first_done = finished.iter().find(|(i, _)| i.ends_with(img)).unwrap().1;
+            assert!(
+                mine[1].at >= first_done,
+                "{img}: second build started before the first finished"
+            );
+        }
+    }
+    for side in ["team/left:1", "team/right:1"] {
+        let last = got.iter().rev().find(|r| r.image.ends_with(side)).unwrap();
+        assert_eq!(
+            last.parents[0]["digest"],
+            v3.as_str(),
+            "{side} ends on the newest base"
+        );
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_without_callback_comes_from_the_registry() {
+    let s = diamond().await;
+    s.ci.silent
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    s.reg
+        .push_image(
+            "base/os",
+            "1",
+            "b2",
+            ("linux", "amd64"),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        )
+        .await;
+    let (state, images) = s.wait_rollout(Duration::from_secs(30)).await;
+    assert_eq!(state, "succeeded", "{images:?}");
+    assert_eq!(s.ci.received.lock().unwrap().len(), 3);
     s.stop().await;
 }

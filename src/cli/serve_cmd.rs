@@ -1,4 +1,5 @@
-//! `lineaged serve`: the daemon until SIGINT/SIGTERM.
+//! `lineaged serve`: the daemon until SIGINT/SIGTERM; SIGHUP reloads the
+//! config (an invalid one is logged and the running config kept).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -6,7 +7,13 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::{ConfigArg, EXIT_FAILED, load_config};
-use crate::daemon::{RunOptions, run};
+use crate::config::{self, Config};
+use crate::daemon::{RunOptions, start};
+
+enum Signal {
+    Stop,
+    Reload,
+}
 
 pub fn serve(arg: &ConfigArg) -> ExitCode {
     let cfg = match load_config(arg) {
@@ -23,7 +30,13 @@ pub fn serve(arg: &ConfigArg) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    rt.block_on(async move {
+    rt.block_on(run(arg.config.clone(), cfg))
+}
+
+async fn run(path: std::path::PathBuf, mut cfg: Arc<Config>) -> ExitCode {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(signals(tx));
+    loop {
         let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -31,34 +44,77 @@ pub fn serve(arg: &ConfigArg) -> ExitCode {
                 return ExitCode::from(EXIT_FAILED);
             }
         };
-        let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down");
-            token.cancel();
-        });
-        match run(cfg, listener, shutdown, RunOptions::default()).await {
-            Ok(()) => ExitCode::SUCCESS,
+        let generation = CancellationToken::new();
+        let daemon = match start(
+            cfg.clone(),
+            listener,
+            generation.clone(),
+            RunOptions::default(),
+        )
+        .await
+        {
+            Ok(d) => d,
             Err(e) => {
                 eprintln!("error: {}", super::store_cmd::error_chain(&e));
-                ExitCode::from(EXIT_FAILED)
+                return ExitCode::from(EXIT_FAILED);
+            }
+        };
+        let next = loop {
+            match rx.recv().await {
+                Some(Signal::Reload) => match config::load(&path) {
+                    Ok(new) => {
+                        tracing::info!(
+                            images = new.images.len(),
+                            "config reloaded; restarting components"
+                        );
+                        break Some(Arc::new(new));
+                    }
+                    Err(e) => {
+                        for d in e.diagnostics() {
+                            tracing::error!(error = %d, "config reload refused; keeping the running config");
+                        }
+                    }
+                },
+                Some(Signal::Stop) | None => break None,
+            }
+        };
+        generation.cancel();
+        if let Err(e) = daemon.wait().await {
+            eprintln!("error: {}", super::store_cmd::error_chain(&e));
+            return ExitCode::from(EXIT_FAILED);
+        }
+        match next {
+            Some(new) => cfg = new,
+            None => {
+                tracing::info!("stopped");
+                return ExitCode::SUCCESS;
             }
         }
-    })
+    }
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+async fn signals(tx: tokio::sync::mpsc::Sender<Signal>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = tx.send(Signal::Stop).await;
+        return;
+    };
+    loop {
+        let s = tokio::select! {
+            _ = tokio::signal::ctrl_c() => Signal::Stop,
+            _ = term.recv() => Signal::Stop,
+            _ = hup.recv() => Signal::Reload,
+        };
+        let stop = matches!(s, Signal::Stop);
+        if stop {
+            tracing::info!("shutting down");
+        }
+        if tx.send(s).await.is_err() || stop {
             return;
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -296,12 +296,18 @@ impl Engine {
         let Some(state) = self.store.image_state(&name).await? else {
             return Ok(());
         };
-        let parents = self.lineage.parents(image);
-        let mut fresh = !parents.is_empty();
-        for p in &parents {
-            let parent = self.store.image_state(&p.to_string()).await?;
-            let current = parent.and_then(|s| s.current_digest);
-            fresh &= current.is_some() && state.base_digest == current;
+        // The base annotation names one base (the final stage's): the
+        // parent it names, or any parent when it names none, must be at the
+        // digest the annotation records.
+        let Some(base_digest) = state.base_digest.clone() else { return Ok(()) };
+        let mut fresh = false;
+        for p in self.lineage.parents(image) {
+            let p = p.to_string();
+            if state.base_name.as_ref().is_some_and(|n| *n != p) {
+                continue;
+            }
+            let current = self.store.image_state(&p).await?.and_then(|s| s.current_digest);
+            fresh |= current.as_deref() == Some(base_digest.as_str());
         }
         if !fresh {
             return Ok(());

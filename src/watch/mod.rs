@@ -357,7 +357,7 @@ impl Watcher {
             }
             return;
         }
-        let delay = Duration::from_millis(100 << (*n - 1).min(4)); // 0.1 s … 1.6 s
+        let delay = Duration::from_millis(25 << (*n - 1).min(6)); // 25 ms … 1.6 s
         let handle = self.handle.clone();
         let image = self.cfg.images[index].name.clone();
         tokio::spawn(async move {

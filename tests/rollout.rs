@@ -37,6 +37,8 @@ struct Ci {
     failing: Mutex<Vec<String>>,
     /// Push the rebuilt image but never call back.
     silent: std::sync::atomic::AtomicBool,
+    /// Accept triggers and do nothing at all.
+    ghost: std::sync::atomic::AtomicBool,
 }
 
 /// The CI peer: checks the Standard Webhooks signature, records, builds.
@@ -67,6 +69,9 @@ async fn ci_receiver(reg: Arc<TestRegistry>, ci: Arc<Ci>) -> String {
                 let callback = v["callback_url"].as_str().unwrap().to_string();
                 let parent = v["parents"][0].clone();
                 let fail = ci.failing.lock().unwrap().contains(&image);
+                if ci.ghost.load(std::sync::atomic::Ordering::Relaxed) {
+                    return StatusCode::ACCEPTED;
+                }
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     let http = reqwest::Client::new();
@@ -119,8 +124,16 @@ async fn diamond() -> Setup {
     diamond_on(None).await
 }
 
-/// The diamond on `db_url` (default: SQLite in a temp dir).
+async fn diamond_with(build_timeout: &str) -> Setup {
+    diamond_opts(None, build_timeout).await
+}
+
 async fn diamond_on(db_url: Option<&str>) -> Setup {
+    diamond_opts(db_url, "1h").await
+}
+
+/// The diamond on `db_url` (default: SQLite in a temp dir).
+async fn diamond_opts(db_url: Option<&str>, build_timeout: &str) -> Setup {
     let reg = Arc::new(TestRegistry::start(RegistryOptions::default()).await);
     let none = BTreeMap::new;
     for (repo, seed) in [
@@ -150,6 +163,7 @@ backends:
     kind: webhook
     url: http://{ci_addr}/build
     secret_env: T_CI_SECRET
+    build_timeout: {build_timeout}
 images:
   - name: "{a}/base/os:1"
     schedule: "* * * * * *"
@@ -532,5 +546,136 @@ async fn completion_without_callback_comes_from_the_registry() {
     let (state, images) = s.wait_rollout(Duration::from_secs(30)).await;
     assert_eq!(state, "succeeded", "{images:?}");
     assert_eq!(s.ci.received.lock().unwrap().len(), 3);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callback_endpoint_checks_tokens_and_is_idempotent() {
+    let s = diamond().await;
+    s.ci.ghost.store(true, std::sync::atomic::Ordering::Relaxed);
+    let a = s.reg.addr.clone();
+    s.reg
+        .push_image(
+            "base/os",
+            "1",
+            "b2",
+            ("linux", "amd64"),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        )
+        .await;
+    let store = s.daemon.as_ref().unwrap().store.clone();
+    let left = format!("{a}/team/left:1");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let job = loop {
+        let jobs = store
+            .jobs(Some(lineaged::store::JobState::Succeeded), 0, 10)
+            .await
+            .unwrap();
+        if let Some(j) = jobs
+            .into_iter()
+            .find(|j| j.image.as_deref() == Some(left.as_str()))
+        {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "left never triggered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let token = serde_json::from_str::<Value>(&job.payload).unwrap()["callback_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let base = format!("http://{}/api/v1/jobs", s.daemon.as_ref().unwrap().addr);
+    let http = reqwest::Client::new();
+    let post = |url: String, body: Value| http.post(url).json(&body).send();
+    let ok = serde_json::json!({ "status": "succeeded" });
+    assert_eq!(
+        post(format!("{base}/{}/result?token=wrong", job.id), ok.clone())
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+    assert_eq!(
+        post(format!("{base}/{}/result", job.id), ok.clone())
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+    assert_eq!(
+        post(format!("{base}/999999/result?token={token}"), ok.clone())
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        404
+    );
+    let r = post(
+        format!("{base}/{}/result?token={token}", job.id),
+        serde_json::json!({ "status": "maybe" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let r = post(
+        format!("{base}/{}/result?token={token}", job.id),
+        serde_json::json!({ "status": "succeeded", "digest": "sha256:xyz" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 400, "invalid digest");
+    for _ in 0..2 {
+        let r = post(
+            format!("{base}/{}/result?token={token}", job.id),
+            ok.clone(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.json::<Value>().await.unwrap()["state"], "succeeded");
+    }
+    // A later contradictory report changes nothing.
+    let r = post(
+        format!("{base}/{}/result?token={token}", job.id),
+        serde_json::json!({ "status": "failed" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["state"], "succeeded");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_ci_is_retried_after_build_timeout_then_failed() {
+    let s = diamond_with("1s").await;
+    s.ci.ghost.store(true, std::sync::atomic::Ordering::Relaxed);
+    s.reg
+        .push_image(
+            "base/os",
+            "1",
+            "b2",
+            ("linux", "amd64"),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        )
+        .await;
+    let (state, images) = s.wait_rollout(Duration::from_secs(40)).await;
+    assert_eq!(state, "failed", "{images:?}");
+    let got = s.ci.received.lock().unwrap().clone();
+    let left: Vec<&Received> = got
+        .iter()
+        .filter(|r| r.image.ends_with("/team/left:1"))
+        .collect();
+    assert_eq!(left.len(), 3, "three builds before giving up");
+    let ids: std::collections::HashSet<_> = left.iter().map(|r| r.webhook_id.clone()).collect();
+    assert_eq!(
+        ids.len(),
+        3,
+        "each retry is a new build with its own webhook-id"
+    );
+    assert!(!got.iter().any(|r| r.image.ends_with("/team/bottom:1")));
     s.stop().await;
 }

@@ -20,6 +20,9 @@ use crate::watch::DigestChanged;
 /// Job kind of a rebuild trigger.
 pub const REBUILD: &str = "rebuild";
 
+/// Builds of one image per rollout before a silent CI fails it for good.
+pub const MAX_BUILD_ATTEMPTS: i32 = 3;
+
 /// How a build ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BuildResult {
@@ -273,14 +276,39 @@ impl Engine {
         let overdue = self.store.overdue_builds(now_millis()).await?;
         let n = overdue.len();
         for ri in overdue {
-            if let Some(job) = ri.job_id {
-                self.finish_job(
-                    job,
-                    BuildResult::Failed {
-                        reason: "no result before build_timeout".into(),
-                    },
-                )
-                .await?;
+            let Some(job) = ri.job_id else { continue };
+            if ri.build_attempts < MAX_BUILD_ATTEMPTS {
+                // Retry policy: trigger the build again (a new job, so CI
+                // sees a new webhook-id: it is a new build, not a redelivery).
+                let _g = self.lock.lock().await;
+                let now = now_millis();
+                let mut tx = self.store.begin().await?;
+                self.store.lock_rollout_in(&mut tx, ri.rollout_id).await?;
+                let mut r = ri.clone();
+                r.state = "waiting".into();
+                r.job_id = None;
+                r.build_deadline = None;
+                r.reason = Some(format!(
+                    "no result before build_timeout (build {} of {MAX_BUILD_ATTEMPTS}); retrying",
+                    ri.build_attempts
+                ));
+                r.updated_at = now;
+                self.store.save_rollout_image_in(&mut tx, &r).await?;
+                let event = NewEvent {
+                    kind: "job_failed".into(),
+                    image: Some(r.image.clone()),
+                    rollout_id: Some(r.rollout_id),
+                    job_id: Some(job),
+                    data: json!({ "reason": r.reason, "retry": true }),
+                };
+                self.store.append_event_in(&mut tx, &event, now).await?;
+                self.advance(&mut tx, r.rollout_id, now).await?;
+                tx.commit().await?;
+                self.store.wake_local();
+            } else {
+                let reason =
+                    format!("no result before build_timeout ({MAX_BUILD_ATTEMPTS} builds)");
+                self.finish_job(job, BuildResult::Failed { reason }).await?;
             }
         }
         Ok(n)
@@ -299,14 +327,20 @@ impl Engine {
         // The base annotation names one base (the final stage's): the
         // parent it names, or any parent when it names none, must be at the
         // digest the annotation records.
-        let Some(base_digest) = state.base_digest.clone() else { return Ok(()) };
+        let Some(base_digest) = state.base_digest.clone() else {
+            return Ok(());
+        };
         let mut fresh = false;
         for p in self.lineage.parents(image) {
             let p = p.to_string();
             if state.base_name.as_ref().is_some_and(|n| *n != p) {
                 continue;
             }
-            let current = self.store.image_state(&p).await?.and_then(|s| s.current_digest);
+            let current = self
+                .store
+                .image_state(&p)
+                .await?
+                .and_then(|s| s.current_digest);
             fresh |= current.as_deref() == Some(base_digest.as_str());
         }
         if !fresh {
@@ -522,6 +556,7 @@ impl Engine {
         let e = self.store.enqueue_in(tx, &job, now).await?;
         r.state = "queued".into();
         r.job_id = Some(e.id);
+        r.build_attempts += 1;
         r.callback_token = Some(token);
         r.updated_at = now;
         self.store.save_rollout_image_in(tx, &r).await?;

@@ -25,6 +25,7 @@ pub struct RolloutImage {
     #[serde(skip)]
     pub callback_token: Option<String>,
     pub updated_at: Millis,
+    pub build_attempts: i32,
 }
 
 impl RolloutImage {
@@ -41,6 +42,7 @@ impl RolloutImage {
             reason: None,
             callback_token: None,
             updated_at: now,
+            build_attempts: 0,
         }
     }
 
@@ -52,12 +54,12 @@ impl RolloutImage {
     }
 }
 
-const SAVE: &str = "INSERT INTO rollout_images (rollout_id, image, wave, state, job_id, rerun, build_deadline, built_digest, reason, callback_token, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+const SAVE: &str = "INSERT INTO rollout_images (rollout_id, image, wave, state, job_id, rerun, build_deadline, built_digest, reason, callback_token, updated_at, build_attempts)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 ON CONFLICT (rollout_id, image) DO UPDATE SET
     wave = excluded.wave, state = excluded.state, job_id = excluded.job_id, rerun = excluded.rerun,
     build_deadline = excluded.build_deadline, built_digest = excluded.built_digest, reason = excluded.reason,
-    callback_token = excluded.callback_token, updated_at = excluded.updated_at";
+    callback_token = excluded.callback_token, updated_at = excluded.updated_at, build_attempts = excluded.build_attempts";
 
 impl Store {
     /// The running rollout (locked on Postgres for this transaction), or a
@@ -131,7 +133,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         on_tx!(tx, c => sqlx::query(SAVE)
             .bind(ri.rollout_id).bind(&ri.image).bind(ri.wave).bind(&ri.state).bind(ri.job_id).bind(ri.rerun)
-            .bind(ri.build_deadline).bind(&ri.built_digest).bind(&ri.reason).bind(&ri.callback_token).bind(ri.updated_at)
+            .bind(ri.build_deadline).bind(&ri.built_digest).bind(&ri.reason).bind(&ri.callback_token).bind(ri.updated_at).bind(ri.build_attempts)
             .execute(&mut *c).await?.rows_affected());
         Ok(())
     }

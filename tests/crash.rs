@@ -108,6 +108,14 @@ struct Serve {
     child: Child,
 }
 
+impl Drop for Serve {
+    // A failing test must not leave a daemon running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Serve {
     fn start(cfg: &std::path::Path) -> Serve {
         let child = Command::new(env!("CARGO_BIN_EXE_lineaged"))
@@ -244,29 +252,17 @@ async fn kill_9_mid_rollout_then_restart_completes_without_duplicates() {
     let a = w.reg.addr.clone();
     let base = format!("{a}/base/os:1");
     let serve = Serve::start(&w.cfg);
-    let store = {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(s) = Store::connect(
-                &w.db_url,
-                &OpenOptions {
-                    max_connections: 2,
-                    ..OpenOptions::default()
-                },
-            )
-            .await
-                && s.image_state(&base)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some_and(|st| st.current_digest.is_some())
-            {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "daemon never observed the base");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+    let store = connect_when(&w.db_url, "daemon never observed the base", |s: Store| {
+        let base = base.clone();
+        async move {
+            s.image_state(&base)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|st| st.current_digest.is_some())
         }
-    };
+    })
+    .await;
     w.reg
         .push_image(
             "base/os",
@@ -348,37 +344,26 @@ async fn reconcile_rebuilds_an_image_that_went_stale_while_nobody_planned_it() {
     let serve = Serve::start(&w.cfg);
     let left = format!("{a}/team/left:1");
     let base = format!("{a}/base/os:1");
-    let store = {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(s) = Store::connect(
-                &w.db_url,
-                &OpenOptions {
-                    max_connections: 2,
-                    ..OpenOptions::default()
-                },
-            )
-            .await
-                && s.image_state(&left)
+    let store = connect_when(
+        &w.db_url,
+        "no baseline with base annotations",
+        |s: Store| {
+            let left = left.clone();
+            async move {
+                s.image_state(&left)
                     .await
                     .ok()
                     .flatten()
                     .is_some_and(|st| st.base_digest.is_some())
-                && s.image_state(&left.replace("left", "right"))
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some_and(|st| st.base_digest.is_some())
-            {
-                break s;
+                    && s.image_state(&left.replace("left", "right"))
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some_and(|st| st.base_digest.is_some())
             }
-            assert!(
-                Instant::now() < deadline,
-                "no baseline with base annotations"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
+        },
+    )
+    .await;
     serve.stop();
     // While it is down, the base moves and the observation is committed,
     // but no rollout was ever planned (as after a crash at that moment).
@@ -436,25 +421,11 @@ async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_on_errors() {
     let mut serve = Serve::start(&w.cfg);
     let extra = format!("{a}/team/extra:1");
     let base = format!("{a}/base/os:1");
-    let store = {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(s) = Store::connect(
-                &w.db_url,
-                &OpenOptions {
-                    max_connections: 2,
-                    ..OpenOptions::default()
-                },
-            )
-            .await
-                && s.active_images().await.is_ok_and(|i| i.contains(&base))
-            {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "daemon did not start");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
+    let store = connect_when(&w.db_url, "daemon did not start", |s: Store| {
+        let base = base.clone();
+        async move { s.active_images().await.is_ok_and(|i| i.contains(&base)) }
+    })
+    .await;
     let original = std::fs::read_to_string(&w.cfg).unwrap();
     std::fs::write(&w.cfg, format!("{original}  - name: \"{extra}\"\n")).unwrap();
     let hup = |pid: u32| {
@@ -485,4 +456,26 @@ async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_on_errors() {
         "old config kept"
     );
     serve.stop();
+}
+
+/// Connects to the daemon's database once `ready` holds for it.
+async fn connect_when<F, Fut>(url: &str, what: &str, ready: F) -> Store
+where
+    F: Fn(Store) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let opts = OpenOptions {
+            max_connections: 2,
+            ..OpenOptions::default()
+        };
+        if let Ok(s) = Store::connect(url, &opts).await
+            && ready(s.clone()).await
+        {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

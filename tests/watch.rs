@@ -131,18 +131,7 @@ async fn polling_sees_a_push_within_one_period_and_never_reports_an_unchanged_ta
 
     // Wait for the baseline observation, then push.
     let store = run.daemon.store.clone();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while store
-        .image_state(&python)
-        .await
-        .unwrap()
-        .unwrap()
-        .current_digest
-        .is_none()
-    {
-        assert!(Instant::now() < deadline, "no baseline observed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_baseline(&store, &python).await;
     assert_eq!(
         store
             .image_state(&python)
@@ -303,18 +292,7 @@ async fn a_platform_filtered_image_ignores_other_platforms() {
     let mut rx = run.daemon.watch.as_ref().unwrap().subscribe();
     let image = format!("{a}/base/multi:1");
     let store = run.daemon.store.clone();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while store
-        .image_state(&image)
-        .await
-        .unwrap()
-        .unwrap()
-        .current_digest
-        .is_none()
-    {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_baseline(&store, &image).await;
     let arm2 = reg
         .push_image(
             "base/multi",
@@ -541,18 +519,7 @@ async fn a_failing_registry_is_backed_off_shown_degraded_and_recovers() {
     let mut rx = run.daemon.watch.as_ref().unwrap().subscribe();
     let image = format!("{proxy}/base/flaky:1");
     let store = run.daemon.store.clone();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while store
-        .image_state(&image)
-        .await
-        .unwrap()
-        .unwrap()
-        .current_digest
-        .is_none()
-    {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_baseline(&store, &image).await;
 
     mode.store(1, Ordering::Relaxed); // HTTP 500
     let h = wait_for(&store, "degraded", |h| {
@@ -658,4 +625,23 @@ async fn only_the_lease_holder_polls_when_two_replicas_share_postgres() {
     one.stop().await;
     two.stop().await;
     pg.drop_db().await;
+}
+
+/// Waits until the daemon has observed `image` once.
+async fn wait_baseline(store: &lineaged::store::Store, image: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store
+        .image_state(image)
+        .await
+        .unwrap()
+        .unwrap()
+        .current_digest
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no baseline observed for {image}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -220,6 +220,19 @@ pub(crate) fn load_config(arg: &ConfigArg) -> Result<Config, ExitCode> {
     })
 }
 
+/// A tokio runtime for a command; failure is printed and becomes exit 1.
+pub(crate) fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut b = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    b.enable_all().build().map_err(|e| {
+        eprintln!("error: cannot start the runtime: {e}");
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
 /// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
 fn print(s: &str) {
     let _ = std::io::stdout().lock().write_all(s.as_bytes());

@@ -23,15 +23,9 @@ pub fn resolve(args: &ResolveArgs) -> ExitCode {
                 return ExitCode::from(EXIT_FAILED);
             }
         };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runtime(false) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_FAILED);
-        }
+        Err(code) => return code,
     };
     let mut failed = 0;
     rt.block_on(async {

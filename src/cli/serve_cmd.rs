@@ -20,15 +20,9 @@ pub fn serve(arg: &ConfigArg) -> ExitCode {
         Ok(c) => Arc::new(c),
         Err(code) => return code,
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runtime(true) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_FAILED);
-        }
+        Err(code) => return code,
     };
     rt.block_on(run(arg.config.clone(), cfg))
 }

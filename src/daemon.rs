@@ -83,6 +83,7 @@ pub async fn start(
     shutdown: CancellationToken,
     opts: RunOptions,
 ) -> Result<Daemon, RunError> {
+    crate::init_tls();
     let ready = Arc::new(AtomicBool::new(false));
     let store = Store::open(
         cfg.database.url.expose(),

@@ -15,3 +15,10 @@ pub mod registry;
 pub mod rollout;
 pub mod store;
 pub mod watch;
+
+/// Installs the TLS crypto provider (ring) for every HTTPS client in the
+/// process. reqwest is built without a bundled provider; call this before
+/// building a client. Idempotent.
+pub fn init_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

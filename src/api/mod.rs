@@ -1,8 +1,10 @@
 //! The HTTP API (axum): health, readiness and registry push hooks so far.
 
+mod auth;
 mod error;
 mod hooks;
 mod jobs;
+mod read;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +37,15 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/api/v1/images", get(read::images))
+        .route("/api/v1/images/{*image}", get(read::image))
+        .route("/api/v1/rollouts", get(read::rollouts))
+        .route("/api/v1/rollouts/{id}", get(read::rollout))
+        .route("/api/v1/jobs", get(read::jobs))
+        .route("/api/v1/jobs/{id}", get(read::job))
+        .route("/api/v1/jobs/{id}/retry", post(read::retry_job))
+        .route("/api/v1/registries", get(read::registries))
+        .route("/api/v1/events", get(read::events))
         .route(
             "/api/v1/jobs/{id}/result",
             post(jobs::job_result).layer(DefaultBodyLimit::max(64 * 1024)),

@@ -151,6 +151,7 @@ pub fn main() -> ExitCode {
         }
     };
     init_tracing();
+    crate::init_tls();
     match cli.command {
         Command::Serve(a) => serve_cmd::serve(&a),
         Command::Check(a) => check(&a),

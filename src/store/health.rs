@@ -107,6 +107,44 @@ impl Store {
             .bind(image).fetch_optional(&mut *c).await?))
     }
 
+    /// Active images by name after `after` (cursor), optionally only managed
+    /// or only external ones.
+    pub async fn images_page(
+        &self,
+        after: &str,
+        limit: i64,
+        managed: Option<bool>,
+    ) -> Result<Vec<ImageState>, StoreError> {
+        Ok(on_pool!(self, p => sqlx::query_as(
+            "SELECT name, managed, active, current_digest, last_checked_at, last_changed_at, last_error, base_name, base_digest FROM images
+             WHERE active AND name > $1 AND ($2 IS NULL OR managed = $2) ORDER BY name LIMIT $3")
+            .bind(after).bind(managed).bind(limit).fetch_all(p).await?))
+    }
+
+    /// The newest jobs for an image.
+    pub async fn jobs_for_image(
+        &self,
+        image: &str,
+        limit: i64,
+    ) -> Result<Vec<super::JobRecord>, StoreError> {
+        Ok(
+            on_pool!(self, p => sqlx::query_as("SELECT * FROM jobs WHERE image = $1 ORDER BY id DESC LIMIT $2")
+            .bind(image).bind(limit).fetch_all(p).await?),
+        )
+    }
+
+    /// The image's entries in the newest rollouts.
+    pub async fn rollout_entries_for_image(
+        &self,
+        image: &str,
+        limit: i64,
+    ) -> Result<Vec<super::RolloutImage>, StoreError> {
+        Ok(
+            on_pool!(self, p => sqlx::query_as("SELECT * FROM rollout_images WHERE image = $1 ORDER BY rollout_id DESC LIMIT $2")
+            .bind(image).bind(limit).fetch_all(p).await?),
+        )
+    }
+
     /// Current digest, base digest and last error of an image.
     pub async fn image_state(&self, image: &str) -> Result<Option<ImageState>, StoreError> {
         Ok(on_pool!(self, p => sqlx::query_as(

@@ -228,6 +228,15 @@ images:
 }
 
 impl Setup {
+    /// Pushes a new base image; returns its digest.
+    async fn push_base(&self, seed: &str) -> String {
+        let none = BTreeMap::new;
+        self.reg
+            .push_image("base/os", "1", seed, ("linux", "amd64"), none(), none())
+            .await
+            .0
+    }
+
     async fn wait_rollout(&self, within: Duration) -> (String, Vec<(String, String)>) {
         let store = &self.daemon.as_ref().unwrap().store;
         let deadline = Instant::now() + within;
@@ -277,17 +286,7 @@ impl Setup {
 async fn a_base_push_rebuilds_a_diamond_once_each_in_wave_order() {
     let s = diamond().await;
     let a = s.reg.addr.clone();
-    let (base_digest, _) = s
-        .reg
-        .push_image(
-            "base/os",
-            "1",
-            "b2",
-            ("linux", "amd64"),
-            BTreeMap::new(),
-            BTreeMap::new(),
-        )
-        .await;
+    let base_digest = s.push_base("b2").await;
     let (state, images) = s.wait_rollout(Duration::from_secs(30)).await;
     assert_eq!(state, "succeeded", "{images:?}");
     assert_eq!(images.len(), 3);
@@ -360,16 +359,7 @@ async fn a_failed_build_blocks_its_descendants() {
         .lock()
         .unwrap()
         .push(format!("{a}/team/left:1"));
-    s.reg
-        .push_image(
-            "base/os",
-            "1",
-            "b2",
-            ("linux", "amd64"),
-            BTreeMap::new(),
-            BTreeMap::new(),
-        )
-        .await;
+    s.push_base("b2").await;
     let (state, images) = s.wait_rollout(Duration::from_secs(30)).await;
     assert_eq!(state, "partially_failed");
     let st = |img: &str| {
@@ -404,16 +394,7 @@ async fn a_failed_build_blocks_its_descendants() {
 async fn ci_unavailable_then_back_delivers_once_with_the_same_webhook_id() {
     let s = diamond().await;
     *s.ci.unavailable.lock().unwrap() = 3;
-    s.reg
-        .push_image(
-            "base/os",
-            "1",
-            "b2",
-            ("linux", "amd64"),
-            BTreeMap::new(),
-            BTreeMap::new(),
-        )
-        .await;
+    s.push_base("b2").await;
     let (state, _) = s.wait_rollout(Duration::from_secs(60)).await;
     assert_eq!(state, "succeeded");
     let got = s.ci.received.lock().unwrap().clone();
@@ -434,16 +415,7 @@ async fn ci_unavailable_then_back_delivers_once_with_the_same_webhook_id() {
 async fn the_diamond_on_postgres() {
     let pg = support::PgDb::create().await;
     let s = diamond_on(Some(&pg.url)).await;
-    s.reg
-        .push_image(
-            "base/os",
-            "1",
-            "b2",
-            ("linux", "amd64"),
-            BTreeMap::new(),
-            BTreeMap::new(),
-        )
-        .await;
+    s.push_base("b2").await;
     let (state, images) = s.wait_rollout(Duration::from_secs(30)).await;
     assert_eq!(state, "succeeded", "{images:?}");
     assert_eq!(s.ci.received.lock().unwrap().len(), 3);
@@ -455,29 +427,10 @@ async fn the_diamond_on_postgres() {
 async fn two_quick_base_pushes_rebuild_on_the_newest_base_without_overlap() {
     let s = diamond().await;
     let a = s.reg.addr.clone();
-    s.reg
-        .push_image(
-            "base/os",
-            "1",
-            "b2",
-            ("linux", "amd64"),
-            BTreeMap::new(),
-            BTreeMap::new(),
-        )
-        .await;
+    s.push_base("b2").await;
     // The second push lands while the first rollout is being planned or built.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let (v3, _) = s
-        .reg
-        .push_image(
-            "base/os",
-            "1",
-            "b3",
-            ("linux", "amd64"),
-            BTreeMap::new(),
-            BTreeMap::new(),
-        )
-        .await;
+    let v3 = s.push_base("b3").await;
     let store = s.daemon.as_ref().unwrap().store.clone();
     // Until the base's v3 is observed and everything after it has settled.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -533,16 +486,7 @@ async fn completion_without_callback_comes_from_the_registry() {
     let s = diamond().await;
     s.ci.silent
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    s.reg
-        .push_image(
-            "base/os",
-            "1",
-            "b2",
-            ("linux", "amd64"),
-            BTreeMap::new(),
-            BTreeMap::new(),
-        )
-        .await;
+    s.push_base("b2").await;
     let (state, images) = s.wait_rollout(Duration::from_secs(30)).await;
     assert_eq!(state, "succeeded", "{images:?}");
     assert_eq!(s.ci.received.lock().unwrap().len(), 3);
@@ -554,16 +498,7 @@ async fn the_callback_endpoint_checks_tokens_and_is_idempotent() {
     let s = diamond().await;
     s.ci.ghost.store(true, std::sync::atomic::Ordering::Relaxed);
     let a = s.reg.addr.clone();
-    s.reg
-        .push_image(
-            "base/os",
-            "1",
-            "b2",
-            ("linux", "amd64"),
-            BTreeMap::new(),
-            BTreeMap::new(),
-        )
-        .await;
+    s.push_base("b2").await;
     let store = s.daemon.as_ref().unwrap().store.clone();
     let left = format!("{a}/team/left:1");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -652,16 +587,7 @@ async fn the_callback_endpoint_checks_tokens_and_is_idempotent() {
 async fn a_silent_ci_is_retried_after_build_timeout_then_failed() {
     let s = diamond_with("1s").await;
     s.ci.ghost.store(true, std::sync::atomic::Ordering::Relaxed);
-    s.reg
-        .push_image(
-            "base/os",
-            "1",
-            "b2",
-            ("linux", "amd64"),
-            BTreeMap::new(),
-            BTreeMap::new(),
-        )
-        .await;
+    s.push_base("b2").await;
     let (state, images) = s.wait_rollout(Duration::from_secs(40)).await;
     assert_eq!(state, "failed", "{images:?}");
     let got = s.ci.received.lock().unwrap().clone();

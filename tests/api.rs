@@ -288,6 +288,18 @@ async fn jobs_hide_callback_tokens_and_validate_filters() {
     assert_eq!(a.get("/rollouts/7", Some(READ)).await.0, 404);
     assert_eq!(a.get("/rollouts", Some(READ)).await.0, 200);
     assert_eq!(a.get("/registries", Some(READ)).await.0, 200);
+    let (st, g) = a.get("/graph", Some(READ)).await;
+    assert_eq!(st, 200);
+    assert_eq!(g["images"].as_array().unwrap().len(), 3);
+    let dot = a
+        .http
+        .get(format!("{}/graph?format=dot", a.base))
+        .bearer_auth(READ)
+        .send()
+        .await
+        .unwrap();
+    assert!(dot.text().await.unwrap().starts_with("digraph lineage {"));
+    assert_eq!(a.get("/graph?format=png", Some(READ)).await.0, 400);
     a.shutdown.cancel();
     a.daemon.wait().await.unwrap();
 }

@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}", get(read::job))
         .route("/api/v1/jobs/{id}/retry", post(read::retry_job))
         .route("/api/v1/registries", get(read::registries))
+        .route("/api/v1/graph", get(read::graph))
         .route("/api/v1/events", get(read::events))
         .route(
             "/api/v1/jobs/{id}/result",

@@ -293,3 +293,40 @@ pub async fn retry_job(
     s.store.append_event(&event, now).await?;
     Ok(Json(json!({ "job_id": id, "state": "pending" })))
 }
+
+#[derive(serde::Deserialize)]
+pub struct GraphQuery {
+    format: Option<String>,
+}
+
+/// `GET /api/v1/graph`: the lineage as JSON, or `?format=dot|mermaid` as text.
+pub async fn graph(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<GraphQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    authorize(&s, &headers, Role::Read)?;
+    let lineage = crate::lineage::Lineage::new(&s.cfg.images);
+    let (format, content_type) = match q.format.as_deref().unwrap_or("json") {
+        "json" => (crate::lineage::GraphFormat::Json, "application/json"),
+        "dot" => (
+            crate::lineage::GraphFormat::Dot,
+            "text/vnd.graphviz; charset=utf-8",
+        ),
+        "mermaid" => (
+            crate::lineage::GraphFormat::Mermaid,
+            "text/plain; charset=utf-8",
+        ),
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "format: expected json, dot or mermaid, got `{other}`"
+            )));
+        }
+    };
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, content_type)],
+        lineage.render(format),
+    )
+        .into_response())
+}

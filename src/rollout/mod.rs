@@ -105,9 +105,13 @@ impl Engine {
                     None => RolloutImage::new(rollout, &name, wave_no, now),
                     Some(mut ri) => {
                         match ri.state.as_str() {
-                            // Its pending trigger will carry the newest parents.
-                            "waiting" | "queued" => {}
-                            "building" => ri.rerun = true,
+                            // Not triggered yet: the trigger will read the
+                            // newest parents when it is enqueued.
+                            "waiting" => {}
+                            // The trigger already carries the older parents
+                            // (it may be on its way to CI): build once more
+                            // after this build, never two at once.
+                            "queued" | "building" => ri.rerun = true,
                             _ => {
                                 ri.state = "waiting".into();
                                 ri.reason = Some(format!("{} moved again", change.image));

@@ -621,7 +621,7 @@ async fn only_the_lease_holder_polls_when_two_replicas_share_postgres() {
         "{holder:?}"
     );
     // One poller at one check per second: about 5, never the ~10 two would make.
-    assert!((3..=7).contains(&polls), "{polls} observations in 5 s");
+    assert!((2..=7).contains(&polls), "{polls} observations in 5 s");
     one.stop().await;
     two.stop().await;
     pg.drop_db().await;

@@ -121,8 +121,9 @@ pub async fn start(
     };
 
     let addr = listener.local_addr().map_err(RunError::Http)?;
+    let lineage = Arc::new(crate::lineage::Lineage::new(&cfg.images));
     let engine = if opts.rollouts {
-        let engine = Arc::new(Engine::new(cfg.clone(), store.clone()));
+        let engine = Arc::new(Engine::new(cfg.clone(), store.clone(), lineage.clone()));
         let callback_base = cfg
             .api
             .public_url
@@ -148,6 +149,7 @@ pub async fn start(
     };
     let state = AppState {
         cfg: cfg.clone(),
+        lineage,
         store: store.clone(),
         watch: watch.clone(),
         engine,

@@ -66,7 +66,7 @@ pub async fn image(
         .image_state(&name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("image {name} is not tracked")))?;
-    let lineage = crate::lineage::Lineage::new(&s.cfg.images);
+    let lineage = &s.lineage;
     let parents: Vec<String> = lineage
         .parents(&r)
         .iter()
@@ -307,7 +307,7 @@ pub async fn graph(
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     authorize(&s, &headers, Role::Read)?;
-    let lineage = crate::lineage::Lineage::new(&s.cfg.images);
+    let lineage = &s.lineage;
     let (format, content_type) = match q.format.as_deref().unwrap_or("json") {
         "json" => (crate::lineage::GraphFormat::Json, "application/json"),
         "dot" => (

@@ -85,15 +85,8 @@ pub struct ResolveArgs {
 }
 
 fn parse_platform(s: &str) -> Result<crate::config::Platform, String> {
-    let parts: Vec<&str> = s.split('/').collect();
-    if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.is_empty()) {
-        return Err(format!("expected os/arch[/variant], got `{s}`"));
-    }
-    Ok(crate::config::Platform {
-        os: parts[0].to_string(),
-        architecture: parts[1].to_string(),
-        variant: parts.get(2).map(|v| v.to_string()),
-    })
+    crate::config::Platform::parse(s)
+        .ok_or_else(|| format!("expected os/arch[/variant], got `{s}`"))
 }
 
 #[derive(clap::Args, Debug)]

@@ -112,6 +112,26 @@ pub struct Platform {
     pub variant: Option<String>,
 }
 
+impl Platform {
+    /// Parses `os/arch[/variant]` (lowercase letters, digits, `_`).
+    pub fn parse(v: &str) -> Option<Platform> {
+        let parts: Vec<&str> = v.split('/').collect();
+        let ok = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        };
+        if !(2..=3).contains(&parts.len()) || !parts.iter().all(|p| ok(p)) {
+            return None;
+        }
+        Some(Platform {
+            os: parts[0].to_string(),
+            architecture: parts[1].to_string(),
+            variant: parts.get(2).map(|s| s.to_string()),
+        })
+    }
+}
+
 impl fmt::Display for Platform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.os, self.architecture)?;

@@ -143,7 +143,7 @@ impl Ctx<'_> {
         let mut out = Vec::new();
         for p in list {
             let Some(v) = self.text(f, p) else { continue };
-            match parse_platform(&v) {
+            match Platform::parse(&v) {
                 Some(pl) if !out.contains(&pl) => out.push(pl),
                 Some(_) => self.err(f, p.referenced, format!("platform {v} is listed twice")),
                 None => self.err(
@@ -185,23 +185,6 @@ pub fn normalise_schedule(v: &str) -> Result<String, String> {
     };
     cron::Schedule::from_str(&expr).map(|_| expr).map_err(|e| {
         format!("invalid schedule `{v}`: {e} (cron fields: sec min hour day month weekday)")
-    })
-}
-
-fn parse_platform(v: &str) -> Option<Platform> {
-    let parts: Vec<&str> = v.split('/').collect();
-    let ok = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-    };
-    if !(2..=3).contains(&parts.len()) || !parts.iter().all(|p| ok(p)) {
-        return None;
-    }
-    Some(Platform {
-        os: parts[0].to_string(),
-        architecture: parts[1].to_string(),
-        variant: parts.get(2).map(|s| s.to_string()),
     })
 }
 

@@ -42,7 +42,7 @@ impl Dispatcher {
         worker: String,
         callback_base: String,
     ) -> Dispatcher {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::init_tls();
         let http = reqwest::Client::builder()
             .user_agent(concat!("lineaged/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -144,8 +144,14 @@ impl Dispatcher {
             }
         };
         let now = now_millis();
+        let delivered = json!({ "delivered": true });
         match outcome {
-            Delivery::Accepted => match self.complete_with_retry(job.id).await {
+            Delivery::Accepted => match retry_db("record the delivery", || {
+                self.store
+                    .complete(job.id, &self.worker, Some(&delivered), now_millis())
+            })
+            .await
+            {
                 Ok(()) => {
                     if let Err(e) = self.engine.on_triggered(job.id).await {
                         tracing::warn!(error = %e, "cannot mark the image building");
@@ -166,7 +172,11 @@ impl Dispatcher {
                 }
                 Err(e) => tracing::warn!(error = %e, "delivered, but the lease was lost"),
             },
-            Delivery::Failed(f) => match self.fail_with_retry(job.id, &f).await {
+            Delivery::Failed(f) => match retry_db("record the failure", || {
+                self.store.fail(job.id, &self.worker, &f, now_millis())
+            })
+            .await
+            {
                 Ok(JobState::Pending) => {
                     tracing::warn!(attempt = job.attempt, error = ?f, "delivery failed; will retry")
                 }
@@ -183,50 +193,6 @@ impl Dispatcher {
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot record the failure"),
             },
-        }
-    }
-
-    /// Marks a delivered job done. A database hiccup (SQLite busy, a
-    /// Postgres failover) is retried for a while: the trigger went out, and
-    /// letting the lease expire would send it again.
-    async fn complete_with_retry(&self, id: i64) -> Result<(), crate::store::StoreError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self
-                .store
-                .complete(
-                    id,
-                    &self.worker,
-                    Some(&json!({ "delivered": true })),
-                    now_millis(),
-                )
-                .await
-            {
-                Err(crate::store::StoreError::Db(e)) if attempt < 10 => {
-                    tracing::warn!(error = %e, attempt, "cannot record the delivery yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    async fn fail_with_retry(
-        &self,
-        id: i64,
-        f: &Failure,
-    ) -> Result<JobState, crate::store::StoreError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.store.fail(id, &self.worker, f, now_millis()).await {
-                Err(crate::store::StoreError::Db(e)) if attempt < 10 => {
-                    tracing::warn!(error = %e, attempt, "cannot record the failure yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                }
-                other => return other,
-            }
         }
     }
 
@@ -299,6 +265,27 @@ impl Dispatcher {
                 error: format!("request failed: {}", e.without_url()),
                 retry_after: None,
             }),
+        }
+    }
+}
+
+/// Retries a store write through a database hiccup (SQLite busy, a Postgres
+/// failover) for a few seconds: the trigger already went out, and letting
+/// the lease expire instead would send it again.
+async fn retry_db<T, F, Fut>(what: &str, mut op: F) -> Result<T, crate::store::StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
+{
+    let mut attempt = 0u64;
+    loop {
+        attempt += 1;
+        match op().await {
+            Err(crate::store::StoreError::Db(e)) if attempt < 10 => {
+                tracing::warn!(error = %e, attempt, "cannot {what} yet; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            other => return other,
         }
     }
 }

@@ -168,8 +168,7 @@ impl RegistryClient {
     /// Builds the client from the config's `registries:`. Reads Docker
     /// `config.json` credentials now, so a broken file fails at start-up.
     pub fn new(registries: &[RegistryConfig], timeout: Duration) -> Result<RegistryClient> {
-        // reqwest is built without a bundled crypto provider; ring is ours.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::init_tls();
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))

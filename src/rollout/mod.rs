@@ -33,7 +33,7 @@ pub enum BuildResult {
 pub struct Engine {
     cfg: Arc<Config>,
     store: Store,
-    lineage: Lineage,
+    lineage: Arc<Lineage>,
     images: HashMap<ImageRef, usize>,
     /// Serialises engine steps in this process (Postgres row locks do it
     /// across replicas).
@@ -41,8 +41,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(cfg: Arc<Config>, store: Store) -> Engine {
-        let lineage = Lineage::new(&cfg.images);
+    /// `lineage` must be built from `cfg.images`.
+    pub fn new(cfg: Arc<Config>, store: Store, lineage: Arc<Lineage>) -> Engine {
         let images = cfg
             .images
             .iter()

@@ -55,6 +55,8 @@ impl Default for RunOptions {
 pub struct Daemon {
     pub store: Store,
     pub watch: Option<WatchHandle>,
+    /// The rollout engine, when rollouts run here.
+    pub engine: Option<Arc<Engine>>,
     pub addr: std::net::SocketAddr,
     tasks: Vec<JoinHandle<()>>,
     server: JoinHandle<Result<(), std::io::Error>>,
@@ -152,9 +154,10 @@ pub async fn start(
         lineage,
         store: store.clone(),
         watch: watch.clone(),
-        engine,
+        engine: engine.clone(),
         ready: ready.clone(),
     };
+    let state_engine = engine;
     let token = shutdown.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, router(state))
@@ -166,6 +169,7 @@ pub async fn start(
     Ok(Daemon {
         store,
         watch,
+        engine: state_engine,
         addr,
         tasks,
         server,

@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod dispatch;
 pub mod lineage;
+pub mod metrics;
 pub mod registry;
 pub mod rollout;
 pub mod store;

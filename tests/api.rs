@@ -11,26 +11,37 @@ use lineaged::daemon::{Daemon, RunOptions, start};
 use lineaged::store::{DigestSource, Failure, NewEvent, NewJob, now_millis};
 use lineaged::watch::WatchOptions;
 use serde_json::Value;
+use support::TestDb;
 use tokio_util::sync::CancellationToken;
 
 const READ: &str = "read-token-1";
 const WRITE: &str = "write-token-2";
+const METRICS: &str = "metrics-token-3";
 
 struct Api {
     daemon: Daemon,
     shutdown: CancellationToken,
     base: String,
+    root: String,
     http: reqwest::Client,
-    _dir: tempfile::TempDir,
+    db: Option<TestDb>,
 }
 
+const BACKENDS: [&str; 2] = ["sqlite", "postgres"];
+
 async fn api(public_read: bool) -> Api {
+    api_with("sqlite", public_read, false, "").await
+}
+
+/// A daemon on `backend` with the API (and the rollout engine when
+/// `rollouts`; its CI is a closed port, so triggers stay queued).
+async fn api_with(backend: &str, public_read: bool, rollouts: bool, api_extra: &str) -> Api {
     lineaged::init_tls();
-    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(backend).await;
     let yaml = format!(
-        r#"database: {{ url: "sqlite://{}/a.db" }}
+        r#"database: {{ url: "{}" }}
 api:
-  public_read: {public_read}
+  public_read: {public_read}{api_extra}
   tokens:
     - {{ name: dashboard, role: read, token_env: T_READ }}
     - {{ name: ops, role: write, token_env: T_WRITE }}
@@ -44,18 +55,19 @@ images:
     from: [registry.example.com/platform/python:3.12]
     build: {{ backend: ci }}
 "#,
-        dir.path().display()
+        db.url()
     );
     let env = |n: &str| match n {
         "T_READ" => Some(READ.to_string()),
         "T_WRITE" => Some(WRITE.to_string()),
+        "T_METRICS" => Some(METRICS.to_string()),
         _ => None,
     };
     let cfg = Arc::new(load_str("api.yaml", &yaml, &env).unwrap());
     let shutdown = CancellationToken::new();
     let opts = RunOptions {
         watch: false,
-        rollouts: false,
+        rollouts,
         reconcile_interval: Duration::from_secs(30),
         watch_options: WatchOptions {
             node_id: "api".into(),
@@ -65,17 +77,42 @@ images:
     };
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let daemon = start(cfg, l, shutdown.clone(), opts).await.unwrap();
-    let base = format!("http://{}/api/v1", daemon.addr);
+    let root = format!("http://{}", daemon.addr);
+    let base = format!("{root}/api/v1");
     Api {
         daemon,
         shutdown,
         base,
+        root,
         http: reqwest::Client::new(),
-        _dir: dir,
+        db: Some(db),
     }
 }
 
 impl Api {
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        let db = self.db.take();
+        self.daemon.wait().await.unwrap();
+        if let Some(db) = db {
+            db.finish().await;
+        }
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+        let mut r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
         let mut r = self.http.get(format!("{}{path}", self.base));
         if let Some(t) = token {
@@ -146,8 +183,7 @@ async fn auth_matrix() {
             .any(|e| e.kind == "job_retried" && e.data.contains("\"ops\"")),
         "{audit:?}"
     );
-    a.shutdown.cancel();
-    a.daemon.wait().await.unwrap();
+    a.stop().await;
 
     let open = api(true).await;
     assert_eq!(open.get("/images", None).await.0, 200, "public_read");
@@ -162,146 +198,147 @@ async fn auth_matrix() {
         401,
         "writes always need a token"
     );
-    open.shutdown.cancel();
-    open.daemon.wait().await.unwrap();
+    open.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_list_detail_and_why_stale() {
-    let a = api(false).await;
-    let store = a.daemon.store.clone();
-    let now = now_millis();
-    let py = "docker.io/library/python:3.12-slim";
-    let plat = "registry.example.com/platform/python:3.12";
-    store
-        .record_digest(
-            py,
-            &format!("sha256:{}", "1".repeat(64)),
-            "",
-            DigestSource::Poll,
-            now,
-        )
-        .await
-        .unwrap();
-    store
-        .record_digest(
-            plat,
-            &format!("sha256:{}", "a".repeat(64)),
-            "",
-            DigestSource::Poll,
-            now,
-        )
-        .await
-        .unwrap();
-    store
-        .record_base(
-            plat,
-            Some(py),
-            Some(&format!("sha256:{}", "1".repeat(64))),
-            now,
-        )
-        .await
-        .unwrap();
+    for backend in BACKENDS {
+        let a = api_with(backend, false, false, "").await;
+        let store = a.daemon.store.clone();
+        let now = now_millis();
+        let py = "docker.io/library/python:3.12-slim";
+        let plat = "registry.example.com/platform/python:3.12";
+        store
+            .record_digest(
+                py,
+                &format!("sha256:{}", "1".repeat(64)),
+                "",
+                DigestSource::Poll,
+                now,
+            )
+            .await
+            .unwrap();
+        store
+            .record_digest(
+                plat,
+                &format!("sha256:{}", "a".repeat(64)),
+                "",
+                DigestSource::Poll,
+                now,
+            )
+            .await
+            .unwrap();
+        store
+            .record_base(
+                plat,
+                Some(py),
+                Some(&format!("sha256:{}", "1".repeat(64))),
+                now,
+            )
+            .await
+            .unwrap();
 
-    let (st, body) = a.get("/images?limit=2", Some(READ)).await;
-    assert_eq!(st, 200);
-    assert_eq!(body["images"].as_array().unwrap().len(), 2);
-    let next = body["next"].as_str().unwrap().to_string();
-    let (_, rest) = a
-        .get(&format!("/images?limit=2&after={next}"), Some(READ))
-        .await;
-    assert_eq!(rest["images"].as_array().unwrap().len(), 1);
-    assert!(rest["next"].is_null());
-    let (_, managed) = a.get("/images?managed=true", Some(READ)).await;
-    assert_eq!(managed["images"].as_array().unwrap().len(), 2);
-    assert_eq!(a.get("/images?limit=0", Some(READ)).await.0, 400);
+        let (st, body) = a.get("/images?limit=2", Some(READ)).await;
+        assert_eq!(st, 200);
+        assert_eq!(body["images"].as_array().unwrap().len(), 2);
+        let next = body["next"].as_str().unwrap().to_string();
+        let (_, rest) = a
+            .get(&format!("/images?limit=2&after={next}"), Some(READ))
+            .await;
+        assert_eq!(rest["images"].as_array().unwrap().len(), 1);
+        assert!(rest["next"].is_null());
+        let (_, managed) = a.get("/images?managed=true", Some(READ)).await;
+        assert_eq!(managed["images"].as_array().unwrap().len(), 2);
+        assert_eq!(a.get("/images?limit=0", Some(READ)).await.0, 400);
 
-    // Short and URL-encoded full forms name the same image.
-    let (st, d) = a.get(&format!("/images/{plat}"), Some(READ)).await;
-    assert_eq!(st, 200, "{d}");
-    assert_eq!(d["parents"], serde_json::json!([py]));
-    assert_eq!(
-        d["children"],
-        serde_json::json!(["registry.example.com/apps/api:1"])
-    );
-    assert_eq!(d["stale"]["stale"], false);
-    let (_, same) = a
-        .get(
-            "/images/registry.example.com%2Fplatform%2Fpython%3A3.12",
-            Some(READ),
-        )
-        .await;
-    assert_eq!(same["image"]["name"], plat);
-    // The base moves: the platform image is stale, and says why.
-    store
-        .record_digest(
-            py,
-            &format!("sha256:{}", "2".repeat(64)),
-            "",
-            DigestSource::Push,
-            now + 1,
-        )
-        .await
-        .unwrap();
-    let (_, d) = a.get(&format!("/images/{plat}"), Some(READ)).await;
-    assert_eq!(d["stale"]["stale"], true);
-    assert!(
-        d["stale"]["why"]
-            .as_str()
-            .unwrap()
-            .contains(&"2".repeat(64)),
-        "{d}"
-    );
-    let (_, pyd) = a.get("/images/python:3.12-slim", Some(READ)).await;
-    assert_eq!(pyd["digest_history"].as_array().unwrap().len(), 2);
-    let (st, nf) = a.get("/images/alpine:3", Some(READ)).await;
-    assert_eq!(st, 404);
-    assert!(
-        nf["message"]
-            .as_str()
-            .unwrap()
-            .contains("docker.io/library/alpine:3"),
-        "{nf}"
-    );
-    assert_eq!(a.get("/images/Not%20A%20Ref", Some(READ)).await.0, 400);
-    a.shutdown.cancel();
-    a.daemon.wait().await.unwrap();
+        // Short and URL-encoded full forms name the same image.
+        let (st, d) = a.get(&format!("/images/{plat}"), Some(READ)).await;
+        assert_eq!(st, 200, "{d}");
+        assert_eq!(d["parents"], serde_json::json!([py]));
+        assert_eq!(
+            d["children"],
+            serde_json::json!(["registry.example.com/apps/api:1"])
+        );
+        assert_eq!(d["stale"]["stale"], false);
+        let (_, same) = a
+            .get(
+                "/images/registry.example.com%2Fplatform%2Fpython%3A3.12",
+                Some(READ),
+            )
+            .await;
+        assert_eq!(same["image"]["name"], plat);
+        // The base moves: the platform image is stale, and says why.
+        store
+            .record_digest(
+                py,
+                &format!("sha256:{}", "2".repeat(64)),
+                "",
+                DigestSource::Push,
+                now + 1,
+            )
+            .await
+            .unwrap();
+        let (_, d) = a.get(&format!("/images/{plat}"), Some(READ)).await;
+        assert_eq!(d["stale"]["stale"], true);
+        assert!(
+            d["stale"]["why"]
+                .as_str()
+                .unwrap()
+                .contains(&"2".repeat(64)),
+            "{d}"
+        );
+        let (_, pyd) = a.get("/images/python:3.12-slim", Some(READ)).await;
+        assert_eq!(pyd["digest_history"].as_array().unwrap().len(), 2);
+        let (st, nf) = a.get("/images/alpine:3", Some(READ)).await;
+        assert_eq!(st, 404);
+        assert!(
+            nf["message"]
+                .as_str()
+                .unwrap()
+                .contains("docker.io/library/alpine:3"),
+            "{nf}"
+        );
+        assert_eq!(a.get("/images/Not%20A%20Ref", Some(READ)).await.0, 400);
+        a.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_hide_callback_tokens_and_validate_filters() {
-    let a = api(false).await;
-    let now = now_millis();
-    let mut j = NewJob::new("rebuild", now);
-    j.payload = serde_json::json!({ "image": "x", "callback_token": "sekrit" });
-    let id = a.daemon.store.enqueue(&j, now).await.unwrap().id;
-    let (st, body) = a.get(&format!("/jobs/{id}"), Some(READ)).await;
-    assert_eq!(st, 200);
-    assert!(!body.to_string().contains("sekrit"));
-    assert_eq!(body["payload"]["image"], "x");
-    let (_, list) = a.get("/jobs?state=pending", Some(READ)).await;
-    assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
-    let (st, err) = a.get("/jobs?state=bogus", Some(READ)).await;
-    assert_eq!(st, 400);
-    assert!(err["message"].as_str().unwrap().contains("state"));
-    assert_eq!(a.get("/jobs/424242", Some(READ)).await.0, 404);
-    assert_eq!(a.get("/rollouts/7", Some(READ)).await.0, 404);
-    assert_eq!(a.get("/rollouts", Some(READ)).await.0, 200);
-    assert_eq!(a.get("/registries", Some(READ)).await.0, 200);
-    let (st, g) = a.get("/graph", Some(READ)).await;
-    assert_eq!(st, 200);
-    assert_eq!(g["images"].as_array().unwrap().len(), 3);
-    let dot = a
-        .http
-        .get(format!("{}/graph?format=dot", a.base))
-        .bearer_auth(READ)
-        .send()
-        .await
-        .unwrap();
-    assert!(dot.text().await.unwrap().starts_with("digraph lineage {"));
-    assert_eq!(a.get("/graph?format=png", Some(READ)).await.0, 400);
-    a.shutdown.cancel();
-    a.daemon.wait().await.unwrap();
+    for backend in BACKENDS {
+        let a = api_with(backend, false, false, "").await;
+        let now = now_millis();
+        let mut j = NewJob::new("rebuild", now);
+        j.payload = serde_json::json!({ "image": "x", "callback_token": "sekrit" });
+        let id = a.daemon.store.enqueue(&j, now).await.unwrap().id;
+        let (st, body) = a.get(&format!("/jobs/{id}"), Some(READ)).await;
+        assert_eq!(st, 200);
+        assert!(!body.to_string().contains("sekrit"));
+        assert_eq!(body["payload"]["image"], "x");
+        let (_, list) = a.get("/jobs?state=pending", Some(READ)).await;
+        assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
+        let (st, err) = a.get("/jobs?state=bogus", Some(READ)).await;
+        assert_eq!(st, 400);
+        assert!(err["message"].as_str().unwrap().contains("state"));
+        assert_eq!(a.get("/jobs/424242", Some(READ)).await.0, 404);
+        assert_eq!(a.get("/rollouts/7", Some(READ)).await.0, 404);
+        assert_eq!(a.get("/rollouts", Some(READ)).await.0, 200);
+        assert_eq!(a.get("/registries", Some(READ)).await.0, 200);
+        let (st, g) = a.get("/graph", Some(READ)).await;
+        assert_eq!(st, 200);
+        assert_eq!(g["images"].as_array().unwrap().len(), 3);
+        let dot = a
+            .http
+            .get(format!("{}/graph?format=dot", a.base))
+            .bearer_auth(READ)
+            .send()
+            .await
+            .unwrap();
+        assert!(dot.text().await.unwrap().starts_with("digraph lineage {"));
+        assert_eq!(a.get("/graph?format=png", Some(READ)).await.0, 400);
+        a.stop().await;
+    }
 }
 
 /// Reads SSE frames until `n` events arrived; returns (id, kind) pairs.
@@ -337,73 +374,520 @@ async fn read_events(resp: reqwest::Response, n: usize) -> Vec<(i64, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_stream_in_order_and_resume_from_last_event_id() {
-    let a = api(false).await;
-    let store = a.daemon.store.clone();
-    for i in 0..3 {
-        let e = NewEvent {
-            kind: format!("k{i}"),
-            image: None,
-            rollout_id: None,
-            job_id: None,
-            data: serde_json::json!({}),
-        };
-        store.append_event(&e, now_millis()).await.unwrap();
+    for backend in BACKENDS {
+        let a = api_with(backend, false, false, "").await;
+        let store = a.daemon.store.clone();
+        for i in 0..3 {
+            let e = NewEvent {
+                kind: format!("k{i}"),
+                image: None,
+                rollout_id: None,
+                job_id: None,
+                data: serde_json::json!({}),
+            };
+            store.append_event(&e, now_millis()).await.unwrap();
+        }
+        let resp = a
+            .http
+            .get(format!("{}/events", a.base))
+            .bearer_auth(READ)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        let live = tokio::spawn(read_events(resp, 5));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for i in 3..5 {
+            let e = NewEvent {
+                kind: format!("k{i}"),
+                image: None,
+                rollout_id: None,
+                job_id: None,
+                data: serde_json::json!({}),
+            };
+            store.append_event(&e, now_millis()).await.unwrap();
+        }
+        let got = live.await.unwrap();
+        assert_eq!(
+            got.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>(),
+            vec!["k0", "k1", "k2", "k3", "k4"]
+        );
+        // Resume after the second event.
+        let resp = a
+            .http
+            .get(format!("{}/events", a.base))
+            .bearer_auth(READ)
+            .header("last-event-id", got[1].0.to_string())
+            .send()
+            .await
+            .unwrap();
+        let resumed = read_events(resp, 3).await;
+        assert_eq!(
+            resumed.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>(),
+            vec!["k2", "k3", "k4"]
+        );
+        assert_eq!(
+            a.http
+                .get(format!("{}/events", a.base))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+            401
+        );
+        a.stop().await;
     }
-    let resp = a
-        .http
-        .get(format!("{}/events", a.base))
-        .bearer_auth(READ)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    assert!(
-        resp.headers()["content-type"]
-            .to_str()
+}
+
+fn names(v: &Value) -> Vec<String> {
+    v["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+const PY: &str = "docker.io/library/python:3.12-slim";
+const PLAT: &str = "registry.example.com/platform/python:3.12";
+const PLAT_ENC: &str = "registry.example.com%2Fplatform%2Fpython%3A3.12";
+const APP: &str = "registry.example.com/apps/api:1";
+
+fn sha(c: char) -> String {
+    format!("sha256:{}", c.to_string().repeat(64))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_filters_and_bad_queries() {
+    for backend in BACKENDS {
+        let a = api_with(backend, false, false, "").await;
+        let store = a.daemon.store.clone();
+        let now = now_millis();
+        // python moves after the platform image was built on it: stale.
+        store
+            .record_digest(PY, &sha('1'), "", DigestSource::Poll, now)
+            .await
+            .unwrap();
+        store
+            .record_digest(PLAT, &sha('a'), "", DigestSource::Poll, now)
+            .await
+            .unwrap();
+        store
+            .record_base(PLAT, Some(PY), Some(&sha('1')), now)
+            .await
+            .unwrap();
+        store
+            .record_digest(PY, &sha('2'), "", DigestSource::Poll, now + 1)
+            .await
+            .unwrap();
+        store
+            .record_check_error(APP, "manifest unknown (404)", now)
+            .await
+            .unwrap();
+
+        let q = |p: &'static str| a.get(p, Some(READ));
+        let (st, all) = q("/images").await;
+        assert_eq!(st, 200, "{backend}");
+        let states: Vec<&str> = all["images"]
+            .as_array()
             .unwrap()
-            .starts_with("text/event-stream")
-    );
-    let live = tokio::spawn(read_events(resp, 5));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    for i in 3..5 {
-        let e = NewEvent {
-            kind: format!("k{i}"),
-            image: None,
-            rollout_id: None,
-            job_id: None,
-            data: serde_json::json!({}),
-        };
-        store.append_event(&e, now_millis()).await.unwrap();
+            .iter()
+            .map(|i| i["state"].as_str().unwrap())
+            .collect();
+        assert_eq!(states, ["ok", "error", "stale"], "{backend}: {all}");
+        assert_eq!(names(&q("/images?stale=true").await.1), [PLAT]);
+        assert_eq!(names(&q("/images?stale=false").await.1), [PY, APP]);
+        assert_eq!(names(&q("/images?state=stale").await.1), [PLAT]);
+        assert_eq!(names(&q("/images?state=error").await.1), [APP]);
+        assert_eq!(names(&q("/images?state=ok").await.1), [PY]);
+        assert!(names(&q("/images?state=rebuilding").await.1).is_empty());
+        assert_eq!(
+            names(&q("/images?registry=registry.example.com").await.1),
+            [APP, PLAT]
+        );
+        assert_eq!(names(&q("/images?registry=Docker.IO").await.1), [PY]);
+        assert_eq!(
+            names(
+                &q("/images?registry=registry.example.com&managed=true&limit=1")
+                    .await
+                    .1
+            ),
+            [APP]
+        );
+        for (path, param) in [
+            ("/images?state=bogus", "state"),
+            ("/images?registry=not%20a%20host", "registry"),
+            ("/images?limit=abc", "limit"),
+            ("/images?managed=maybe", "managed"),
+            ("/jobs?after=x", "after"),
+        ] {
+            let (st, e) = a.get(path, Some(READ)).await;
+            assert_eq!(st, 400, "{path}");
+            assert_eq!(e["error"], "bad_request");
+            assert!(
+                e["message"].as_str().unwrap().contains(param),
+                "{path}: {e}"
+            );
+        }
+        let (st, e) = a.get("/jobs/abc", Some(READ)).await;
+        assert_eq!((st, e["error"].as_str()), (400, Some("bad_request")));
+        let (st, e) = a.get("/nope", Some(READ)).await;
+        assert_eq!((st, e["error"].as_str()), (404, Some("no_route")));
+        a.stop().await;
     }
-    let got = live.await.unwrap();
-    assert_eq!(
-        got.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>(),
-        vec!["k0", "k1", "k2", "k3", "k4"]
-    );
-    // Resume after the second event.
-    let resp = a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_actions_need_write_and_are_audited() {
+    for backend in BACKENDS {
+        let a = api_with(backend, false, true, "").await;
+        let rebuild = format!("/images/{PLAT_ENC}/rebuild");
+        assert_eq!(a.post(&rebuild, None, "").await.0, 401);
+        assert_eq!(a.post(&rebuild, Some("nope"), "").await.0, 401);
+        assert_eq!(a.post(&rebuild, Some(READ), "").await.0, 403);
+        let (st, e) = a.post(&rebuild, Some(WRITE), "{not json").await;
+        assert_eq!(st, 400, "{e}");
+        let big = format!("{{\"reason\": \"{}\"}}", "x".repeat(70_000));
+        let (st, e) = a.post(&rebuild, Some(WRITE), &big).await;
+        assert_eq!((st, e["error"].as_str()), (413, Some("payload_too_large")));
+        let (st, e) = a
+            .post("/images/python%3A3.12-slim/rebuild", Some(WRITE), "")
+            .await;
+        assert_eq!(st, 409, "external image: {e}");
+        let (st, e) = a.post("/images/alpine%3A3/rebuild", Some(WRITE), "").await;
+        assert_eq!(st, 404);
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("docker.io/library/alpine:3")
+        );
+
+        let (st, r) = a
+            .post(&rebuild, Some(WRITE), r#"{"reason": "CVE-2026-1234"}"#)
+            .await;
+        assert_eq!(st, 202, "{r}");
+        assert_eq!(r["images"], 2);
+        let rid = r["rollout_id"].as_i64().unwrap();
+        let (_, ro) = a.get(&format!("/rollouts/{rid}"), Some(READ)).await;
+        assert_eq!(ro["waves"][0][0]["image"], PLAT, "{ro}");
+        assert_eq!(ro["waves"][0][0]["state"], "queued");
+        assert_eq!(ro["waves"][1][0]["image"], APP);
+        assert_eq!(ro["waves"][1][0]["state"], "waiting");
+        let job = ro["waves"][0][0]["job_id"].as_i64().unwrap();
+        assert_eq!(
+            names(&a.get("/images?state=rebuilding", Some(READ)).await.1),
+            [APP, PLAT]
+        );
+        let (_, d) = a
+            .get("/images/registry.example.com%2Fapps%2Fapi%3A1", Some(READ))
+            .await;
+        let why = d["cause"]["text"].as_str().unwrap();
+        assert!(
+            why.contains(&format!("after its parent {PLAT} (queued)"))
+                && why.contains(&format!("ops requested a rebuild of {PLAT}")),
+            "{why}"
+        );
+
+        let cancel = format!("/rollouts/{rid}/cancel");
+        assert_eq!(a.post(&cancel, None, "").await.0, 401);
+        assert_eq!(a.post(&cancel, Some(READ), "").await.0, 403);
+        let (st, c) = a.post(&cancel, Some(WRITE), "").await;
+        assert_eq!(st, 200, "{c}");
+        assert_eq!(c["images_cancelled"], 2);
+        assert_eq!(a.post(&cancel, Some(WRITE), "").await.0, 409);
+        assert_eq!(
+            a.post("/rollouts/4242/cancel", Some(WRITE), "").await.0,
+            404
+        );
+        let (_, ro) = a.get(&format!("/rollouts/{rid}"), Some(READ)).await;
+        assert_eq!(ro["rollout"]["state"], "cancelled");
+        assert_eq!(ro["waves"][1][0]["state"], "cancelled");
+        let (_, j) = a.get(&format!("/jobs/{job}"), Some(READ)).await;
+        assert_eq!(j["state"], "cancelled", "{j}");
+
+        let events = a.daemon.store.events_after(0, 100).await.unwrap();
+        let audited = |kind: &str| {
+            events
+                .iter()
+                .any(|e| e.kind == kind && e.data.contains("\"by\":\"ops\""))
+        };
+        assert!(audited("rebuild_requested"), "{events:?}");
+        assert!(audited("rollout_cancelled"), "{events:?}");
+        assert!(
+            events
+                .iter()
+                .any(|e| e.kind == "rebuild_requested" && e.data.contains("CVE-2026-1234"))
+        );
+        a.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_says_why_it_was_rebuilt() {
+    for backend in BACKENDS {
+        let a = api_with(backend, false, true, "").await;
+        let store = a.daemon.store.clone();
+        let now = now_millis();
+        store
+            .record_digest(PY, &sha('1'), "", DigestSource::Poll, now)
+            .await
+            .unwrap();
+        store
+            .record_digest(PY, &sha('2'), "", DigestSource::Push, now + 1)
+            .await
+            .unwrap();
+        let engine = a.daemon.engine.clone().unwrap();
+        engine
+            .on_change(&lineaged::watch::DigestChanged {
+                image: lineaged::registry::ImageRef::parse(PY).unwrap(),
+                old: sha('1'),
+                new: sha('2'),
+                source: DigestSource::Push,
+            })
+            .await
+            .unwrap();
+        let (st, d) = a
+            .get("/images/registry.example.com%2Fapps%2Fapi%3A1", Some(READ))
+            .await;
+        assert_eq!(st, 200);
+        let why = d["cause"]["text"].as_str().unwrap();
+        assert!(
+            why.contains(&format!("after its parent {PLAT}"))
+                && why.contains(&format!(
+                    "because {PY} moved from sha256:111111111111 to sha256:222222222222"
+                ))
+                && why.contains("(push)"),
+            "{backend}: {why}"
+        );
+        let chain = d["cause"]["chain"].as_array().unwrap();
+        assert_eq!(chain.len(), 3, "{chain:?}");
+        assert_eq!(chain[2]["image"], PY);
+        assert_eq!(chain[2]["moved"]["to"], sha('2'));
+        a.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_matches_the_routes_and_every_operation_answers() {
+    let a = api_with("sqlite", false, true, "").await;
+    let doc: Value = a
         .http
-        .get(format!("{}/events", a.base))
-        .bearer_auth(READ)
-        .header("last-event-id", got[1].0.to_string())
+        .get(format!("{}/openapi.json", a.base))
         .send()
         .await
+        .unwrap()
+        .json()
+        .await
         .unwrap();
-    let resumed = read_events(resp, 3).await;
-    assert_eq!(
-        resumed.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>(),
-        vec!["k2", "k3", "k4"]
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
     );
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    let routed: std::collections::BTreeSet<(String, String)> = lineaged::api::routes()
+        .iter()
+        .map(|r| (r.method.to_string(), r.doc_path.to_string()))
+        .collect();
+    assert_eq!(documented, routed, "the document and the router disagree");
+    for (method, path) in &documented {
+        let url = path
+            .replace("{image}", PLAT_ENC)
+            .replace("{id}", "1")
+            .replace("{source}", "distribution");
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = a
+            .http
+            .request(m, format!("{}{url}", a.root))
+            .bearer_auth(WRITE);
+        if method == "POST" {
+            req = req.header("content-type", "application/json").body("{}");
+        }
+        let resp = req.send().await.unwrap();
+        let st = resp.status().as_u16();
+        assert_ne!(st, 405, "{method} {url}");
+        if path == "/api/v1/events" {
+            assert_eq!(st, 200);
+            continue;
+        }
+        let body = resp.text().await.unwrap();
+        assert!(
+            !(st == 404 && body.contains("no_route")),
+            "{method} {url} is documented but not routed: {body}"
+        );
+    }
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_never_name_an_image() {
+    for backend in BACKENDS {
+        let a = api_with(backend, false, true, "").await;
+        assert_eq!(a.get("/images", Some(READ)).await.0, 200);
+        assert_eq!(a.get("/images/alpine%3A3", Some(READ)).await.0, 404);
+        let (st, r) = a
+            .post(&format!("/images/{PLAT_ENC}/rebuild"), Some(WRITE), "")
+            .await;
+        assert_eq!(st, 202);
+        let rid = r["rollout_id"].as_i64().unwrap();
+        // The trigger goes to a closed port: one failed delivery, retried.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let text = loop {
+            let resp = a
+                .http
+                .get(format!("{}/metrics", a.root))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 200);
+            assert!(
+                resp.headers()["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("text/plain; version=0.0.4")
+            );
+            let text = resp.text().await.unwrap();
+            if text.contains("lineaged_dispatches_total{result=\"retry\"}") {
+                break text;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no dispatch:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(
+            a.post(&format!("/rollouts/{rid}/cancel"), Some(WRITE), "")
+                .await
+                .0,
+            200
+        );
+        let text2 = a
+            .http
+            .get(format!("{}/metrics", a.root))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for want in [
+            "lineaged_http_requests_total{method=\"GET\",route=\"/api/v1/images\",status=\"200\"}",
+            "lineaged_http_requests_total{method=\"GET\",route=\"/api/v1/images/{*image}\",status=\"404\"}",
+            "lineaged_rollouts_finished_total{state=\"cancelled\"}",
+            "lineaged_rollout_duration_seconds_count",
+            "lineaged_dispatch_duration_seconds_bucket{le=\"+Inf\"}",
+            "lineaged_jobs{state=\"cancelled\"} 1",
+            "lineaged_images{kind=\"managed\"} 2",
+            "lineaged_stale_images 0",
+        ] {
+            assert!(text2.contains(want), "{backend}: missing {want}:\n{text2}");
+        }
+        for t in [&text, &text2] {
+            assert!(
+                !t.contains("python") && !t.contains("example.com"),
+                "an image in a label:\n{t}"
+            );
+            let mut child = std::process::Command::new("promtool")
+                .args(["check", "metrics"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("promtool (Debian package prometheus; scripts/test.sh installs it)");
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(t.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+                "promtool check metrics: {}{}\n{t}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        a.stop().await;
+    }
+    let a = api_with("sqlite", false, false, "\n  metrics_token_env: T_METRICS").await;
+    let get = |t: Option<&'static str>| {
+        let mut r = a.http.get(format!("{}/metrics", a.root));
+        if let Some(t) = t {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(get(None).await.unwrap().status().as_u16(), 401);
+    assert_eq!(get(Some(READ)).await.unwrap().status().as_u16(), 401);
+    assert_eq!(get(Some(METRICS)).await.unwrap().status().as_u16(), 200);
     assert_eq!(
         a.http
-            .get(format!("{}/events", a.base))
+            .get(format!("{}/healthz", a.root))
             .send()
             .await
             .unwrap()
             .status()
             .as_u16(),
-        401
+        200,
+        "health stays open"
     );
-    a.shutdown.cancel();
-    a.daemon.wait().await.unwrap();
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_allows_configured_origins_only() {
+    let a = api_with(
+        "sqlite",
+        false,
+        false,
+        "\n  cors_origins: [\"https://dash.example.com\"]",
+    )
+    .await;
+    let preflight = |origin: &'static str| {
+        a.http
+            .request(reqwest::Method::OPTIONS, format!("{}/images", a.base))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let ok = preflight("https://dash.example.com").await.unwrap();
+    assert_eq!(
+        ok.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap()),
+        Some("https://dash.example.com")
+    );
+    let allowed_headers = ok.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        allowed_headers.contains("authorization"),
+        "{allowed_headers}"
+    );
+    let evil = preflight("https://evil.example.com").await.unwrap();
+    assert!(evil.headers().get("access-control-allow-origin").is_none());
+    let get = a
+        .http
+        .get(format!("{}/images", a.base))
+        .header("origin", "https://dash.example.com")
+        .bearer_auth(READ)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status().as_u16(), 200);
+    assert!(get.headers().get("access-control-allow-origin").is_some());
+    a.stop().await;
 }

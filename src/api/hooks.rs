@@ -14,6 +14,14 @@ use crate::registry::ImageRef;
 use crate::store::DigestSource;
 use crate::watch::{PushSource, parse_push};
 
+/// A registry push notification (CNCF Distribution, Docker Hub, Harbor,
+/// ACR, GitHub packages).
+#[utoipa::path(post, path = "/api/v1/hooks/registry/{source}", tag = "hooks",
+    params(("source" = String, Path, description = "distribution, dockerhub, harbor, acr or ghcr")),
+    request_body(content = Object, content_type = "application/json", description = "The registry's own notification body"),
+    responses((status = 202, description = "Tracked images re-checked", body = Object),
+        (status = 400, description = "Malformed body"), (status = 401, description = "Wrong token or signature"),
+        (status = 404, description = "Unknown source or no receiver configured"), (status = 413, description = "Body too large")))]
 pub async fn registry_hook(
     State(s): State<AppState>,
     Path(source): Path<String>,

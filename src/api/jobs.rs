@@ -22,11 +22,20 @@ struct ResultBody {
     log_url: Option<String>,
 }
 
+/// CI reports a build's result (the callback URL carries the job's token).
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/result", tag = "jobs",
+    params(("id" = i64, Path, description = "Job id"),
+        ("token" = String, Query, description = "The callback token the trigger carried")),
+    request_body(content = Object, content_type = "application/json",
+        description = "`{\"status\": \"succeeded\"|\"failed\", \"digest\": \"sha256:…\", \"log_url\": \"…\"}`"),
+    responses((status = 200, description = "Recorded; the image's state", body = Object),
+        (status = 400, description = "Malformed result"), (status = 401, description = "Missing or wrong token"),
+        (status = 404, description = "No such job"), (status = 413, description = "Body too large")))]
 pub async fn job_result(
     State(s): State<AppState>,
     Path(id): Path<i64>,
     Query(q): Query<TokenQuery>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let job = s
         .store
@@ -45,6 +54,13 @@ pub async fn job_result(
             "missing or wrong callback token".into(),
         ));
     }
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(super::MAX_ACTION_BODY)
+        } else {
+            ApiError::BadRequest(format!("cannot read body: {e}"))
+        }
+    })?;
     let r: ResultBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("malformed result: {e}")))?;
     if let Some(d) = &r.digest

@@ -1,27 +1,41 @@
-//! The HTTP API (axum): health, readiness and registry push hooks so far.
+//! The HTTP API (axum): health, the status API under `/api/v1` (read
+//! endpoints, live events, operator actions), registry push hooks, CI
+//! callbacks, `/metrics` and the OpenAPI document.
+//!
+//! Every route is declared once in [`routes`]: the router is built from that
+//! table and the OpenAPI document is tested against it.
 
+mod actions;
 mod auth;
+mod doc;
 mod error;
 mod hooks;
 mod jobs;
+mod observe;
 mod read;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
 
 use crate::config::Config;
 use crate::store::Store;
 use crate::watch::WatchHandle;
 
-pub use error::ApiError;
+pub use doc::openapi;
+pub use error::{ApiError, P, Q};
 
 /// Push bodies larger than this are refused with 413.
 pub const MAX_HOOK_BODY: usize = 1024 * 1024;
+/// Operator action and CI callback bodies larger than this get 413.
+pub const MAX_ACTION_BODY: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -35,29 +49,204 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
 }
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/api/v1/images", get(read::images))
-        .route("/api/v1/images/{*image}", get(read::image))
-        .route("/api/v1/rollouts", get(read::rollouts))
-        .route("/api/v1/rollouts/{id}", get(read::rollout))
-        .route("/api/v1/jobs", get(read::jobs))
-        .route("/api/v1/jobs/{id}", get(read::job))
-        .route("/api/v1/jobs/{id}/retry", post(read::retry_job))
-        .route("/api/v1/registries", get(read::registries))
-        .route("/api/v1/graph", get(read::graph))
-        .route("/api/v1/events", get(read::events))
-        .route(
+/// One route: method, axum path, the path as the OpenAPI document writes
+/// it, and the handler with its body limit.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub doc_path: &'static str,
+    handler: MethodRouter<AppState>,
+}
+
+fn route(
+    method: Method,
+    path: &'static str,
+    doc_path: &'static str,
+    handler: MethodRouter<AppState>,
+) -> Route {
+    Route {
+        method,
+        path,
+        doc_path,
+        handler,
+    }
+}
+
+/// Every route the daemon serves.
+pub fn routes() -> Vec<Route> {
+    let limit = |n| DefaultBodyLimit::max(n);
+    vec![
+        route(Method::GET, "/healthz", "/healthz", get(healthz)),
+        route(Method::GET, "/readyz", "/readyz", get(readyz)),
+        route(Method::GET, "/metrics", "/metrics", get(observe::metrics)),
+        route(
+            Method::GET,
+            "/api/v1/openapi.json",
+            "/api/v1/openapi.json",
+            get(doc::openapi_json),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/images",
+            "/api/v1/images",
+            get(read::images),
+        ),
+        // A reference has slashes: `{*image}` takes it URL-encoded or not.
+        // POST is the rebuild action (`…/{image}/rebuild`).
+        route(
+            Method::GET,
+            "/api/v1/images/{*image}",
+            "/api/v1/images/{image}",
+            get(read::image),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/images/{*image}",
+            "/api/v1/images/{image}/rebuild",
+            post(actions::rebuild).layer(limit(MAX_ACTION_BODY)),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/rollouts",
+            "/api/v1/rollouts",
+            get(read::rollouts),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/rollouts/{id}",
+            "/api/v1/rollouts/{id}",
+            get(read::rollout),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/rollouts/{id}/cancel",
+            "/api/v1/rollouts/{id}/cancel",
+            post(actions::cancel_rollout).layer(limit(MAX_ACTION_BODY)),
+        ),
+        route(Method::GET, "/api/v1/jobs", "/api/v1/jobs", get(read::jobs)),
+        route(
+            Method::GET,
+            "/api/v1/jobs/{id}",
+            "/api/v1/jobs/{id}",
+            get(read::job),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/jobs/{id}/retry",
+            "/api/v1/jobs/{id}/retry",
+            post(actions::retry_job).layer(limit(MAX_ACTION_BODY)),
+        ),
+        route(
+            Method::POST,
             "/api/v1/jobs/{id}/result",
-            post(jobs::job_result).layer(DefaultBodyLimit::max(64 * 1024)),
-        )
-        .route(
+            "/api/v1/jobs/{id}/result",
+            post(jobs::job_result).layer(limit(MAX_ACTION_BODY)),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/registries",
+            "/api/v1/registries",
+            get(read::registries),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/graph",
+            "/api/v1/graph",
+            get(read::graph),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/events",
+            "/api/v1/events",
+            get(read::events),
+        ),
+        route(
+            Method::POST,
             "/api/v1/hooks/registry/{source}",
-            post(hooks::registry_hook).layer(DefaultBodyLimit::max(MAX_HOOK_BODY)),
+            "/api/v1/hooks/registry/{source}",
+            post(hooks::registry_hook).layer(limit(MAX_HOOK_BODY)),
+        ),
+    ]
+}
+
+pub fn router(state: AppState) -> Router {
+    let mut r: Router<AppState> = Router::new();
+    // Two table rows may share an axum path (GET and POST on `{*image}`).
+    let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
+    for rt in routes() {
+        match by_path.iter_mut().find(|(p, _)| *p == rt.path) {
+            Some((_, m)) => *m = std::mem::take(m).merge(rt.handler),
+            None => by_path.push((rt.path, rt.handler)),
+        }
+    }
+    for (p, m) in by_path {
+        r = r.route(p, m);
+    }
+    let cors = cors(&state.cfg.api.cors_origins);
+    let r = r
+        .fallback(fallback)
+        .route_layer(axum::middleware::from_fn(track))
+        .with_state(state);
+    match cors {
+        Some(c) => r.layer(c),
+        None => r,
+    }
+}
+
+/// CORS for browser dashboards: the configured origins (or `*`) may call
+/// the API with a bearer token; nothing when none is configured.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok()),
         )
-        .with_state(state)
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("last-event-id"),
+            ])
+            .max_age(std::time::Duration::from_secs(3600)),
+    )
+}
+
+/// Counts requests by route template and status (never the raw path).
+async fn track(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let resp = next.run(req).await;
+    crate::metrics::metrics().http(
+        method.as_str(),
+        &route,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+async fn fallback(method: Method, uri: axum::http::Uri) -> Response {
+    crate::metrics::metrics().http(method.as_str(), "unmatched", 404, 0.0);
+    ApiError::NoRoute(format!("no route {method} {}", uri.path())).into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
 }
 
 async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {

@@ -5,16 +5,16 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use serde_json::{Value, json};
 
 use super::auth::authorize;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, P, Q};
 use crate::config::Role;
 use crate::registry::ImageRef;
-use crate::store::{JobRecord, JobState};
+use crate::store::{EventRecord, ImageFilter, ImageStatus, JobRecord, JobState, RolloutImage};
 
 const MAX_LIMIT: i64 = 1000;
 
@@ -28,38 +28,228 @@ fn limit(l: Option<i64>) -> Result<i64, ApiError> {
     }
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ImagesQuery {
+    /// Page size, 1..=1000 (default 100).
     limit: Option<i64>,
+    /// Cursor: the `next` of the previous page.
     after: Option<String>,
+    /// Only managed (true) or only external (false) images.
     managed: Option<bool>,
+    /// Only stale (true) or only fresh (false) images.
+    stale: Option<bool>,
+    /// Only images on this registry host, e.g. `docker.io`.
+    registry: Option<String>,
+    /// Only images in this state: rebuilding, error, stale, unchecked, ok.
+    state: Option<String>,
 }
 
+/// A page of images.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ImagesPage {
+    images: Vec<crate::store::ImageListed>,
+    /// Cursor for the next page (`after=`), null on the last page.
+    next: Option<String>,
+}
+
+/// List tracked images, by name.
+#[utoipa::path(get, path = "/api/v1/images", tag = "images", params(ImagesQuery),
+    responses((status = 200, body = ImagesPage), (status = 400, description = "Bad parameter"),
+        (status = 401, description = "No or unknown token")),
+    security(("bearer" = [])))]
 pub async fn images(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<ImagesQuery>,
-) -> Result<Json<Value>, ApiError> {
+    Q(q): Q<ImagesQuery>,
+) -> Result<Json<ImagesPage>, ApiError> {
     authorize(&s, &headers, Role::Read)?;
     let n = limit(q.limit)?;
-    let rows = s
-        .store
-        .images_page(q.after.as_deref().unwrap_or(""), n, q.managed)
-        .await?;
+    let state = match (q.state.as_deref(), q.stale) {
+        (Some(st), _) => Some(ImageStatus::parse(st).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "state: expected one of rebuilding, error, stale, unchecked, ok; got `{st}`"
+            ))
+        })?),
+        (None, _) => None,
+    };
+    let registry = match q.registry.as_deref() {
+        None => None,
+        Some(r) => {
+            let host = r.trim().trim_end_matches('/').to_ascii_lowercase();
+            // Validated like the host part of a reference.
+            ImageRef::parse(&format!("{host}/x"))
+                .ok()
+                .filter(|i| i.registry() == host)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!("registry: not a registry host: `{r}`"))
+                })?;
+            Some(host)
+        }
+    };
+    let filter = ImageFilter {
+        managed: q.managed,
+        registry,
+        state,
+    };
+    let after = q.after.unwrap_or_default();
+    let mut rows = Vec::new();
+    let mut cursor = after;
+    // `stale` filters the page after the query; keep reading pages until
+    // it is full or the list ends (at most a few pages in practice).
+    loop {
+        let page = s.store.images_page(&cursor, n, &filter).await?;
+        let end = (page.len() as i64) < n;
+        if let Some(last) = page.last() {
+            cursor = last.image.name.clone();
+        }
+        rows.extend(
+            page.into_iter()
+                .filter(|r| q.stale.is_none_or(|st| r.stale == st)),
+        );
+        if end || rows.len() as i64 >= n {
+            break;
+        }
+    }
+    rows.truncate(n as usize);
     let next = (rows.len() as i64 == n)
-        .then(|| rows.last().map(|r| r.name.clone()))
+        .then(|| rows.last().map(|r| r.image.name.clone()))
         .flatten();
-    Ok(Json(json!({ "images": rows, "next": next })))
+    Ok(Json(ImagesPage { images: rows, next }))
 }
 
+fn rfc3339(at: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(at)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| at.to_string())
+}
+
+fn short(d: &str) -> &str {
+    // sha256: plus 12 hex digits, like `docker images`.
+    d.get(..19).unwrap_or(d)
+}
+
+/// Why an image was (or is being) rebuilt: the chain from the image up to
+/// the change that started it, read from its newest rollout and the events
+/// that brought images into that rollout.
+async fn cause_chain(
+    s: &AppState,
+    image: &ImageRef,
+    entry: &RolloutImage,
+) -> Result<Value, ApiError> {
+    let rid = entry.rollout_id;
+    let causes = s.store.rollout_causes(rid).await?;
+    let rows: std::collections::HashMap<String, RolloutImage> = s
+        .store
+        .rollout_images(rid)
+        .await?
+        .into_iter()
+        .map(|r| (r.image.clone(), r))
+        .collect();
+    // What moved (newest change per image), who asked, what reconcile found.
+    let mut moved: std::collections::HashMap<String, (Value, i64)> = Default::default();
+    let mut requested: std::collections::HashMap<String, (String, i64)> = Default::default();
+    let mut reconciled: std::collections::HashSet<String> = Default::default();
+    for e in &causes {
+        let data: Value = serde_json::from_str(&e.data).unwrap_or_default();
+        match e.kind.as_str() {
+            "rollout_started" | "rollout_joined" => {
+                if let Some(img) = data["cause"]["image"].as_str() {
+                    moved.insert(img.to_string(), (data["cause"].clone(), e.at));
+                }
+            }
+            "rollout_requested" => {
+                if let Some(img) = data["cause"]["requested"].as_str() {
+                    let by = data["cause"]["by"].as_str().unwrap_or("").to_string();
+                    requested.insert(img.to_string(), (by, e.at));
+                }
+            }
+            "rollout_reconciled" => {
+                for img in data["reconcile"].as_array().into_iter().flatten() {
+                    if let Some(i) = img.as_str() {
+                        reconciled.insert(i.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut steps = Vec::new();
+    let mut text = format!("{image} is in rollout {rid} ({})", entry.state);
+    let mut cur = image.clone();
+    for _ in 0..64 {
+        let name = cur.to_string();
+        if let Some((by, at)) = requested.get(&name) {
+            let by = if by.is_empty() { "an operator" } else { by };
+            steps.push(json!({ "image": name, "requested_by": by, "at": at }));
+            text.push_str(&format!(
+                ", because {by} requested a rebuild of {name} at {}",
+                rfc3339(*at)
+            ));
+            break;
+        }
+        if reconciled.contains(&name) {
+            steps.push(json!({ "image": name, "reconcile": "built on a base digest its parent no longer has" }));
+            text.push_str(&format!(
+                ", because {name} was built on an outdated base (reconcile)"
+            ));
+            break;
+        }
+        let parents = s.lineage.parents(&cur);
+        if let Some(p) = parents.iter().find(|p| moved.contains_key(&p.to_string())) {
+            let (c, at) = &moved[&p.to_string()];
+            let (old, new, src) = (
+                c["old"].as_str().unwrap_or(""),
+                c["new"].as_str().unwrap_or(""),
+                c["source"].as_str().unwrap_or(""),
+            );
+            steps.push(json!({ "image": name, "because_parent": p.to_string() }));
+            steps.push(json!({ "image": p.to_string(), "moved": { "from": old, "to": new, "at": at, "source": src } }));
+            text.push_str(&format!(
+                ", because {p} moved from {} to {} at {} ({src})",
+                short(old),
+                short(new),
+                rfc3339(*at)
+            ));
+            break;
+        }
+        let Some(p) = parents.iter().find(|p| rows.contains_key(&p.to_string())) else {
+            steps.push(json!({ "image": name, "unknown": "no parent of it is in the rollout" }));
+            break;
+        };
+        let pr = &rows[&p.to_string()];
+        steps.push(json!({ "image": name, "because_parent": p.to_string(), "parent_state": pr.state, "parent_built_digest": pr.built_digest }));
+        text.push_str(&format!(
+            ", after its parent {p} ({}{})",
+            pr.state,
+            pr.built_digest
+                .as_deref()
+                .map(|d| format!(", built {}", short(d)))
+                .unwrap_or_default()
+        ));
+        cur = p.clone();
+    }
+    Ok(
+        json!({ "rollout_id": rid, "state": entry.state, "reason": entry.reason, "chain": steps, "text": text }),
+    )
+}
+
+/// One image: digest, lineage, staleness, history, registry health, jobs,
+/// rollouts and why it was last rebuilt.
+#[utoipa::path(get, path = "/api/v1/images/{image}", tag = "images",
+    params(("image" = String, Path, description = "Image reference, URL-encoded (normalised like the config: `python:3.12` is `docker.io/library/python:3.12`)")),
+    responses((status = 200, description = "The image", body = Object),
+        (status = 400, description = "Malformed reference"), (status = 401, description = "No or unknown token"),
+        (status = 404, description = "Not tracked (the message has the normalised reference)")),
+    security(("bearer" = [])))]
 pub async fn image(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Path(raw): Path<String>,
+    P(raw): P<String>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&s, &headers, Role::Read)?;
     let r = ImageRef::parse(raw.trim_start_matches('/'))
-        .map_err(|e| ApiError::BadRequest(format!("ref: {e}")))?;
+        .map_err(|e| ApiError::BadRequest(format!("image: {e}")))?;
     let name = r.to_string();
     let state = s
         .store
@@ -103,6 +293,10 @@ pub async fn image(
         .map(job_json)
         .collect();
     let rollouts = s.store.rollout_entries_for_image(&name, 5).await?;
+    let cause = match rollouts.first() {
+        Some(e) => cause_chain(&s, &r, e).await?,
+        None => Value::Null,
+    };
     let health = s
         .store
         .registry_health()
@@ -114,6 +308,7 @@ pub async fn image(
         "parents": parents,
         "children": children,
         "stale": stale,
+        "cause": cause,
         "digest_history": history.iter().map(|(d, src, at)| json!({ "digest": d, "source": src, "at": at })).collect::<Vec<_>>(),
         "registry": health,
         "jobs": jobs,
@@ -121,17 +316,24 @@ pub async fn image(
     })))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Page size, 1..=1000 (default 100).
     limit: Option<i64>,
+    /// Cursor (jobs): the `next` of the previous page.
     after: Option<i64>,
+    /// Jobs only: pending, running, succeeded, failed, dead, cancelled.
     state: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/rollouts", tag = "rollouts", params(ListQuery),
+    responses((status = 200, description = "Newest rollouts first", body = Object), (status = 401, description = "No or unknown token")),
+    security(("bearer" = [])))]
 pub async fn rollouts(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    Q(q): Q<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&s, &headers, Role::Read)?;
     Ok(Json(
@@ -139,10 +341,13 @@ pub async fn rollouts(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}", tag = "rollouts", params(("id" = i64, Path, description = "Rollout id")),
+    responses((status = 200, description = "The rollout and its images by wave", body = Object), (status = 404, description = "No such rollout")),
+    security(("bearer" = [])))]
 pub async fn rollout(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<i64>,
+    P(id): P<i64>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&s, &headers, Role::Read)?;
     let r = s
@@ -171,10 +376,13 @@ fn job_json(j: &JobRecord) -> Value {
     })
 }
 
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(ListQuery),
+    responses((status = 200, description = "Jobs in id order", body = Object), (status = 400, description = "Unknown state")),
+    security(("bearer" = [])))]
 pub async fn jobs(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    Q(q): Q<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&s, &headers, Role::Read)?;
     let state = match q.state.as_deref() {
@@ -193,10 +401,13 @@ pub async fn jobs(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path, description = "Job id")),
+    responses((status = 200, description = "The job (attempts, last error, timings)", body = Object), (status = 404, description = "No such job")),
+    security(("bearer" = [])))]
 pub async fn job(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<i64>,
+    P(id): P<i64>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&s, &headers, Role::Read)?;
     let j = s
@@ -207,6 +418,9 @@ pub async fn job(
     Ok(Json(job_json(&j)))
 }
 
+#[utoipa::path(get, path = "/api/v1/registries", tag = "registries",
+    responses((status = 200, description = "Health and rate-limit budget per registry", body = Object)),
+    security(("bearer" = [])))]
 pub async fn registries(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -217,18 +431,24 @@ pub async fn registries(
     ))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// Start after this event id (like `Last-Event-ID`).
     after: Option<i64>,
 }
 
 /// Server-sent events from the event log, oldest first, resumable with
 /// `Last-Event-ID` (or `?after=`). Each client reads the log at its own
 /// pace, so a slow client never holds the daemon up.
+#[utoipa::path(get, path = "/api/v1/events", tag = "events", params(EventsQuery,
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id")),
+    responses((status = 200, description = "Server-sent events: `id` is the event id, `event` its kind, `data` the event as JSON", content_type = "text/event-stream", body = EventRecord)),
+    security(("bearer" = [])))]
 pub async fn events(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<EventsQuery>,
+    Q(q): Q<EventsQuery>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
     authorize(&s, &headers, Role::Read)?;
     let from_header = headers
@@ -266,44 +486,21 @@ pub async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-/// `POST /api/v1/jobs/{id}/retry` (write role): a failed, dead or cancelled
-/// job runs again; audited in the event log with the token's name.
-pub async fn retry_job(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<i64>,
-) -> Result<Json<Value>, ApiError> {
-    let who = authorize(&s, &headers, Role::Write)?.unwrap_or_default();
-    let now = crate::store::now_millis();
-    s.store.retry_job(id, now).await.map_err(|e| match e {
-        crate::store::StoreError::JobNotFound(_) => {
-            ApiError::NotFound(format!("job {id} not found"))
-        }
-        e @ (crate::store::StoreError::InvalidState { .. }
-        | crate::store::StoreError::PendingExists { .. }) => ApiError::Conflict(e.to_string()),
-        e => ApiError::Internal(Box::new(e)),
-    })?;
-    let event = crate::store::NewEvent {
-        kind: "job_retried".into(),
-        image: None,
-        rollout_id: None,
-        job_id: Some(id),
-        data: json!({ "by": who }),
-    };
-    s.store.append_event(&event, now).await?;
-    Ok(Json(json!({ "job_id": id, "state": "pending" })))
-}
-
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct GraphQuery {
+    /// json (default), dot or mermaid.
     format: Option<String>,
 }
 
 /// `GET /api/v1/graph`: the lineage as JSON, or `?format=dot|mermaid` as text.
+#[utoipa::path(get, path = "/api/v1/graph", tag = "graph", params(GraphQuery),
+    responses((status = 200, description = "The lineage: JSON, or DOT / Mermaid text"), (status = 400, description = "Unknown format")),
+    security(("bearer" = [])))]
 pub async fn graph(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<GraphQuery>,
+    Q(q): Q<GraphQuery>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     authorize(&s, &headers, Role::Read)?;

@@ -121,6 +121,7 @@ impl Dispatcher {
 
     #[tracing::instrument(skip_all, fields(job = job.id, image = job.image.as_deref().unwrap_or("")))]
     async fn deliver(&self, job: JobRecord) {
+        let started = std::time::Instant::now();
         let payload: Value = serde_json::from_str(&job.payload).unwrap_or(Value::Null);
         let backend_name = payload
             .get("backend")
@@ -143,6 +144,14 @@ impl Dispatcher {
                 self.post_webhook(&job, &payload, b).await
             }
         };
+        crate::metrics::metrics().dispatched(
+            match &outcome {
+                Delivery::Accepted => "accepted",
+                Delivery::Failed(Failure::Retry { .. }) => "retry",
+                Delivery::Failed(Failure::Permanent { .. }) => "failed",
+            },
+            started.elapsed().as_secs_f64(),
+        );
         let now = now_millis();
         let delivered = json!({ "delivered": true });
         match outcome {

@@ -30,6 +30,29 @@ pub enum BuildResult {
     Failed { reason: String },
 }
 
+/// Why a manual rebuild was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error("image is not in the lineage")]
+    Unknown,
+    #[error("image has no build: lineaged cannot rebuild it")]
+    NotBuildable,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What cancelling a rollout did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    NotFound,
+    /// It had already finished, in this state.
+    Finished(String),
+    Cancelled {
+        images: usize,
+        jobs: usize,
+    },
+}
+
 pub struct Engine {
     cfg: Arc<Config>,
     store: Store,
@@ -90,42 +113,9 @@ impl Engine {
         let mut tx = self.store.begin().await?;
         let cause = json!({ "image": change.image.to_string(), "old": change.old, "new": change.new, "source": change.source.as_str() });
         let (rollout, created) = self.store.open_rollout_in(&mut tx, &cause, now).await?;
-        let mut current: HashMap<String, RolloutImage> = self
-            .store
-            .rollout_images_in(&mut tx, rollout)
-            .await?
-            .into_iter()
-            .map(|r| (r.image.clone(), r))
-            .collect();
-        for (w, wave) in plan.waves.iter().enumerate() {
-            for img in wave {
-                let name = img.to_string();
-                let wave_no = w as i32 + 1;
-                let ri = match current.remove(&name) {
-                    None => RolloutImage::new(rollout, &name, wave_no, now),
-                    Some(mut ri) => {
-                        match ri.state.as_str() {
-                            // Not triggered yet: the trigger will read the
-                            // newest parents when it is enqueued.
-                            "waiting" => {}
-                            // The trigger already carries the older parents
-                            // (it may be on its way to CI): build once more
-                            // after this build, never two at once.
-                            "queued" | "building" => ri.rerun = true,
-                            _ => {
-                                ri.state = "waiting".into();
-                                ri.reason = Some(format!("{} moved again", change.image));
-                                ri.job_id = None;
-                            }
-                        }
-                        ri.wave = ri.wave.max(wave_no);
-                        ri.updated_at = now;
-                        ri
-                    }
-                };
-                self.store.save_rollout_image_in(&mut tx, &ri).await?;
-            }
-        }
+        let again = format!("{} moved again", change.image);
+        self.merge_plan(&mut tx, rollout, &plan.waves, &again, now)
+            .await?;
         let kind = if created {
             "rollout_started"
         } else {
@@ -143,6 +133,157 @@ impl Engine {
         tx.commit().await?;
         self.store.wake_local();
         Ok(())
+    }
+
+    /// Adds planned waves to a rollout. An image already in it and not yet
+    /// triggered reads the newest parents when it is; one queued or building
+    /// is built once more afterwards (never two builds at once); a finished
+    /// one waits again.
+    async fn merge_plan(
+        &self,
+        tx: &mut Tx,
+        rollout: i64,
+        waves: &[Vec<ImageRef>],
+        again: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let mut current: HashMap<String, RolloutImage> = self
+            .store
+            .rollout_images_in(tx, rollout)
+            .await?
+            .into_iter()
+            .map(|r| (r.image.clone(), r))
+            .collect();
+        for (w, wave) in waves.iter().enumerate() {
+            for img in wave {
+                let name = img.to_string();
+                let wave_no = w as i32 + 1;
+                let ri = match current.remove(&name) {
+                    None => RolloutImage::new(rollout, &name, wave_no, now),
+                    Some(mut ri) => {
+                        match ri.state.as_str() {
+                            "waiting" => {}
+                            "queued" | "building" => ri.rerun = true,
+                            _ => {
+                                ri.state = "waiting".into();
+                                ri.reason = Some(again.to_string());
+                                ri.job_id = None;
+                            }
+                        }
+                        ri.wave = ri.wave.max(wave_no);
+                        ri.updated_at = now;
+                        ri
+                    }
+                };
+                self.store.save_rollout_image_in(tx, &ri).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Operator request: rebuild `image` (managed, with a build) and every
+    /// managed descendant, in the running rollout or a new one. Returns the
+    /// rollout id and how many images it covers.
+    pub async fn request_rebuild(
+        &self,
+        image: &ImageRef,
+        by: &str,
+    ) -> Result<(i64, usize), RebuildError> {
+        let Some(img) = self.images.get(image).map(|&i| &self.cfg.images[i]) else {
+            return Err(RebuildError::Unknown);
+        };
+        if img.build.is_none() {
+            return Err(RebuildError::NotBuildable);
+        }
+        let _g = self.lock.lock().await;
+        let now = now_millis();
+        let plan = self
+            .lineage
+            .plan_rebuild(std::slice::from_ref(image))
+            .map_err(|_| RebuildError::Unknown)?;
+        let mut tx = self.store.begin().await?;
+        let cause = json!({ "requested": image.to_string(), "by": by });
+        let (rollout, _) = self.store.open_rollout_in(&mut tx, &cause, now).await?;
+        let again = format!("rebuild requested by {by}");
+        self.merge_plan(&mut tx, rollout, &plan.waves, &again, now)
+            .await?;
+        let event = NewEvent {
+            kind: "rollout_requested".into(),
+            image: Some(image.to_string()),
+            rollout_id: Some(rollout),
+            job_id: None,
+            data: json!({ "images": plan.image_count(), "cause": cause }),
+        };
+        self.store.append_event_in(&mut tx, &event, now).await?;
+        self.advance(&mut tx, rollout, now).await?;
+        tx.commit().await?;
+        self.store.wake_local();
+        tracing::info!(image = %image, by, rollout, images = plan.image_count(), "rebuild requested");
+        Ok((rollout, plan.image_count()))
+    }
+
+    /// Operator request: stop a running rollout. Images not yet finished
+    /// become cancelled and their pending triggers are withdrawn; a build CI
+    /// already started runs on, and its late result changes nothing.
+    pub async fn cancel_rollout(&self, id: i64, by: &str) -> Result<CancelOutcome, StoreError> {
+        let _g = self.lock.lock().await;
+        let now = now_millis();
+        let mut tx = self.store.begin().await?;
+        let Some(r) = self.store.lock_rollout_in(&mut tx, id).await? else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        if r.state != "running" {
+            return Ok(CancelOutcome::Finished(r.state));
+        }
+        let mut images = 0;
+        let mut jobs = 0;
+        for mut ri in self.store.rollout_images_in(&mut tx, id).await? {
+            if ri.is_finished() {
+                continue;
+            }
+            if let Some(job) = ri.job_id
+                && ri.state == "queued"
+                && self.store.cancel_job_in(&mut tx, job, now).await?
+            {
+                jobs += 1;
+            }
+            ri.state = "cancelled".into();
+            ri.reason = Some(format!("rollout cancelled by {by}"));
+            ri.rerun = false;
+            ri.build_deadline = None;
+            ri.updated_at = now;
+            self.store.save_rollout_image_in(&mut tx, &ri).await?;
+            images += 1;
+        }
+        let started = self
+            .store
+            .finish_rollout_in(&mut tx, id, "cancelled", now)
+            .await?;
+        for (kind, data) in [
+            (
+                "rollout_cancelled",
+                json!({ "by": by, "images": images, "jobs": jobs }),
+            ),
+            (
+                "rollout_finished",
+                json!({ "state": "cancelled", "by": by }),
+            ),
+        ] {
+            let event = NewEvent {
+                kind: kind.into(),
+                image: None,
+                rollout_id: Some(id),
+                job_id: None,
+                data,
+            };
+            self.store.append_event_in(&mut tx, &event, now).await?;
+        }
+        tx.commit().await?;
+        if let Some(at) = started {
+            crate::metrics::metrics().rollout_finished("cancelled", (now - at) as f64 / 1000.0);
+        }
+        tracing::info!(rollout = id, by, images, jobs, "rollout cancelled");
+        Ok(CancelOutcome::Cancelled { images, jobs })
     }
 
     /// Reconcile: stale managed images with no work in flight get a
@@ -505,9 +646,14 @@ impl Engine {
             } else {
                 "partially_failed"
             };
-            self.store
+            if let Some(at) = self
+                .store
                 .finish_rollout_in(tx, rollout, state, now)
-                .await?;
+                .await?
+            {
+                // Counted before the commit: a rollback (rare) over-counts one.
+                crate::metrics::metrics().rollout_finished(state, (now - at) as f64 / 1000.0);
+            }
             let event = NewEvent {
                 kind: "rollout_finished".into(),
                 image: None,

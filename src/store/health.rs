@@ -3,7 +3,7 @@
 use super::{Millis, Store, StoreError, on_pool};
 
 /// A registry's health as stored.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct RegistryHealth {
     pub host: String,
     pub state: String,
@@ -107,18 +107,23 @@ impl Store {
             .bind(image).fetch_optional(&mut *c).await?))
     }
 
-    /// Active images by name after `after` (cursor), optionally only managed
-    /// or only external ones.
+    /// Active images by name after `after` (cursor), with their derived
+    /// state, filtered by what the caller sets in `f`.
     pub async fn images_page(
         &self,
         after: &str,
         limit: i64,
-        managed: Option<bool>,
-    ) -> Result<Vec<ImageState>, StoreError> {
-        Ok(on_pool!(self, p => sqlx::query_as(
-            "SELECT name, managed, active, current_digest, last_checked_at, last_changed_at, last_error, base_name, base_digest FROM images
-             WHERE active AND name > $1 AND ($2 IS NULL OR managed = $2) ORDER BY name LIMIT $3")
-            .bind(after).bind(managed).bind(limit).fetch_all(p).await?))
+        f: &ImageFilter,
+    ) -> Result<Vec<ImageListed>, StoreError> {
+        let prefix = f.registry.as_ref().map(|r| format!("{r}/"));
+        Ok(on_pool!(self, p => sqlx::query_as(IMAGES_PAGE)
+            .bind(after).bind(f.managed).bind(prefix).bind(f.state.map(ImageStatus::as_str)).bind(limit)
+            .fetch_all(p).await?))
+    }
+
+    /// Counts for `/metrics` and `lineaged status`.
+    pub async fn status_counts(&self) -> Result<StatusCounts, StoreError> {
+        Ok(on_pool!(self, p => sqlx::query_as(STATUS_COUNTS).fetch_one(p).await?))
     }
 
     /// The newest jobs for an image.
@@ -154,7 +159,7 @@ impl Store {
 }
 
 /// One image's stored state.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct ImageState {
     pub name: String,
     pub managed: bool,
@@ -166,3 +171,116 @@ pub struct ImageState {
     pub base_name: Option<String>,
     pub base_digest: Option<String>,
 }
+
+/// Filters of the image list (all optional).
+#[derive(Debug, Clone, Default)]
+pub struct ImageFilter {
+    pub managed: Option<bool>,
+    /// A registry host: only images on it.
+    pub registry: Option<String>,
+    pub state: Option<ImageStatus>,
+}
+
+/// What an image needs, derived from stored state (first match wins):
+/// `rebuilding` (in a running rollout, not finished), `error` (the last
+/// check failed), `stale` (built on a base digest its parent no longer has),
+/// `unchecked` (never checked), `ok`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageStatus {
+    Rebuilding,
+    Error,
+    Stale,
+    Unchecked,
+    Ok,
+}
+
+impl ImageStatus {
+    pub const ALL: [ImageStatus; 5] = [
+        ImageStatus::Rebuilding,
+        ImageStatus::Error,
+        ImageStatus::Stale,
+        ImageStatus::Unchecked,
+        ImageStatus::Ok,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageStatus::Rebuilding => "rebuilding",
+            ImageStatus::Error => "error",
+            ImageStatus::Stale => "stale",
+            ImageStatus::Unchecked => "unchecked",
+            ImageStatus::Ok => "ok",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ImageStatus> {
+        ImageStatus::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+/// A row of the image list: stored state plus the derived status.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+pub struct ImageListed {
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub image: ImageState,
+    pub state: String,
+    pub stale: bool,
+}
+
+/// The stale test of `stale_images`, for one image `i`.
+macro_rules! stale_exists {
+    () => {
+        "EXISTS (SELECT 1 FROM edges e JOIN images p ON p.name = e.parent
+           WHERE e.child = i.name AND i.managed AND i.base_digest IS NOT NULL AND p.current_digest IS NOT NULL
+             AND (i.base_name IS NULL OR i.base_name = p.name) AND i.base_digest <> p.current_digest)"
+    };
+}
+
+const IMAGES_PAGE: &str = concat!(
+    "SELECT * FROM (
+       SELECT t.*, CASE
+           WHEN t.rebuilding THEN 'rebuilding'
+           WHEN t.last_error IS NOT NULL THEN 'error'
+           WHEN t.stale THEN 'stale'
+           WHEN t.last_checked_at IS NULL THEN 'unchecked'
+           ELSE 'ok' END AS state
+       FROM (
+         SELECT i.name, i.managed, i.active, i.current_digest, i.last_checked_at, i.last_changed_at,
+                i.last_error, i.base_name, i.base_digest,
+                ",
+    stale_exists!(),
+    " AS stale,
+                EXISTS (SELECT 1 FROM rollout_images ri JOIN rollouts r ON r.id = ri.rollout_id
+                        WHERE ri.image = i.name AND r.state = 'running'
+                          AND ri.state IN ('waiting', 'queued', 'building')) AS rebuilding
+         FROM images i
+         WHERE i.active AND i.name > $1 AND ($2 IS NULL OR i.managed = $2)
+           AND (CAST($3 AS TEXT) IS NULL OR substr(i.name, 1, length(CAST($3 AS TEXT))) = CAST($3 AS TEXT))
+       ) t
+     ) s
+     WHERE (CAST($4 AS TEXT) IS NULL OR s.state = CAST($4 AS TEXT))
+     ORDER BY s.name LIMIT $5"
+);
+
+/// Image and rollout counts (active images only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct StatusCounts {
+    pub images_managed: i64,
+    pub images_external: i64,
+    pub images_stale: i64,
+    pub images_failing: i64,
+    pub rollouts_running: i64,
+}
+
+const STATUS_COUNTS: &str = concat!(
+    "SELECT
+       COALESCE(SUM(CASE WHEN i.managed THEN 1 ELSE 0 END), 0) AS images_managed,
+       COALESCE(SUM(CASE WHEN i.managed THEN 0 ELSE 1 END), 0) AS images_external,
+       COALESCE(SUM(CASE WHEN ",
+    stale_exists!(),
+    " THEN 1 ELSE 0 END), 0) AS images_stale,
+       COALESCE(SUM(CASE WHEN i.last_error IS NOT NULL THEN 1 ELSE 0 END), 0) AS images_failing,
+       (SELECT COUNT(*) FROM rollouts WHERE state = 'running') AS rollouts_running
+     FROM images i WHERE i.active"
+);

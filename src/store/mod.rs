@@ -23,7 +23,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{PgPool, SqlitePool};
 
-pub use health::{ImageState, RegistryHealth, health_state};
+pub use health::{
+    ImageFilter, ImageListed, ImageState, ImageStatus, RegistryHealth, StatusCounts, health_state,
+};
 pub use lease::LeaseHolder;
 pub use queue::{ClaimedJob, Enqueued, Failure, JobRecord, JobState, JobWaiter, NewJob};
 pub use retry::retry_delay;

@@ -2,7 +2,7 @@
 
 use super::{Millis, Store, StoreError, Tx, on_pool, on_tx};
 
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct RolloutRecord {
     pub id: i64,
     pub state: String,
@@ -11,7 +11,7 @@ pub struct RolloutRecord {
     pub finished_at: Option<Millis>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct RolloutImage {
     pub rollout_id: i64,
     pub image: String,
@@ -138,16 +138,47 @@ impl Store {
         Ok(())
     }
 
+    /// Finishes a running rollout; returns when it started, or None when it
+    /// was not running.
     pub async fn finish_rollout_in(
         &self,
         tx: &mut Tx,
         id: i64,
         state: &str,
         now: Millis,
-    ) -> Result<(), StoreError> {
-        on_tx!(tx, c => sqlx::query("UPDATE rollouts SET state = $2, finished_at = $3 WHERE id = $1 AND state = 'running'")
-            .bind(id).bind(state).bind(now).execute(&mut *c).await?.rows_affected());
-        Ok(())
+    ) -> Result<Option<Millis>, StoreError> {
+        Ok(
+            on_tx!(tx, c => sqlx::query_scalar("UPDATE rollouts SET state = $2, finished_at = $3 WHERE id = $1 AND state = 'running' RETURNING created_at")
+            .bind(id).bind(state).bind(now).fetch_optional(&mut *c).await?),
+        )
+    }
+
+    /// Cancels a pending or running job in this transaction; false when it
+    /// had already ended.
+    pub async fn cancel_job_in(
+        &self,
+        tx: &mut Tx,
+        id: i64,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let n = on_tx!(tx, c => sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', finished_at = $2, updated_at = $2, locked_by = NULL, locked_until = NULL
+             WHERE id = $1 AND state IN ('pending', 'running')")
+            .bind(id).bind(now).execute(&mut *c).await?.rows_affected());
+        Ok(n == 1)
+    }
+
+    /// The events that brought images into a rollout (started, joined,
+    /// reconciled, requested), oldest first.
+    pub async fn rollout_causes(
+        &self,
+        rollout_id: i64,
+    ) -> Result<Vec<super::EventRecord>, StoreError> {
+        Ok(on_pool!(self, p => sqlx::query_as(
+            "SELECT id, at, kind, image, rollout_id, job_id, data FROM events
+             WHERE rollout_id = $1 AND kind IN ('rollout_started', 'rollout_joined', 'rollout_reconciled', 'rollout_requested')
+             ORDER BY id LIMIT 1000")
+            .bind(rollout_id).fetch_all(p).await?))
     }
 
     /// The rollout image a job triggered.

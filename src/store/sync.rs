@@ -59,7 +59,7 @@ pub struct NewEvent {
     pub data: Value,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct EventRecord {
     pub id: i64,
     pub at: Millis,

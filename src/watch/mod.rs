@@ -382,6 +382,15 @@ impl Watcher {
             .client
             .budget(registry)
             .map(|b| (b.remaining as i64, b.limit as i64));
+        crate::metrics::metrics().poll(
+            registry,
+            match result {
+                Ok(Some(_)) => "changed",
+                Ok(None) => "ok",
+                Err(e) if e.retryable() => "error",
+                Err(_) => "image_error",
+            },
+        );
         let (retry_at, error) = match result {
             Err(e) if e.retryable() => {
                 state.consecutive_errors += 1;
@@ -501,6 +510,7 @@ async fn check(
         return Ok(None);
     };
     tracing::info!(image = %name, old = %old, new = %tracked, source = source.as_str(), "digest changed");
+    crate::metrics::metrics().digest_changed(source.as_str());
     let event = NewEvent {
         kind: "digest_changed".into(),
         image: Some(name.clone()),

@@ -891,3 +891,112 @@ async fn cors_allows_configured_origins_only() {
     assert!(get.headers().get("access-control-allow-origin").is_some());
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_cli_prints_what_needs_attention() {
+    let a = api_with("postgres", false, true, "").await;
+    let store = a.daemon.store.clone();
+    let now = now_millis();
+    store
+        .record_digest(PY, &sha('1'), "", DigestSource::Poll, now)
+        .await
+        .unwrap();
+    store
+        .record_digest(PLAT, &sha('a'), "", DigestSource::Poll, now)
+        .await
+        .unwrap();
+    store
+        .record_base(PLAT, Some(PY), Some(&sha('1')), now)
+        .await
+        .unwrap();
+    store
+        .record_digest(PY, &sha('2'), "", DigestSource::Poll, now + 1)
+        .await
+        .unwrap();
+    store
+        .record_registry_health("ghcr.io", 3, Some("HTTP 503"), None, Some((0, 5000)), now)
+        .await
+        .unwrap();
+    let id = store
+        .enqueue(&NewJob::new("rebuild", now), now)
+        .await
+        .unwrap()
+        .id;
+    store
+        .claim("w", 1, Duration::from_secs(30), now)
+        .await
+        .unwrap();
+    store
+        .fail(
+            id,
+            "w",
+            &Failure::Permanent {
+                error: "HTTP 404 from CI".into(),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let (st, _) = a
+        .post(
+            "/images/registry.example.com%2Fapps%2Fapi%3A1/rebuild",
+            Some(WRITE),
+            "",
+        )
+        .await;
+    assert_eq!(st, 202);
+
+    let root = a.root.clone();
+    let run = move |token: &'static str, url: String, json: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_lineaged"));
+        c.args(["status", "--url", &url])
+            .env("LINEAGED_TOKEN", token);
+        if json {
+            c.args(["--output", "json"]);
+        }
+        c.output().unwrap()
+    };
+    let r = root.clone();
+    let out = tokio::task::spawn_blocking(move || run(READ, r, false))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "Stale images (1)",
+        PLAT,
+        "Running rollouts (1)",
+        "Failing jobs (1)",
+        "HTTP 404 from CI",
+        "Degraded registries (1)",
+        "ghcr.io",
+        "0/5000",
+    ] {
+        assert!(text.contains(want), "missing {want}:\n{text}");
+    }
+    let r = root.clone();
+    let out = tokio::task::spawn_blocking(move || run(READ, r, true))
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["running_rollouts"][0]["images"], 1);
+    assert_eq!(v["stale_images"][0]["name"], PLAT);
+
+    let r = root.clone();
+    let out = tokio::task::spawn_blocking(move || run("wrong-token", r, false))
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("401") && !err.contains("wrong-token"), "{err}");
+    let out = tokio::task::spawn_blocking(move || run(READ, "http://127.0.0.1:9".into(), false))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+    a.stop().await;
+}

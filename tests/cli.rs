@@ -41,7 +41,16 @@ fn examples_pass_check() {
 
 #[test]
 fn help_on_every_command_and_usage_errors_exit_2() {
-    for cmd in [&[][..], &["check"], &["plan"], &["graph"], &["migrate"]] {
+    for cmd in [
+        &[][..],
+        &["serve"],
+        &["check"],
+        &["plan"],
+        &["graph"],
+        &["migrate"],
+        &["resolve"],
+        &["status"],
+    ] {
         let mut args = cmd.to_vec();
         args.push("--help");
         let o = lineaged(&args);
@@ -84,6 +93,8 @@ images:
   - name: python:3.12
   - name: x:1
     schedule: "every tuesday"
+api:
+  cors_origins: ["https://dash.example.com/path"]
 "#,
     );
     let o = lineaged(&["check", "-c", &cfg]);
@@ -109,7 +120,11 @@ images:
         err.contains(&format!("{cfg}:20:15: invalid schedule `every tuesday`")),
         "{err}"
     );
-    assert!(err.contains("6 errors in"), "{err}");
+    assert!(
+        err.contains(&format!("{cfg}:22:18: cors origin `https://dash.example.com/path`")),
+        "{err}"
+    );
+    assert!(err.contains("7 errors in"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
 

@@ -13,6 +13,7 @@ use crate::registry::ImageRef;
 
 mod resolve_cmd;
 mod serve_cmd;
+mod status_cmd;
 mod store_cmd;
 
 pub const EXIT_FAILED: u8 = 1;
@@ -46,6 +47,16 @@ pub enum Command {
     Migrate(ConfigArg),
     /// Resolve image references to digests through the configured registries
     Resolve(ResolveArgs),
+    /// Ask a running daemon what needs attention: stale images, running
+    /// rollouts, failing jobs, degraded registries
+    #[command(
+        long_about = "Ask a running daemon what needs attention: stale images, running \
+                  rollouts, failing jobs, images failing checks, degraded registries.\n\n\
+                  The API token comes from LINEAGED_TOKEN (never a flag: flags show in `ps`).\n\n\
+                  Exit codes: 0 the daemon answered, 1 it could not be asked (unreachable, \
+                  wrong token, error), 2 bad usage."
+    )]
+    Status(StatusArgs),
     /// Write a synthetic lineage of N images (for benchmarks)
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -87,6 +98,21 @@ pub struct ResolveArgs {
 fn parse_platform(s: &str) -> Result<crate::config::Platform, String> {
     crate::config::Platform::parse(s)
         .ok_or_else(|| format!("expected os/arch[/variant], got `{s}`"))
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// Base URL of the daemon's API
+    #[arg(long, env = "LINEAGED_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// API token (read role is enough); from the environment only
+    #[arg(skip = std::env::var("LINEAGED_TOKEN").ok().filter(|t| !t.is_empty()))]
+    pub token: Option<String>,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Per-request timeout in seconds
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -152,6 +178,7 @@ pub fn main() -> ExitCode {
         Command::Graph(a) => graph(&a),
         Command::Migrate(a) => store_cmd::migrate(&a),
         Command::Resolve(a) => resolve_cmd::resolve(&a),
+        Command::Status(a) => status_cmd::status(&a),
         Command::Generate(a) => generate(&a),
     }
 }

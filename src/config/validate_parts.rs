@@ -192,11 +192,19 @@ pub(super) fn api(ctx: &mut Ctx, raw: Option<(usize, Spanned<RawApi>)>) -> ApiCo
             tokens.push(ApiToken { name, role, token });
         }
     }
-    let cors_origins = a
-        .cors_origins
-        .iter()
-        .filter_map(|o| ctx.text(f, o))
-        .collect();
+    let mut cors_origins = Vec::new();
+    for o in &a.cors_origins {
+        let Some(v) = ctx.text(f, o) else { continue };
+        if cors_origin_ok(&v) {
+            cors_origins.push(v.trim_end_matches('/').to_string());
+        } else {
+            ctx.err(
+                f,
+                o.referenced,
+                format!("cors origin `{v}`: expected `*` or scheme://host[:port], e.g. https://dash.example.com"),
+            );
+        }
+    }
     let public_url = ctx.http_url(f, &a.public_url, "public_url");
     ApiConfig {
         tokens,
@@ -358,4 +366,18 @@ pub(super) fn policy(ctx: &mut Ctx, raw: Option<(usize, Spanned<RawPolicy>)>) ->
         signature_public_key,
         max_severity,
     }
+}
+
+/// `*`, or `http(s)://host[:port]` with no path, query or credentials.
+fn cors_origin_ok(v: &str) -> bool {
+    if v == "*" {
+        return true;
+    }
+    let Some(rest) = v.strip_prefix("https://").or_else(|| v.strip_prefix("http://")) else {
+        return false;
+    };
+    let host = rest.trim_end_matches('/');
+    !host.is_empty()
+        && !host.contains(['/', '?', '#', '@', ' '])
+        && axum::http::HeaderValue::from_str(v).is_ok()
 }

@@ -1,0 +1,275 @@
+//! `lineaged status`: asks a running daemon what needs attention and prints
+//! tables: stale images, running rollouts, failing jobs, degraded registries.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{EXIT_FAILED, Output, StatusArgs};
+
+/// Rows shown per table; the header says how many there are in all.
+const ROWS: usize = 50;
+
+pub fn status(args: &StatusArgs) -> ExitCode {
+    crate::init_tls();
+    let rt = match super::runtime(false) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(fetch(args)) {
+        Ok(report) => {
+            match args.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                ),
+                Output::Text => print!("{}", render(&report)),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+async fn fetch(args: &StatusArgs) -> Result<Value, String> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(args.timeout.max(1)))
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+    let base = args.url.trim_end_matches('/');
+    let get = |path: String| {
+        let mut r = http.get(format!("{base}/api/v1{path}"));
+        if let Some(t) = &args.token {
+            r = r.bearer_auth(t);
+        }
+        async move {
+            let resp = r.send().await.map_err(|e| {
+                format!(
+                    "cannot reach {base}: {}",
+                    crate::cli::store_cmd::error_chain(&e)
+                )
+            })?;
+            let status = resp.status();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            if !status.is_success() {
+                let msg = body["message"].as_str().unwrap_or("no message");
+                return Err(format!(
+                    "{base}/api/v1{path}: HTTP {}: {msg}",
+                    status.as_u16()
+                ));
+            }
+            Ok(body)
+        }
+    };
+    let stale = get(format!("/images?state=stale&limit={ROWS}")).await?;
+    let erroring = get(format!("/images?state=error&limit={ROWS}")).await?;
+    let rollouts = get("/rollouts?limit=100".into()).await?;
+    let failed = get(format!("/jobs?state=failed&limit={ROWS}")).await?;
+    let dead = get(format!("/jobs?state=dead&limit={ROWS}")).await?;
+    let registries = get("/registries".into()).await?;
+    let running: Vec<Value> = rollouts["rollouts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["state"] == "running")
+        .cloned()
+        .collect();
+    let mut rollouts_detail = Vec::new();
+    for r in &running {
+        let id = r["id"].as_i64().unwrap_or(0);
+        let d = get(format!("/rollouts/{id}")).await?;
+        let images: Vec<&Value> = d["waves"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|w| w.as_array().into_iter().flatten())
+            .collect();
+        let count = |st: &str| images.iter().filter(|i| i["state"] == st).count();
+        rollouts_detail.push(serde_json::json!({
+            "id": id, "created_at": r["created_at"], "images": images.len(),
+            "succeeded": count("succeeded"), "building": count("building") + count("queued"),
+            "waiting": count("waiting"), "failed": count("failed") + count("blocked"),
+        }));
+    }
+    let mut jobs: Vec<Value> = Vec::new();
+    for list in [&failed, &dead] {
+        jobs.extend(list["jobs"].as_array().into_iter().flatten().cloned());
+    }
+    let degraded: Vec<Value> = registries["registries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["state"] != "healthy")
+        .cloned()
+        .collect();
+    Ok(serde_json::json!({
+        "stale_images": stale["images"],
+        "failing_images": erroring["images"],
+        "running_rollouts": rollouts_detail,
+        "failing_jobs": jobs,
+        "degraded_registries": degraded,
+    }))
+}
+
+fn ago(at: &Value) -> String {
+    let Some(at) = at.as_i64() else {
+        return "-".into();
+    };
+    let s = (crate::store::now_millis() - at).max(0) / 1000;
+    match s {
+        0..60 => format!("{s}s ago"),
+        60..3600 => format!("{}m ago", s / 60),
+        3600..86400 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn table(out: &mut String, title: &str, header: &[&str], rows: Vec<Vec<String>>) {
+    let more = if rows.len() >= ROWS { "+" } else { "" };
+    out.push_str(&format!("{title} ({}{more})\n", rows.len()));
+    if rows.is_empty() {
+        out.push_str("  none\n\n");
+        return;
+    }
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            width[i] = width[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut l = String::from(" ");
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(&format!(" {c}"));
+            } else {
+                l.push_str(&format!(" {c:<w$}", w = width[i]));
+            }
+        }
+        l.push('\n');
+        l
+    };
+    out.push_str(&line(header.to_vec()));
+    for r in &rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out.push('\n');
+}
+
+pub fn render(report: &Value) -> String {
+    let mut out = String::new();
+    let list = |k: &str| report[k].as_array().cloned().unwrap_or_default();
+    table(
+        &mut out,
+        "Stale images",
+        &["IMAGE", "DIGEST", "LAST CHANGE"],
+        list("stale_images")
+            .iter()
+            .map(|i| {
+                vec![
+                    text(&i["name"]),
+                    text(&i["current_digest"]).chars().take(19).collect(),
+                    ago(&i["last_changed_at"]),
+                ]
+            })
+            .collect(),
+    );
+    table(
+        &mut out,
+        "Running rollouts",
+        &[
+            "ID", "STARTED", "IMAGES", "DONE", "BUILDING", "WAITING", "FAILED",
+        ],
+        list("running_rollouts")
+            .iter()
+            .map(|r| {
+                [
+                    "id",
+                    "created_at",
+                    "images",
+                    "succeeded",
+                    "building",
+                    "waiting",
+                    "failed",
+                ]
+                .iter()
+                .map(|k| {
+                    if *k == "created_at" {
+                        ago(&r[*k])
+                    } else {
+                        text(&r[*k])
+                    }
+                })
+                .collect()
+            })
+            .collect(),
+    );
+    table(
+        &mut out,
+        "Failing jobs",
+        &["ID", "STATE", "IMAGE", "ATTEMPTS", "ERROR"],
+        list("failing_jobs")
+            .iter()
+            .map(|j| {
+                vec![
+                    text(&j["id"]),
+                    text(&j["state"]),
+                    text(&j["image"]),
+                    format!("{}/{}", text(&j["attempt"]), text(&j["max_attempts"])),
+                    text(&j["last_error"]),
+                ]
+            })
+            .collect(),
+    );
+    table(
+        &mut out,
+        "Images failing checks",
+        &["IMAGE", "LAST CHECK", "ERROR"],
+        list("failing_images")
+            .iter()
+            .map(|i| {
+                vec![
+                    text(&i["name"]),
+                    ago(&i["last_checked_at"]),
+                    text(&i["last_error"]),
+                ]
+            })
+            .collect(),
+    );
+    table(
+        &mut out,
+        "Degraded registries",
+        &["REGISTRY", "STATE", "ERRORS", "RATE LIMIT", "LAST ERROR"],
+        list("degraded_registries")
+            .iter()
+            .map(|r| {
+                vec![
+                    text(&r["host"]),
+                    text(&r["state"]),
+                    text(&r["consecutive_errors"]),
+                    match (
+                        r["ratelimit_remaining"].as_i64(),
+                        r["ratelimit_limit"].as_i64(),
+                    ) {
+                        (Some(a), Some(b)) => format!("{a}/{b}"),
+                        _ => "-".into(),
+                    },
+                    text(&r["last_error"]),
+                ]
+            })
+            .collect(),
+    );
+    out
+}

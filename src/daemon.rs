@@ -156,6 +156,7 @@ pub async fn start(
         watch: watch.clone(),
         engine: engine.clone(),
         ready: ready.clone(),
+        events: crate::api::EventHub::start(store.clone(), shutdown.clone()).await,
     };
     let state_engine = engine;
     let token = shutdown.clone();

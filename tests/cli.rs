@@ -121,7 +121,9 @@ api:
         "{err}"
     );
     assert!(
-        err.contains(&format!("{cfg}:22:18: cors origin `https://dash.example.com/path`")),
+        err.contains(&format!(
+            "{cfg}:22:18: cors origin `https://dash.example.com/path`"
+        )),
         "{err}"
     );
     assert!(err.contains("7 errors in"), "{err}");

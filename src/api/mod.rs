@@ -10,6 +10,7 @@ mod auth;
 mod doc;
 mod error;
 mod hooks;
+mod hub;
 mod jobs;
 mod observe;
 mod read;
@@ -31,6 +32,7 @@ use crate::watch::WatchHandle;
 
 pub use doc::openapi;
 pub use error::{ApiError, P, Q};
+pub use hub::EventHub;
 
 /// Push bodies larger than this are refused with 413.
 pub const MAX_HOOK_BODY: usize = 1024 * 1024;
@@ -47,6 +49,8 @@ pub struct AppState {
     pub engine: Option<Arc<crate::rollout::Engine>>,
     /// Set once the store is migrated and the config synced.
     pub ready: Arc<AtomicBool>,
+    /// Shared reader of the event log for SSE clients.
+    pub events: Arc<EventHub>,
 }
 
 /// One route: method, axum path, the path as the OpenAPI document writes

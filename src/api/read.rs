@@ -439,8 +439,9 @@ pub struct EventsQuery {
 }
 
 /// Server-sent events from the event log, oldest first, resumable with
-/// `Last-Event-ID` (or `?after=`). Each client reads the log at its own
-/// pace, so a slow client never holds the daemon up.
+/// `Last-Event-ID` (or `?after=`). One shared reader feeds every client
+/// (`hub`); a client that falls behind reads the log at its own pace, so a
+/// slow client never holds the daemon or other clients up.
 #[utoipa::path(get, path = "/api/v1/events", tag = "events", params(EventsQuery,
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id")),
     responses((status = 200, description = "Server-sent events: `id` is the event id, `event` its kind, `data` the event as JSON", content_type = "text/event-stream", body = EventRecord)),
@@ -456,33 +457,12 @@ pub async fn events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<i64>().ok());
     let start = from_header.or(q.after).unwrap_or(0);
-    let store = s.store.clone();
-    let stream = futures_util::stream::unfold(
-        (store, start, Vec::new()),
-        |(store, mut last, mut buf)| async move {
-            loop {
-                if let Some(e) = buf.pop() {
-                    return Some((Ok(e), (store, last, buf)));
-                }
-                match store.events_after(last, 200).await {
-                    Ok(rows) if !rows.is_empty() => {
-                        last = rows.last().map_or(last, |r| r.id);
-                        buf = rows
-                            .into_iter()
-                            .rev()
-                            .map(|r| {
-                                Event::default()
-                                    .id(r.id.to_string())
-                                    .event(r.kind.clone())
-                                    .data(serde_json::to_string(&r).unwrap_or_default())
-                            })
-                            .collect();
-                    }
-                    _ => tokio::time::sleep(Duration::from_millis(250)).await,
-                }
-            }
-        },
-    );
+    let stream = futures_util::StreamExt::map(s.events.follow(s.store.clone(), start), |r| {
+        Ok(Event::default()
+            .id(r.id.to_string())
+            .event(r.kind.clone())
+            .data(serde_json::to_string(&r).unwrap_or_default()))
+    });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 

@@ -373,7 +373,10 @@ fn cors_origin_ok(v: &str) -> bool {
     if v == "*" {
         return true;
     }
-    let Some(rest) = v.strip_prefix("https://").or_else(|| v.strip_prefix("http://")) else {
+    let Some(rest) = v
+        .strip_prefix("https://")
+        .or_else(|| v.strip_prefix("http://"))
+    else {
         return false;
     };
     let host = rest.trim_end_matches('/');

@@ -176,7 +176,7 @@ impl Store {
     ) -> Result<Vec<super::EventRecord>, StoreError> {
         Ok(on_pool!(self, p => sqlx::query_as(
             "SELECT id, at, kind, image, rollout_id, job_id, data FROM events
-             WHERE rollout_id = $1 AND kind IN ('rollout_started', 'rollout_joined', 'rollout_reconciled', 'rollout_requested')
+             WHERE rollout_id = $1 AND kind IN ('rollout_started', 'rollout_joined', 'rollout_requested', 'rollout_reconciled')
              ORDER BY id LIMIT 1000")
             .bind(rollout_id).fetch_all(p).await?))
     }

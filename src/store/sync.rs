@@ -244,6 +244,13 @@ impl Store {
             .fetch_one(c).await?))
     }
 
+    /// The newest event's id (0 when the log is empty).
+    pub async fn last_event_id(&self) -> Result<i64, StoreError> {
+        Ok(
+            on_pool!(self, p => sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM events").fetch_one(p).await?),
+        )
+    }
+
     /// Events after `after_id`, oldest first.
     pub async fn events_after(
         &self,

@@ -1,0 +1,142 @@
+//! One reader of the event log for all SSE clients: it polls the log every
+//! 100 ms and broadcasts new events; clients that join late or fall behind
+//! (the broadcast buffer is bounded) read the log themselves at their own
+//! pace until they are back at the head. 200 idle clients cost one query
+//! per 100 ms, not 200, and a slow client never holds anyone up.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{EventRecord, Store};
+
+const POLL: Duration = Duration::from_millis(100);
+const BATCH: i64 = 1000;
+/// Batches buffered per client before it lags (and reads the log itself).
+const BUFFER: usize = 256;
+
+#[derive(Clone)]
+struct Batch {
+    /// The head before these rows: a client behind it missed something.
+    from: i64,
+    rows: Arc<Vec<EventRecord>>,
+}
+
+pub struct EventHub {
+    head: AtomicI64,
+    tx: broadcast::Sender<Batch>,
+}
+
+impl EventHub {
+    /// Starts the poller at the log's current end; it stops with `shutdown`.
+    pub async fn start(store: Store, shutdown: CancellationToken) -> Arc<EventHub> {
+        let head = store.last_event_id().await.unwrap_or(0);
+        let (tx, _) = broadcast::channel(BUFFER);
+        let hub = Arc::new(EventHub {
+            head: AtomicI64::new(head),
+            tx,
+        });
+        let h = hub.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+                loop {
+                    let from = h.head.load(Ordering::Acquire);
+                    match store.events_after(from, BATCH).await {
+                        Ok(rows) if !rows.is_empty() => {
+                            let full = rows.len() as i64 == BATCH;
+                            h.head.store(rows[rows.len() - 1].id, Ordering::Release);
+                            let _ = h.tx.send(Batch {
+                                from,
+                                rows: Arc::new(rows),
+                            });
+                            if !full {
+                                break;
+                            }
+                        }
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "event stream: cannot read the event log");
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        hub
+    }
+
+    /// Events after `after`, oldest first, forever (until shutdown).
+    pub fn follow(
+        self: &Arc<Self>,
+        store: Store,
+        after: i64,
+    ) -> impl futures_util::Stream<Item = EventRecord> + Send + use<> {
+        let rx = self.tx.subscribe();
+        let st = Follow {
+            hub: self.clone(),
+            store,
+            last: after,
+            rx,
+            buf: VecDeque::new(),
+        };
+        futures_util::stream::unfold(st, |mut st| async move {
+            let e = st.next().await?;
+            Some((e, st))
+        })
+    }
+}
+
+struct Follow {
+    hub: Arc<EventHub>,
+    store: Store,
+    last: i64,
+    rx: broadcast::Receiver<Batch>,
+    buf: VecDeque<EventRecord>,
+}
+
+impl Follow {
+    async fn next(&mut self) -> Option<EventRecord> {
+        loop {
+            if let Some(e) = self.buf.pop_front() {
+                self.last = e.id;
+                return Some(e);
+            }
+            // Behind the hub: read the log directly.
+            if self.last < self.hub.head.load(Ordering::Acquire) {
+                match self.store.events_after(self.last, 200).await {
+                    Ok(rows) if !rows.is_empty() => {
+                        self.buf.extend(rows);
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event stream: cannot read the event log");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
+            match self.rx.recv().await {
+                Ok(b) => {
+                    if b.from > self.last {
+                        // Missed rows before this batch: the log has them.
+                        continue;
+                    }
+                    self.buf
+                        .extend(b.rows.iter().filter(|r| r.id > self.last).cloned());
+                }
+                // Too slow: dropped from the buffer; catch up from the log.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}

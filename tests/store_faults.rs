@@ -251,3 +251,50 @@ fn migrate_command_on_fresh_databases_twice() {
     }
     rt.block_on(pg.drop_db());
 }
+
+/// A cancel that commits while a worker records a failed attempt must win:
+/// the worker's requeue must not bring the cancelled job back to pending.
+/// (Seen as a rollout cancel that left its trigger pending.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_committed_during_a_failed_attempt_is_not_undone() {
+    use sqlx::{Connection, Executor};
+    let db = PgDb::create().await;
+    let store = db.store().await;
+    let now = now_millis();
+    let id = store
+        .enqueue(&NewJob::new("rebuild", now), now)
+        .await
+        .unwrap()
+        .id;
+    store.claim("w", 1, LEASE, now).await.unwrap();
+    // The operator's cancel holds the row, not yet committed.
+    let mut op = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    op.execute("BEGIN").await.unwrap();
+    sqlx::query(
+        "UPDATE jobs SET state = 'cancelled', locked_by = NULL, locked_until = NULL WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&mut op)
+    .await
+    .unwrap();
+    let s = store.clone();
+    let worker = tokio::spawn(async move {
+        s.fail(
+            id,
+            "w",
+            &lineaged::store::Failure::Retry {
+                error: "HTTP 503".into(),
+                retry_after: None,
+            },
+            now_millis(),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    op.execute("COMMIT").await.unwrap();
+    let r = worker.await.unwrap();
+    assert!(matches!(r, Err(StoreError::LeaseLost(_))), "{r:?}");
+    assert_eq!(store.job(id).await.unwrap().unwrap().state, "cancelled");
+    store.close().await;
+    db.drop_db().await;
+}

@@ -355,8 +355,18 @@ impl Store {
         now: Millis,
     ) -> Result<JobState, StoreError> {
         let mut tx = self.begin().await?;
-        let job: Option<JobRecord> = on_tx!(&mut tx, c => sqlx::query_as(
-            "SELECT * FROM jobs WHERE id = $1 AND locked_by = $2 AND state = 'running'")
+        // Locked on Postgres: a cancel (or rescue) that commits between this
+        // read and the update below must not be overwritten by a requeue.
+        // SQLite's write transactions are serial already.
+        let sql = match &tx {
+            Tx::Pg(_) => {
+                "SELECT * FROM jobs WHERE id = $1 AND locked_by = $2 AND state = 'running' FOR UPDATE"
+            }
+            Tx::Sqlite(_) => {
+                "SELECT * FROM jobs WHERE id = $1 AND locked_by = $2 AND state = 'running'"
+            }
+        };
+        let job: Option<JobRecord> = on_tx!(&mut tx, c => sqlx::query_as(sql)
             .bind(id).bind(worker).fetch_optional(c).await?);
         let job = job.ok_or(StoreError::LeaseLost(id))?;
         let state = match failure {
@@ -403,8 +413,17 @@ impl Store {
         for job in expired {
             let mut tx = self.begin().await?;
             // Re-check inside the transaction: a heartbeat may have won.
-            let still: Option<JobRecord> = on_tx!(&mut tx, c => sqlx::query_as(
-                "SELECT * FROM jobs WHERE id = $1 AND state = 'running' AND (locked_until < $2 OR locked_by = $3)")
+            // Locked on Postgres, so a complete or cancel committing now is
+            // not overwritten by the requeue below.
+            let sql = match &tx {
+                Tx::Pg(_) => {
+                    "SELECT * FROM jobs WHERE id = $1 AND state = 'running' AND (locked_until < $2 OR locked_by = $3) FOR UPDATE"
+                }
+                Tx::Sqlite(_) => {
+                    "SELECT * FROM jobs WHERE id = $1 AND state = 'running' AND (locked_until < $2 OR locked_by = $3)"
+                }
+            };
+            let still: Option<JobRecord> = on_tx!(&mut tx, c => sqlx::query_as(sql)
                 .bind(job.id).bind(now).bind(worker).fetch_optional(c).await?);
             let Some(job) = still else { continue };
             let holder = job.locked_by.clone().unwrap_or_default();

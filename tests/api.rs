@@ -1006,3 +1006,26 @@ async fn status_cli_prints_what_needs_attention() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_event_streams() {
+    let a = api(false).await;
+    let resp = a
+        .http
+        .get(format!("{}/events", a.base))
+        .bearer_auth(READ)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    a.shutdown.cancel();
+    let db = a.db;
+    tokio::time::timeout(Duration::from_secs(5), a.daemon.wait())
+        .await
+        .expect("the daemon stops while an SSE client is connected")
+        .unwrap();
+    drop(resp);
+    if let Some(db) = db {
+        db.finish().await;
+    }
+}

@@ -29,16 +29,23 @@ struct Batch {
 pub struct EventHub {
     head: AtomicI64,
     tx: broadcast::Sender<Batch>,
+    /// Ends every stream: open SSE connections must not hold up shutdown.
+    shutdown: CancellationToken,
 }
 
 impl EventHub {
     /// Starts the poller at the log's current end; it stops with `shutdown`.
     pub async fn start(store: Store, shutdown: CancellationToken) -> Arc<EventHub> {
+        EventHub::start_with(store, shutdown, BUFFER).await
+    }
+
+    async fn start_with(store: Store, shutdown: CancellationToken, buffer: usize) -> Arc<EventHub> {
         let head = store.last_event_id().await.unwrap_or(0);
-        let (tx, _) = broadcast::channel(BUFFER);
+        let (tx, _) = broadcast::channel(buffer);
         let hub = Arc::new(EventHub {
             head: AtomicI64::new(head),
             tx,
+            shutdown: shutdown.clone(),
         });
         let h = hub.clone();
         tokio::spawn(async move {
@@ -88,7 +95,11 @@ impl EventHub {
             buf: VecDeque::new(),
         };
         futures_util::stream::unfold(st, |mut st| async move {
-            let e = st.next().await?;
+            let stop = st.hub.shutdown.clone();
+            let e = tokio::select! {
+                _ = stop.cancelled() => None,
+                e = st.next() => e,
+            }?;
             Some((e, st))
         })
     }
@@ -138,5 +149,52 @@ impl Follow {
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewEvent, OpenOptions, now_millis};
+    use futures_util::StreamExt;
+
+    async fn append(store: &Store, i: usize) {
+        let e = NewEvent {
+            kind: format!("k{i}"),
+            image: None,
+            rollout_id: None,
+            job_id: None,
+            data: serde_json::json!({}),
+        };
+        store.append_event(&e, now_millis()).await.unwrap();
+    }
+
+    /// A client that does not read while more batches arrive than the
+    /// buffer holds still gets every event once, in order, from the log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lagging_client_catches_up_from_the_log_without_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/h.db", dir.path().display());
+        let store = Store::open(&url, &OpenOptions::default()).await.unwrap();
+        append(&store, 0).await;
+        let stop = CancellationToken::new();
+        let hub = EventHub::start_with(store.clone(), stop.clone(), 2).await;
+        let mut slow = Box::pin(hub.follow(store.clone(), 0));
+        let mut fast = Box::pin(hub.follow(store.clone(), 1));
+        // Eight batches (one per poll) while `slow` reads nothing.
+        for i in 1..=8 {
+            append(&store, i).await;
+            assert_eq!(fast.next().await.unwrap().kind, format!("k{i}"));
+        }
+        let mut got = Vec::new();
+        for _ in 0..9 {
+            got.push(slow.next().await.unwrap().kind);
+        }
+        let want: Vec<String> = (0..=8).map(|i| format!("k{i}")).collect();
+        assert_eq!(got, want);
+        append(&store, 9).await;
+        assert_eq!(slow.next().await.unwrap().kind, "k9", "live again");
+        stop.cancel();
+        assert!(slow.next().await.is_none(), "shutdown ends the stream");
     }
 }

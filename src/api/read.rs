@@ -139,13 +139,6 @@ async fn cause_chain(
 ) -> Result<Value, ApiError> {
     let rid = entry.rollout_id;
     let causes = s.store.rollout_causes(rid).await?;
-    let rows: std::collections::HashMap<String, RolloutImage> = s
-        .store
-        .rollout_images(rid)
-        .await?
-        .into_iter()
-        .map(|r| (r.image.clone(), r))
-        .collect();
     // What moved (newest change per image), who asked, what reconcile found.
     let mut moved: std::collections::HashMap<String, (Value, i64)> = Default::default();
     let mut requested: std::collections::HashMap<String, (String, i64)> = Default::default();
@@ -213,11 +206,17 @@ async fn cause_chain(
             ));
             break;
         }
-        let Some(p) = parents.iter().find(|p| rows.contains_key(&p.to_string())) else {
+        // Only the parents' rows: a rollout may hold thousands of images.
+        let names: Vec<String> = parents.iter().map(ToString::to_string).collect();
+        let rows = s.store.rollout_images_named(rid, &names).await?;
+        let Some((p, pr)) = parents.iter().find_map(|p| {
+            rows.iter()
+                .find(|r| r.image == p.to_string())
+                .map(|r| (p, r))
+        }) else {
             steps.push(json!({ "image": name, "unknown": "no parent of it is in the rollout" }));
             break;
         };
-        let pr = &rows[&p.to_string()];
         steps.push(json!({ "image": name, "because_parent": p.to_string(), "parent_state": pr.state, "parent_built_digest": pr.built_digest }));
         text.push_str(&format!(
             ", after its parent {p} ({}{})",
@@ -284,25 +283,18 @@ pub async fn image(
             }
         }
     }
-    let history = s.store.digest_history(&name, 10).await?;
-    let jobs: Vec<Value> = s
-        .store
-        .jobs_for_image(&name, 5)
-        .await?
-        .iter()
-        .map(job_json)
-        .collect();
-    let rollouts = s.store.rollout_entries_for_image(&name, 5).await?;
+    // Independent reads, concurrently (each on its own pool connection).
+    let (history, jobs, rollouts, health) = tokio::try_join!(
+        s.store.digest_history(&name, 10),
+        s.store.jobs_for_image(&name, 5),
+        s.store.rollout_entries_for_image(&name, 5),
+        s.store.registry_health_of(r.registry()),
+    )?;
+    let jobs: Vec<Value> = jobs.iter().map(job_json).collect();
     let cause = match rollouts.first() {
         Some(e) => cause_chain(&s, &r, e).await?,
         None => Value::Null,
     };
-    let health = s
-        .store
-        .registry_health()
-        .await?
-        .into_iter()
-        .find(|h| h.host == r.registry());
     Ok(Json(json!({
         "image": state,
         "parents": parents,

@@ -70,6 +70,17 @@ impl Store {
         )
     }
 
+    /// One registry's health, if it was ever recorded.
+    pub async fn registry_health_of(
+        &self,
+        host: &str,
+    ) -> Result<Option<RegistryHealth>, StoreError> {
+        Ok(
+            on_pool!(self, p => sqlx::query_as("SELECT * FROM registry_health WHERE host = $1")
+            .bind(host).fetch_optional(p).await?),
+        )
+    }
+
     /// A failed check of one image (the registry may be fine: e.g. a 404).
     pub async fn record_check_error(
         &self,

@@ -168,6 +168,30 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// The rows of a rollout for these images (e.g. an image's parents).
+    pub async fn rollout_images_named(
+        &self,
+        rollout_id: i64,
+        images: &[String],
+    ) -> Result<Vec<RolloutImage>, StoreError> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = (0..images.len())
+            .map(|i| format!("${}", i + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql =
+            format!("SELECT * FROM rollout_images WHERE rollout_id = $1 AND image IN ({list})");
+        Ok(on_pool!(self, p => {
+            let mut q = sqlx::query_as(&sql).bind(rollout_id);
+            for i in images {
+                q = q.bind(i);
+            }
+            q.fetch_all(p).await?
+        }))
+    }
+
     /// The events that brought images into a rollout (started, joined,
     /// reconciled, requested), oldest first.
     pub async fn rollout_causes(

@@ -418,6 +418,20 @@ async fn events_stream_in_order_and_resume_from_last_event_id() {
             got.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>(),
             vec!["k0", "k1", "k2", "k3", "k4"]
         );
+        // Only the last two, then live.
+        let resp = a
+            .http
+            .get(format!("{}/events?tail=2", a.base))
+            .bearer_auth(READ)
+            .send()
+            .await
+            .unwrap();
+        let tail = read_events(resp, 2).await;
+        assert_eq!(
+            tail.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>(),
+            vec!["k3", "k4"]
+        );
+        assert_eq!(a.get("/events?tail=-1", Some(READ)).await.0, 400);
         // Resume after the second event.
         let resp = a
             .http
@@ -1028,4 +1042,37 @@ async fn shutdown_ends_open_event_streams() {
     if let Some(db) = db {
         db.finish().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_page_is_served_and_uses_only_the_api() {
+    let a = api(false).await;
+    let resp = a.http.get(format!("{}/", a.root)).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "open: the page holds no data");
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = resp.text().await.unwrap();
+    // Every API path the page calls is one the daemon serves.
+    let routes: Vec<String> = lineaged::api::routes()
+        .iter()
+        .map(|r| r.doc_path.to_string())
+        .collect();
+    for used in ["/images", "/rollouts", "/jobs", "/registries", "/events"] {
+        assert!(
+            html.contains(&format!("\"{used}?"))
+                || html.contains(&format!("\"{used}\""))
+                || html.contains(&format!("/api/v1{used}?")),
+            "page uses {used}"
+        );
+        assert!(
+            routes.contains(&format!("/api/v1{used}")),
+            "{used} is routed"
+        );
+    }
+    assert!(html.contains("Authorization"), "the page sends the token");
+    a.stop().await;
 }

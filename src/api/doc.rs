@@ -12,7 +12,7 @@ use super::{actions, hooks, jobs, observe, read};
 #[openapi(
     info(title = "lineaged", description = "Status API of lineaged: what it knows about image lineage, digests, rollouts and jobs, and why."),
     paths(
-        healthz, readyz, openapi_json, observe::metrics,
+        dashboard, healthz, readyz, openapi_json, observe::metrics,
         read::images, read::image, read::rollouts, read::rollout, read::jobs, read::job,
         read::registries, read::graph, read::events,
         actions::rebuild, actions::cancel_rollout, actions::retry_job,
@@ -60,3 +60,12 @@ fn healthz() {}
         (status = 503, description = "Starting")))]
 #[allow(dead_code)]
 fn readyz() {}
+
+/// The dashboard page: stale images, running rollouts, failing jobs,
+/// registries, an image lookup with its cause chain, live events. Static;
+/// its data comes from the API with the token typed into it.
+#[utoipa::path(get, path = "/", tag = "operations",
+    responses((status = 200, description = "HTML page", content_type = "text/html")))]
+pub async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("dashboard.html"))
+}

@@ -80,6 +80,7 @@ fn route(
 pub fn routes() -> Vec<Route> {
     let limit = |n| DefaultBodyLimit::max(n);
     vec![
+        route(Method::GET, "/", "/", get(doc::dashboard)),
         route(Method::GET, "/healthz", "/healthz", get(healthz)),
         route(Method::GET, "/readyz", "/readyz", get(readyz)),
         route(Method::GET, "/metrics", "/metrics", get(observe::metrics)),

@@ -361,10 +361,18 @@ fn job_json(j: &JobRecord) -> Value {
     if let Some(o) = payload.as_object_mut() {
         o.remove("callback_token");
     }
+    let result: Value = j
+        .result
+        .as_deref()
+        .and_then(|r| serde_json::from_str(r).ok())
+        .unwrap_or(Value::Null);
     json!({
         "id": j.id, "kind": j.kind, "image": j.image, "rollout_id": j.rollout_id, "state": j.state,
         "attempt": j.attempt, "max_attempts": j.max_attempts, "run_at": j.run_at, "created_at": j.created_at,
-        "finished_at": j.finished_at, "last_error": j.last_error, "reasons": j.reasons(), "payload": payload,
+        "updated_at": j.updated_at, "finished_at": j.finished_at, "locked_by": j.locked_by,
+        "locked_until": j.locked_until, "last_error": j.last_error, "result": result,
+        "enqueue_count": j.enqueue_count, "idempotency_key": j.idempotency_key,
+        "reasons": j.reasons(), "payload": payload,
     })
 }
 
@@ -428,6 +436,9 @@ pub async fn registries(
 pub struct EventsQuery {
     /// Start after this event id (like `Last-Event-ID`).
     after: Option<i64>,
+    /// Without `after` or `Last-Event-ID`: start with the last `tail`
+    /// events instead of the whole log (0 = only new events).
+    tail: Option<i64>,
 }
 
 /// Server-sent events from the event log, oldest first, resumable with
@@ -448,7 +459,16 @@ pub async fn events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<i64>().ok());
-    let start = from_header.or(q.after).unwrap_or(0);
+    let start = match (from_header.or(q.after), q.tail) {
+        (Some(after), _) => after,
+        (None, Some(tail)) if tail >= 0 => (s.store.last_event_id().await? - tail).max(0),
+        (None, Some(tail)) => {
+            return Err(ApiError::BadRequest(format!(
+                "tail: must be >= 0, got {tail}"
+            )));
+        }
+        (None, None) => 0,
+    };
     let stream = futures_util::StreamExt::map(s.events.follow(s.store.clone(), start), |r| {
         Ok(Event::default()
             .id(r.id.to_string())

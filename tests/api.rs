@@ -1076,3 +1076,46 @@ async fn the_dashboard_page_is_served_and_uses_only_the_api() {
     assert!(html.contains("Authorization"), "the page sends the token");
     a.stop().await;
 }
+
+/// On Postgres an event id is taken at insert: a transaction that commits
+/// after a higher id is read must not be skipped by live streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_commit_is_not_skipped_by_the_event_stream() {
+    use sqlx::{Connection, Executor};
+    let a = api_with("postgres", false, false, "").await;
+    let store = a.daemon.store.clone();
+    let resp = a
+        .http
+        .get(format!("{}/events?tail=0", a.base))
+        .bearer_auth(READ)
+        .send()
+        .await
+        .unwrap();
+    let live = tokio::spawn(read_events(resp, 2));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The slow writer takes its id first and commits last.
+    let url = a.db.as_ref().unwrap().url().to_string();
+    let mut slow = sqlx::PgConnection::connect(&url).await.unwrap();
+    slow.execute("BEGIN").await.unwrap();
+    sqlx::query("INSERT INTO events (at, kind, data) VALUES (0, 'slow', '{}')")
+        .execute(&mut slow)
+        .await
+        .unwrap();
+    let e = NewEvent {
+        kind: "fast".into(),
+        image: None,
+        rollout_id: None,
+        job_id: None,
+        data: serde_json::json!({}),
+    };
+    store.append_event(&e, now_millis()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    slow.execute("COMMIT").await.unwrap();
+    let got = live.await.unwrap();
+    assert_eq!(
+        got.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>(),
+        vec!["slow", "fast"],
+        "both, in id order"
+    );
+    a.stop().await;
+}

@@ -15,6 +15,10 @@ use tokio_util::sync::CancellationToken;
 use crate::store::{EventRecord, Store};
 
 const POLL: Duration = Duration::from_millis(100);
+/// How long a missing id holds back the events after it. Postgres takes
+/// ids when a row is inserted, so a transaction that commits late leaves a
+/// hole that fills in; one that rolls back leaves it forever.
+const GAP_WAIT: Duration = Duration::from_secs(2);
 const BATCH: i64 = 1000;
 /// Batches buffered per client before it lags (and reads the log itself).
 const BUFFER: usize = 256;
@@ -49,6 +53,8 @@ impl EventHub {
         });
         let h = hub.clone();
         tokio::spawn(async move {
+            // Since when the next id has been missing (see `GAP_WAIT`).
+            let mut gap_since: Option<std::time::Instant> = None;
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -56,23 +62,40 @@ impl EventHub {
                 }
                 loop {
                     let from = h.head.load(Ordering::Acquire);
-                    match store.events_after(from, BATCH).await {
-                        Ok(rows) if !rows.is_empty() => {
-                            let full = rows.len() as i64 == BATCH;
-                            h.head.store(rows[rows.len() - 1].id, Ordering::Release);
-                            let _ = h.tx.send(Batch {
-                                from,
-                                rows: Arc::new(rows),
-                            });
-                            if !full {
-                                break;
-                            }
-                        }
+                    let mut rows = match store.events_after(from, BATCH).await {
+                        Ok(rows) if !rows.is_empty() => rows,
                         Ok(_) => break,
                         Err(e) => {
                             tracing::warn!(error = %e, "event stream: cannot read the event log");
                             break;
                         }
+                    };
+                    let n = contiguous(from, &rows);
+                    if n < rows.len() {
+                        let since = *gap_since.get_or_insert_with(std::time::Instant::now);
+                        if since.elapsed() < GAP_WAIT {
+                            // A lower id may still commit: hold back what
+                            // follows the gap (on Postgres ids are taken at
+                            // insert, not at commit).
+                            rows.truncate(n);
+                        } else {
+                            // Rolled back (sequences never reuse an id).
+                            gap_since = None;
+                        }
+                    } else {
+                        gap_since = None;
+                    }
+                    if rows.is_empty() {
+                        break;
+                    }
+                    let partial = rows.len() as i64 != BATCH;
+                    h.head.store(rows[rows.len() - 1].id, Ordering::Release);
+                    let _ = h.tx.send(Batch {
+                        from,
+                        rows: Arc::new(rows),
+                    });
+                    if partial {
+                        break;
                     }
                 }
             }
@@ -121,8 +144,10 @@ impl Follow {
                 return Some(e);
             }
             // Behind the hub: read the log directly.
-            if self.last < self.hub.head.load(Ordering::Acquire) {
-                match self.store.events_after(self.last, 200).await {
+            let head = self.hub.head.load(Ordering::Acquire);
+            if self.last < head {
+                // Only up to the head: past it the hub decides (gaps).
+                match self.store.events_between(self.last, head, 200).await {
                     Ok(rows) if !rows.is_empty() => {
                         self.buf.extend(rows);
                         continue;
@@ -150,6 +175,18 @@ impl Follow {
             }
         }
     }
+}
+
+/// How many of `rows` continue `head` without a missing id.
+fn contiguous(head: i64, rows: &[EventRecord]) -> usize {
+    let mut expect = head + 1;
+    rows.iter()
+        .take_while(|r| {
+            let ok = r.id == expect;
+            expect += 1;
+            ok
+        })
+        .count()
 }
 
 #[cfg(test)]

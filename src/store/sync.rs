@@ -251,6 +251,18 @@ impl Store {
         )
     }
 
+    /// Events with `after_id < id <= up_to`, oldest first.
+    pub async fn events_between(
+        &self,
+        after_id: i64,
+        up_to: i64,
+        limit: i64,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        Ok(on_pool!(self, p => sqlx::query_as(
+            "SELECT id, at, kind, image, rollout_id, job_id, data FROM events WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3")
+            .bind(after_id).bind(up_to).bind(limit).fetch_all(p).await?))
+    }
+
     /// Events after `after_id`, oldest first.
     pub async fn events_after(
         &self,

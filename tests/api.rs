@@ -1119,3 +1119,37 @@ async fn a_late_commit_is_not_skipped_by_the_event_stream() {
     );
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_event_streams_get_keep_alives() {
+    let a = api_with("sqlite", false, false, "\n  sse_keepalive: 1s").await;
+    let mut resp = a
+        .http
+        .get(format!("{}/events?tail=0", a.base))
+        .bearer_auth(READ)
+        .send()
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut text = String::new();
+    let mut comments = 0;
+    while comments < 2 {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
+            .await
+            .expect("a keep-alive within 5 s")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        comments = text.lines().filter(|l| l.starts_with(':')).count();
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "two keep-alives take about a second at least"
+    );
+    assert!(
+        !text.contains("data:"),
+        "no events, only comments: {text:?}"
+    );
+    drop(resp);
+    a.stop().await;
+}

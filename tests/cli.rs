@@ -95,6 +95,7 @@ images:
     schedule: "every tuesday"
 api:
   cors_origins: ["https://dash.example.com/path"]
+  sse_keepalive: 0s
 "#,
     );
     let o = lineaged(&["check", "-c", &cfg]);
@@ -126,7 +127,11 @@ api:
         )),
         "{err}"
     );
-    assert!(err.contains("7 errors in"), "{err}");
+    assert!(
+        err.contains(&format!("{cfg}:23:18: sse_keepalive must be at least 1s")),
+        "{err}"
+    );
+    assert!(err.contains("8 errors in"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
 

@@ -348,6 +348,18 @@ async fn a_base_push_rebuilds_a_diamond_once_each_in_wave_order() {
     ] {
         assert!(kinds.iter().any(|x| x == k), "missing event {k}: {kinds:?}");
     }
+    // Each trigger's job records what CI answered.
+    let store = &s.daemon.as_ref().unwrap().store;
+    let jobs = store
+        .jobs(Some(lineaged::store::JobState::Succeeded), 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 3);
+    for j in &jobs {
+        let r: serde_json::Value = serde_json::from_str(j.result.as_deref().unwrap()).unwrap();
+        assert_eq!(r["status"], 202, "{r}");
+        assert!(r["duration_ms"].is_u64(), "{r}");
+    }
     s.stop().await;
 }
 

@@ -2,7 +2,6 @@
 //! the live event stream.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -475,7 +474,7 @@ pub async fn events(
             .event(r.kind.clone())
             .data(serde_json::to_string(&r).unwrap_or_default()))
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(s.cfg.api.sse_keepalive)))
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]

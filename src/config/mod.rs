@@ -170,13 +170,28 @@ pub struct Receivers {
     pub ghcr: Option<Secret>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ApiConfig {
     pub tokens: Vec<ApiToken>,
     pub public_read: bool,
     pub metrics_token: Option<Secret>,
     pub cors_origins: Vec<String>,
     pub public_url: Option<String>,
+    /// Interval of SSE keep-alive comments.
+    pub sse_keepalive: std::time::Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> ApiConfig {
+        ApiConfig {
+            tokens: Vec::new(),
+            public_read: false,
+            metrics_token: None,
+            cors_origins: Vec::new(),
+            public_url: None,
+            sse_keepalive: std::time::Duration::from_secs(15),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -99,6 +99,8 @@ pub struct RawApi {
     pub cors_origins: Vec<S>,
     /// Base URL CI jobs use to call back, e.g. `https://lineaged.example.com`.
     pub public_url: Option<S>,
+    /// Interval of SSE keep-alive comments (default 15s).
+    pub sse_keepalive: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]

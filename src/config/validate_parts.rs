@@ -206,6 +206,20 @@ pub(super) fn api(ctx: &mut Ctx, raw: Option<(usize, Spanned<RawApi>)>) -> ApiCo
         }
     }
     let public_url = ctx.http_url(f, &a.public_url, "public_url");
+    let mut sse_keepalive = std::time::Duration::from_secs(15);
+    if let Some(d) = ctx.duration(f, &a.sse_keepalive) {
+        if d < std::time::Duration::from_secs(1) {
+            if let Some(s) = &a.sse_keepalive {
+                ctx.err(
+                    f,
+                    s.referenced,
+                    "sse_keepalive must be at least 1s".to_string(),
+                );
+            }
+        } else {
+            sse_keepalive = d;
+        }
+    }
     ApiConfig {
         tokens,
         public_read: a.public_read,
@@ -217,6 +231,7 @@ pub(super) fn api(ctx: &mut Ctx, raw: Option<(usize, Spanned<RawApi>)>) -> ApiCo
         ),
         cors_origins,
         public_url,
+        sse_keepalive,
     }
 }
 

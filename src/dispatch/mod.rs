@@ -30,7 +30,8 @@ pub struct Dispatcher {
 
 /// What one delivery attempt came to.
 enum Delivery {
-    Accepted,
+    /// CI answered 2xx with this status.
+    Accepted(u16),
     Failed(Failure),
 }
 
@@ -146,26 +147,30 @@ impl Dispatcher {
         };
         crate::metrics::metrics().dispatched(
             match &outcome {
-                Delivery::Accepted => "accepted",
+                Delivery::Accepted(_) => "accepted",
                 Delivery::Failed(Failure::Retry { .. }) => "retry",
                 Delivery::Failed(Failure::Permanent { .. }) => "failed",
             },
             started.elapsed().as_secs_f64(),
         );
         let now = now_millis();
-        let delivered = json!({ "delivered": true });
+        let took_ms = started.elapsed().as_millis() as u64;
         match outcome {
-            Delivery::Accepted => match retry_db("record the delivery", || {
-                self.store
-                    .complete(job.id, &self.worker, Some(&delivered), now_millis())
-            })
-            .await
-            {
-                Ok(()) => {
-                    if let Err(e) = self.engine.on_triggered(job.id).await {
-                        tracing::warn!(error = %e, "cannot mark the image building");
-                    }
-                    let _ = self
+            Delivery::Accepted(status) => {
+                // The job's result: what CI answered (shown by /jobs/{id}).
+                let delivered =
+                    json!({ "delivered": true, "status": status, "duration_ms": took_ms });
+                match retry_db("record the delivery", || {
+                    self.store
+                        .complete(job.id, &self.worker, Some(&delivered), now_millis())
+                })
+                .await
+                {
+                    Ok(()) => {
+                        if let Err(e) = self.engine.on_triggered(job.id).await {
+                            tracing::warn!(error = %e, "cannot mark the image building");
+                        }
+                        let _ = self
                         .store
                         .append_event(
                             &crate::store::NewEvent {
@@ -173,14 +178,15 @@ impl Dispatcher {
                                 image: job.image.clone(),
                                 rollout_id: job.rollout_id,
                                 job_id: Some(job.id),
-                                data: json!({ "attempt": job.attempt }),
+                                data: json!({ "attempt": job.attempt, "status": status, "duration_ms": took_ms }),
                             },
                             now,
                         )
                         .await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "delivered, but the lease was lost"),
                 }
-                Err(e) => tracing::warn!(error = %e, "delivered, but the lease was lost"),
-            },
+            }
             Delivery::Failed(f) => match retry_db("record the failure", || {
                 self.store.fail(job.id, &self.worker, &f, now_millis())
             })
@@ -247,7 +253,7 @@ impl Dispatcher {
             );
         }
         match req.body(body).send().await {
-            Ok(r) if r.status().is_success() => Delivery::Accepted,
+            Ok(r) if r.status().is_success() => Delivery::Accepted(r.status().as_u16()),
             Ok(r) => {
                 let status = r.status().as_u16();
                 let retry_after = r

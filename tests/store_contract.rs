@@ -562,6 +562,45 @@ async fn an_idle_worker_is_woken_by_an_enqueue(db: &TestDb) {
     assert_eq!(worker_side.claim("w", 1, LEASE, T0).await.unwrap().len(), 1);
 }
 
+async fn rollout_rows_save_in_batches_and_upsert(db: &TestDb) {
+    use lineaged::store::RolloutImage;
+    let store = db.store().await;
+    let mut tx = store.begin().await.unwrap();
+    let (rid, created) = store
+        .open_rollout_in(&mut tx, &serde_json::json!({}), T0)
+        .await
+        .unwrap();
+    assert!(created);
+    // More rows than one statement holds (500).
+    let rows: Vec<RolloutImage> = (0..1_234)
+        .map(|i| RolloutImage::new(rid, &format!("r.example.com/img{i:04}:1"), 1 + i % 3, T0))
+        .collect();
+    store.save_rollout_images_in(&mut tx, &rows).await.unwrap();
+    let mut again = rows[500..510].to_vec();
+    for r in &mut again {
+        r.state = "queued".into();
+        r.job_id = Some(7);
+        r.build_attempts = 1;
+    }
+    store.save_rollout_images_in(&mut tx, &again).await.unwrap();
+    store.save_rollout_images_in(&mut tx, &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    let saved = store.rollout_images(rid).await.unwrap();
+    assert_eq!(saved.len(), 1_234);
+    let queued: Vec<&RolloutImage> = saved.iter().filter(|r| r.state == "queued").collect();
+    assert_eq!(queued.len(), 10);
+    assert!(
+        queued
+            .iter()
+            .all(|r| r.job_id == Some(7) && r.build_attempts == 1)
+    );
+    let one = saved
+        .iter()
+        .find(|r| r.image == "r.example.com/img0004:1")
+        .unwrap();
+    assert_eq!((one.wave, one.state.as_str()), (2, "waiting"));
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -602,6 +641,7 @@ contract!(
     digests_baseline_then_changes_with_history,
     events_append_in_order,
     an_idle_worker_is_woken_by_an_enqueue,
+    rollout_rows_save_in_batches_and_upsert,
 );
 
 async fn a_batch_completes_only_the_jobs_its_worker_holds(db: &TestDb) {

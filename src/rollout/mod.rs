@@ -154,6 +154,7 @@ impl Engine {
             .into_iter()
             .map(|r| (r.image.clone(), r))
             .collect();
+        let mut batch = Vec::new();
         for (w, wave) in waves.iter().enumerate() {
             for img in wave {
                 let name = img.to_string();
@@ -175,10 +176,10 @@ impl Engine {
                         ri
                     }
                 };
-                self.store.save_rollout_image_in(tx, &ri).await?;
+                batch.push(ri);
             }
         }
-        Ok(())
+        self.store.save_rollout_images_in(tx, &batch).await
     }
 
     /// Operator request: rebuild `image` (managed, with a build) and every
@@ -317,19 +318,16 @@ impl Engine {
             .into_iter()
             .map(|r| r.image)
             .collect();
+        let mut batch = Vec::new();
         for (w, wave) in plan.waves.iter().enumerate() {
             for img in wave {
                 let name = img.to_string();
                 if !existing.contains(&name) {
-                    self.store
-                        .save_rollout_image_in(
-                            &mut tx,
-                            &RolloutImage::new(rollout, &name, w as i32 + 1, now),
-                        )
-                        .await?;
+                    batch.push(RolloutImage::new(rollout, &name, w as i32 + 1, now));
                 }
             }
         }
+        self.store.save_rollout_images_in(&mut tx, &batch).await?;
         let event = NewEvent {
             kind: "rollout_reconciled".into(),
             image: None,
@@ -587,6 +585,11 @@ impl Engine {
         let mut order: Vec<(i32, String)> =
             rows.values().map(|r| (r.wave, r.image.clone())).collect();
         order.sort();
+        // Written in batches after the walk: blocked rows at once, triggered
+        // rows once their jobs have ids.
+        let mut changed: Vec<String> = Vec::new();
+        let mut to_trigger: Vec<(String, NewJob)> = Vec::new();
+        let mut digests: HashMap<String, Option<String>> = HashMap::new();
         for (_, name) in &order {
             let Some(r) = rows.get(name) else { continue };
             if r.state != "waiting" {
@@ -617,7 +620,7 @@ impl Engine {
                 r.state = "blocked".into();
                 r.reason = Some(reason.clone());
                 r.updated_at = now;
-                self.store.save_rollout_image_in(tx, &r).await?;
+                changed.push(name.clone());
                 let event = NewEvent {
                     kind: "image_blocked".into(),
                     image: Some(name.clone()),
@@ -632,11 +635,28 @@ impl Engine {
             if !in_rollout.iter().all(|p| p.state == "succeeded") {
                 continue;
             }
-            let r = self
-                .trigger(tx, rows[name].clone(), &image_ref, now)
-                .await?;
-            rows.insert(name.clone(), r);
+            let mut r = rows[name].clone();
+            if let Some(job) = self
+                .trigger(tx, &mut r, &image_ref, &mut digests, now)
+                .await?
+            {
+                to_trigger.push((name.clone(), job));
+                rows.insert(name.clone(), r);
+            }
         }
+        let jobs: Vec<NewJob> = to_trigger.iter().map(|(_, j)| j.clone()).collect();
+        let enqueued = self.store.enqueue_many_in(tx, &jobs, now).await?;
+        for ((name, _), e) in to_trigger.iter().zip(&enqueued) {
+            if let Some(r) = rows.get_mut(name) {
+                r.job_id = Some(e.id);
+            }
+            changed.push(name.clone());
+        }
+        let batch: Vec<RolloutImage> = changed
+            .iter()
+            .filter_map(|n| rows.get(n).cloned())
+            .collect();
+        self.store.save_rollout_images_in(tx, &batch).await?;
         if rows.values().all(RolloutImage::is_finished) {
             let ok = rows.values().filter(|r| r.state == "succeeded").count();
             let state = if ok == rows.len() {
@@ -666,28 +686,39 @@ impl Engine {
         Ok(())
     }
 
-    /// Enqueues the rebuild trigger (coalescing per image) in this transaction.
+    /// The rebuild trigger of `r` (enqueued by the caller, coalescing per
+    /// image); marks `r` queued. None when the image has no build. Parent
+    /// digests are read once per walk (`digests`).
     async fn trigger(
         &self,
         tx: &mut Tx,
-        mut r: RolloutImage,
+        r: &mut RolloutImage,
         image: &ImageRef,
+        digests: &mut HashMap<String, Option<String>>,
         now: Millis,
-    ) -> Result<RolloutImage, StoreError> {
+    ) -> Result<Option<NewJob>, StoreError> {
         let Some(img) = self.image(&r.image) else {
-            return Ok(r);
+            return Ok(None);
         };
         let Some(build) = &img.build else {
-            return Ok(r);
+            return Ok(None);
         };
         let mut parents = Vec::new();
         for p in self.lineage.parents(image) {
-            let digest = self
-                .store
-                .image_state_in(tx, &p.to_string())
-                .await?
-                .and_then(|s| s.current_digest);
-            parents.push(json!({ "name": p.to_string(), "digest": digest }));
+            let p = p.to_string();
+            let digest = match digests.get(&p) {
+                Some(d) => d.clone(),
+                None => {
+                    let d = self
+                        .store
+                        .image_state_in(tx, &p)
+                        .await?
+                        .and_then(|s| s.current_digest);
+                    digests.insert(p.clone(), d.clone());
+                    d
+                }
+            };
+            parents.push(json!({ "name": p, "digest": digest }));
         }
         let token = format!("{:032x}", rand::random::<u128>());
         let mut job = NewJob::new(REBUILD, now);
@@ -703,13 +734,10 @@ impl Engine {
             "build": build,
             "callback_token": token,
         });
-        let e = self.store.enqueue_in(tx, &job, now).await?;
         r.state = "queued".into();
-        r.job_id = Some(e.id);
         r.build_attempts += 1;
         r.callback_token = Some(token);
         r.updated_at = now;
-        self.store.save_rollout_image_in(tx, &r).await?;
-        Ok(r)
+        Ok(Some(job))
     }
 }

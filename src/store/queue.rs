@@ -212,6 +212,23 @@ impl Store {
         job: &NewJob,
         now: Millis,
     ) -> Result<Enqueued, StoreError> {
+        let e = self.upsert_job(tx, job, now).await?;
+        if let Tx::Pg(t) = tx {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(JOBS_CHANNEL)
+                .execute(&mut **t)
+                .await?;
+        }
+        Ok(e)
+    }
+
+    /// The coalescing insert of one job (no wake-up).
+    async fn upsert_job(
+        &self,
+        tx: &mut Tx,
+        job: &NewJob,
+        now: Millis,
+    ) -> Result<Enqueued, StoreError> {
         let sql = match tx {
             Tx::Pg(_) => ENQUEUE_PG,
             Tx::Sqlite(_) => ENQUEUE_SQLITE,
@@ -231,16 +248,30 @@ impl Store {
             .bind(now)
             .fetch_one(c)
             .await?);
-        if let Tx::Pg(t) = tx {
+        Ok(Enqueued {
+            id,
+            inserted: count == 1,
+        })
+    }
+
+    /// `enqueue_in` for many jobs, with one wake-up notification.
+    pub async fn enqueue_many_in(
+        &self,
+        tx: &mut Tx,
+        jobs: &[NewJob],
+        now: Millis,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            out.push(self.upsert_job(tx, job, now).await?);
+        }
+        if let (Tx::Pg(t), false) = (&mut *tx, jobs.is_empty()) {
             sqlx::query("SELECT pg_notify($1, '')")
                 .bind(JOBS_CHANNEL)
                 .execute(&mut **t)
                 .await?;
         }
-        Ok(Enqueued {
-            id,
-            inserted: count == 1,
-        })
+        Ok(out)
     }
 
     /// Wakes waiters in this process (after committing an `enqueue_in`).

@@ -1153,3 +1153,51 @@ async fn idle_event_streams_get_keep_alives() {
     drop(resp);
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollouts_page_newest_first_and_filter_by_state() {
+    for backend in BACKENDS {
+        let a = api_with(backend, false, false, "").await;
+        let store = a.daemon.store.clone();
+        let now = now_millis();
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let mut tx = store.begin().await.unwrap();
+            let (id, _) = store
+                .open_rollout_in(&mut tx, &serde_json::json!({ "i": i }), now)
+                .await
+                .unwrap();
+            if i < 2 {
+                store
+                    .finish_rollout_in(&mut tx, id, "succeeded", now)
+                    .await
+                    .unwrap();
+            }
+            tx.commit().await.unwrap();
+            ids.push(id);
+        }
+        let (st, p1) = a.get("/rollouts?limit=2", Some(READ)).await;
+        assert_eq!(st, 200);
+        let got: Vec<i64> = p1["rollouts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(got, [ids[2], ids[1]], "{backend}");
+        let next = p1["next"].as_i64().unwrap();
+        let (_, p2) = a
+            .get(&format!("/rollouts?limit=2&after={next}"), Some(READ))
+            .await;
+        assert_eq!(p2["rollouts"].as_array().unwrap().len(), 1);
+        assert_eq!(p2["rollouts"][0]["id"], ids[0]);
+        assert!(p2["next"].is_null());
+        let (_, running) = a.get("/rollouts?state=running", Some(READ)).await;
+        assert_eq!(running["rollouts"].as_array().unwrap().len(), 1);
+        assert_eq!(running["rollouts"][0]["id"], ids[2]);
+        let (st, e) = a.get("/rollouts?state=bogus", Some(READ)).await;
+        assert_eq!(st, 400);
+        assert!(e["message"].as_str().unwrap().contains("state"));
+        a.stop().await;
+    }
+}

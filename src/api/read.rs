@@ -318,18 +318,64 @@ pub struct ListQuery {
     state: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/rollouts", tag = "rollouts", params(ListQuery),
-    responses((status = 200, description = "Newest rollouts first", body = Object), (status = 401, description = "No or unknown token")),
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RolloutsQuery {
+    /// Page size, 1..=1000 (default 100).
+    limit: Option<i64>,
+    /// Cursor: the `next` of the previous page (older rollouts).
+    after: Option<i64>,
+    /// Only rollouts in this state: running, succeeded, failed,
+    /// partially_failed, cancelled.
+    state: Option<String>,
+}
+
+/// A page of rollouts, newest first.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct RolloutsPage {
+    rollouts: Vec<crate::store::RolloutRecord>,
+    /// Cursor for the next (older) page, null on the last page.
+    next: Option<i64>,
+}
+
+const ROLLOUT_STATES: [&str; 5] = [
+    "running",
+    "succeeded",
+    "failed",
+    "partially_failed",
+    "cancelled",
+];
+
+#[utoipa::path(get, path = "/api/v1/rollouts", tag = "rollouts", params(RolloutsQuery),
+    responses((status = 200, description = "Newest rollouts first", body = RolloutsPage),
+        (status = 400, description = "Bad parameter"), (status = 401, description = "No or unknown token")),
     security(("bearer" = [])))]
 pub async fn rollouts(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Q(q): Q<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+    Q(q): Q<RolloutsQuery>,
+) -> Result<Json<RolloutsPage>, ApiError> {
     authorize(&s, &headers, Role::Read)?;
-    Ok(Json(
-        json!({ "rollouts": s.store.rollouts(limit(q.limit)?).await? }),
-    ))
+    let n = limit(q.limit)?;
+    if let Some(st) = q.state.as_deref()
+        && !ROLLOUT_STATES.contains(&st)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "state: expected one of {}; got `{st}`",
+            ROLLOUT_STATES.join(", ")
+        )));
+    }
+    let rows = s
+        .store
+        .rollouts_page(q.after, q.state.as_deref(), n)
+        .await?;
+    let next = (rows.len() as i64 == n)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
+    Ok(Json(RolloutsPage {
+        rollouts: rows,
+        next,
+    }))
 }
 
 #[utoipa::path(get, path = "/api/v1/rollouts/{id}", tag = "rollouts", params(("id" = i64, Path, description = "Rollout id")),

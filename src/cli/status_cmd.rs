@@ -67,7 +67,7 @@ async fn fetch(args: &StatusArgs) -> Result<Value, String> {
     };
     let stale = get(format!("/images?state=stale&limit={ROWS}")).await?;
     let erroring = get(format!("/images?state=error&limit={ROWS}")).await?;
-    let rollouts = get("/rollouts?limit=100".into()).await?;
+    let rollouts = get(format!("/rollouts?state=running&limit={ROWS}")).await?;
     let failed = get(format!("/jobs?state=failed&limit={ROWS}")).await?;
     let dead = get(format!("/jobs?state=dead&limit={ROWS}")).await?;
     let registries = get("/registries".into()).await?;

@@ -261,6 +261,19 @@ impl Store {
         )
     }
 
+    /// Rollouts newest first, older than `before` (a cursor; None = from
+    /// the newest), optionally in one state.
+    pub async fn rollouts_page(
+        &self,
+        before: Option<i64>,
+        state: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<RolloutRecord>, StoreError> {
+        Ok(on_pool!(self, p => sqlx::query_as(
+            "SELECT * FROM rollouts WHERE id < $1 AND (CAST($2 AS TEXT) IS NULL OR state = CAST($2 AS TEXT)) ORDER BY id DESC LIMIT $3")
+            .bind(before.unwrap_or(i64::MAX)).bind(state).bind(limit).fetch_all(p).await?))
+    }
+
     pub async fn rollout_images(&self, rollout_id: i64) -> Result<Vec<RolloutImage>, StoreError> {
         Ok(
             on_pool!(self, p => sqlx::query_as("SELECT * FROM rollout_images WHERE rollout_id = $1 ORDER BY wave, image")

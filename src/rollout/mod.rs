@@ -515,20 +515,21 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether a new digest of a managed image is lineaged's own doing: a
+    /// build it recorded, or one it is waiting for (queued or building: CI
+    /// may push the image before it calls back). Its descendants are then
+    /// rebuilt by the rollout when the result arrives, not planned again.
     async fn is_own_build(&self, image: &ImageRef, digest: &str) -> Result<bool, StoreError> {
         let name = image.to_string();
-        for r in self.store.rollouts(3).await? {
-            let own = self
-                .store
-                .rollout_images(r.id)
-                .await?
-                .into_iter()
-                .any(|ri| ri.image == name && ri.built_digest.as_deref() == Some(digest));
-            if own {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        Ok(self
+            .store
+            .rollout_entries_for_image(&name, 3)
+            .await?
+            .iter()
+            .any(|ri| {
+                ri.built_digest.as_deref() == Some(digest)
+                    || matches!(ri.state.as_str(), "queued" | "building")
+            }))
     }
 
     async fn apply_result(

@@ -743,6 +743,40 @@ async fn openapi_matches_the_routes_and_every_operation_answers() {
             "{method} {url} is documented but not routed: {body}"
         );
     }
+    // Typed responses carry what their schema requires (the rebuild above
+    // made rollout 1 and job 1 exist).
+    let mut checked = 0;
+    for (method, path) in &documented {
+        if method != "GET" {
+            continue;
+        }
+        let op = &doc["paths"][path.as_str()]["get"];
+        let Some(reference) =
+            op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].as_str()
+        else {
+            continue;
+        };
+        let name = reference.rsplit('/').next().unwrap();
+        let schema = &doc["components"]["schemas"][name];
+        let url = path.replace("{image}", PLAT_ENC).replace("{id}", "1");
+        let (st, body) = a.get(url.trim_start_matches("/api/v1"), Some(READ)).await;
+        assert_eq!(st, 200, "{url}: {body}");
+        for field in schema["required"].as_array().into_iter().flatten() {
+            let field = field.as_str().unwrap();
+            assert!(
+                body.get(field).is_some(),
+                "{url}: `{field}` required by {name}, missing in {body}"
+            );
+        }
+        for (prop, _) in schema["properties"].as_object().unwrap() {
+            assert!(
+                body.get(prop).is_some(),
+                "{url}: `{prop}` of {name} missing in {body}"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 7, "typed GET responses checked: {checked}");
     a.stop().await;
 }
 

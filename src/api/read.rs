@@ -232,11 +232,49 @@ async fn cause_chain(
     )
 }
 
+/// Whether an image is built on its parent's current digest.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Staleness {
+    stale: bool,
+    /// e.g. "built on docker.io/library/python:3.12-slim@sha256:…, which is now at sha256:…"
+    why: Option<String>,
+}
+
+/// One digest observation.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Observation {
+    digest: String,
+    /// poll, push, callback or reconcile.
+    source: String,
+    at: i64,
+}
+
+/// Everything about one image, and why it was last rebuilt.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ImageDetail {
+    image: crate::store::ImageState,
+    parents: Vec<String>,
+    children: Vec<String>,
+    stale: Staleness,
+    /// Why it was (or is being) rebuilt: `{rollout_id, state, reason,
+    /// text, chain: [...]}`; null when no rollout included it.
+    #[schema(value_type = Object, nullable)]
+    cause: Value,
+    /// Newest first (up to 10).
+    digest_history: Vec<Observation>,
+    /// Health of the image's registry, when it was ever called.
+    registry: Option<crate::store::RegistryHealth>,
+    /// Its newest jobs (up to 5).
+    jobs: Vec<JobView>,
+    /// Its entries in the newest rollouts (up to 5).
+    rollouts: Vec<RolloutImage>,
+}
+
 /// One image: digest, lineage, staleness, history, registry health, jobs,
 /// rollouts and why it was last rebuilt.
 #[utoipa::path(get, path = "/api/v1/images/{image}", tag = "images",
     params(("image" = String, Path, description = "Image reference, URL-encoded (normalised like the config: `python:3.12` is `docker.io/library/python:3.12`)")),
-    responses((status = 200, description = "The image", body = Object),
+    responses((status = 200, description = "The image", body = ImageDetail),
         (status = 400, description = "Malformed reference"), (status = 401, description = "No or unknown token"),
         (status = 404, description = "Not tracked (the message has the normalised reference)")),
     security(("bearer" = [])))]
@@ -244,7 +282,7 @@ pub async fn image(
     State(s): State<AppState>,
     headers: HeaderMap,
     P(raw): P<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ImageDetail>, ApiError> {
     authorize(&s, &headers, Role::Read)?;
     let r = ImageRef::parse(raw.trim_start_matches('/'))
         .map_err(|e| ApiError::BadRequest(format!("image: {e}")))?;
@@ -266,7 +304,10 @@ pub async fn image(
         .map(ToString::to_string)
         .collect();
     // Stale: the recorded base digest is not the named parent's current one.
-    let mut stale = json!({ "stale": false });
+    let mut stale = Staleness {
+        stale: false,
+        why: None,
+    };
     if let Some(base) = &state.base_digest {
         for p in &parents {
             if state.base_name.as_ref().is_some_and(|n| n != p) {
@@ -278,7 +319,13 @@ pub async fn image(
                 .await?
                 .and_then(|st| st.current_digest);
             if current.as_ref().is_some_and(|c| c != base) {
-                stale = json!({ "stale": true, "why": format!("built on {p}@{base}, which is now at {}", current.unwrap_or_default()) });
+                stale = Staleness {
+                    stale: true,
+                    why: Some(format!(
+                        "built on {p}@{base}, which is now at {}",
+                        current.unwrap_or_default()
+                    )),
+                };
             }
         }
     }
@@ -289,22 +336,25 @@ pub async fn image(
         s.store.rollout_entries_for_image(&name, 5),
         s.store.registry_health_of(r.registry()),
     )?;
-    let jobs: Vec<Value> = jobs.iter().map(job_json).collect();
+    let jobs: Vec<JobView> = jobs.iter().map(job_view).collect();
     let cause = match rollouts.first() {
         Some(e) => cause_chain(&s, &r, e).await?,
         None => Value::Null,
     };
-    Ok(Json(json!({
-        "image": state,
-        "parents": parents,
-        "children": children,
-        "stale": stale,
-        "cause": cause,
-        "digest_history": history.iter().map(|(d, src, at)| json!({ "digest": d, "source": src, "at": at })).collect::<Vec<_>>(),
-        "registry": health,
-        "jobs": jobs,
-        "rollouts": rollouts,
-    })))
+    Ok(Json(ImageDetail {
+        image: state,
+        parents,
+        children,
+        stale,
+        cause,
+        digest_history: history
+            .into_iter()
+            .map(|(digest, source, at)| Observation { digest, source, at })
+            .collect(),
+        registry: health,
+        jobs,
+        rollouts,
+    }))
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
@@ -379,13 +429,13 @@ pub async fn rollouts(
 }
 
 #[utoipa::path(get, path = "/api/v1/rollouts/{id}", tag = "rollouts", params(("id" = i64, Path, description = "Rollout id")),
-    responses((status = 200, description = "The rollout and its images by wave", body = Object), (status = 404, description = "No such rollout")),
+    responses((status = 200, description = "The rollout and its images by wave", body = RolloutDetail), (status = 404, description = "No such rollout")),
     security(("bearer" = [])))]
 pub async fn rollout(
     State(s): State<AppState>,
     headers: HeaderMap,
     P(id): P<i64>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RolloutDetail>, ApiError> {
     authorize(&s, &headers, Role::Read)?;
     let r = s
         .store
@@ -394,14 +444,45 @@ pub async fn rollout(
         .ok_or_else(|| ApiError::NotFound(format!("rollout {id} not found")))?;
     let images = s.store.rollout_images(id).await?;
     let waves = images.iter().map(|i| i.wave).max().unwrap_or(0);
-    let by_wave: Vec<Vec<&crate::store::RolloutImage>> = (1..=waves)
-        .map(|w| images.iter().filter(|i| i.wave == w).collect())
+    let by_wave: Vec<Vec<RolloutImage>> = (1..=waves)
+        .map(|w| images.iter().filter(|i| i.wave == w).cloned().collect())
         .collect();
-    Ok(Json(json!({ "rollout": r, "waves": by_wave })))
+    Ok(Json(RolloutDetail {
+        rollout: r,
+        waves: by_wave,
+    }))
 }
 
-fn job_json(j: &JobRecord) -> Value {
-    // The payload carries the callback token: never shown.
+/// A job as the API shows it (the callback token is never shown).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct JobView {
+    id: i64,
+    kind: String,
+    image: Option<String>,
+    rollout_id: Option<i64>,
+    /// pending, running, succeeded, failed, dead, cancelled.
+    state: String,
+    attempt: i32,
+    max_attempts: i32,
+    run_at: i64,
+    created_at: i64,
+    updated_at: i64,
+    finished_at: Option<i64>,
+    locked_by: Option<String>,
+    locked_until: Option<i64>,
+    last_error: Option<String>,
+    /// What CI answered to the trigger: `{delivered, status, duration_ms}`.
+    #[schema(value_type = Object)]
+    result: Value,
+    enqueue_count: i32,
+    /// Sent to CI as `webhook-id`; the same on every retry.
+    idempotency_key: String,
+    reasons: Vec<String>,
+    #[schema(value_type = Object)]
+    payload: Value,
+}
+
+fn job_view(j: &JobRecord) -> JobView {
     let mut payload: Value = serde_json::from_str(&j.payload).unwrap_or_default();
     if let Some(o) = payload.as_object_mut() {
         o.remove("callback_token");
@@ -411,24 +492,59 @@ fn job_json(j: &JobRecord) -> Value {
         .as_deref()
         .and_then(|r| serde_json::from_str(r).ok())
         .unwrap_or(Value::Null);
-    json!({
-        "id": j.id, "kind": j.kind, "image": j.image, "rollout_id": j.rollout_id, "state": j.state,
-        "attempt": j.attempt, "max_attempts": j.max_attempts, "run_at": j.run_at, "created_at": j.created_at,
-        "updated_at": j.updated_at, "finished_at": j.finished_at, "locked_by": j.locked_by,
-        "locked_until": j.locked_until, "last_error": j.last_error, "result": result,
-        "enqueue_count": j.enqueue_count, "idempotency_key": j.idempotency_key,
-        "reasons": j.reasons(), "payload": payload,
-    })
+    JobView {
+        id: j.id,
+        kind: j.kind.clone(),
+        image: j.image.clone(),
+        rollout_id: j.rollout_id,
+        state: j.state.clone(),
+        attempt: j.attempt,
+        max_attempts: j.max_attempts,
+        run_at: j.run_at,
+        created_at: j.created_at,
+        updated_at: j.updated_at,
+        finished_at: j.finished_at,
+        locked_by: j.locked_by.clone(),
+        locked_until: j.locked_until,
+        last_error: j.last_error.clone(),
+        result,
+        enqueue_count: j.enqueue_count,
+        idempotency_key: j.idempotency_key.clone(),
+        reasons: j.reasons(),
+        payload,
+    }
+}
+
+/// A page of jobs, in id order.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct JobsPage {
+    jobs: Vec<JobView>,
+    /// Cursor for `after=` (the last id of this page).
+    next: Option<i64>,
+}
+
+/// A rollout and its images by wave.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct RolloutDetail {
+    rollout: crate::store::RolloutRecord,
+    /// `waves[0]` is wave 1.
+    waves: Vec<Vec<RolloutImage>>,
+}
+
+/// Every registry's health.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Registries {
+    registries: Vec<crate::store::RegistryHealth>,
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(ListQuery),
-    responses((status = 200, description = "Jobs in id order", body = Object), (status = 400, description = "Unknown state")),
+    responses((status = 200, description = "Jobs in id order", body = JobsPage), (status = 400, description = "Unknown state")),
     security(("bearer" = [])))]
 pub async fn jobs(
     State(s): State<AppState>,
     headers: HeaderMap,
     Q(q): Q<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobsPage>, ApiError> {
     authorize(&s, &headers, Role::Read)?;
     let state = match q.state.as_deref() {
         None => None,
@@ -441,39 +557,40 @@ pub async fn jobs(
         .store
         .jobs(state, q.after.unwrap_or(0), limit(q.limit)?)
         .await?;
-    Ok(Json(
-        json!({ "jobs": rows.iter().map(job_json).collect::<Vec<_>>(), "next": rows.last().map(|j| j.id) }),
-    ))
+    Ok(Json(JobsPage {
+        jobs: rows.iter().map(job_view).collect(),
+        next: rows.last().map(|j| j.id),
+    }))
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path, description = "Job id")),
-    responses((status = 200, description = "The job (attempts, last error, timings)", body = Object), (status = 404, description = "No such job")),
+    responses((status = 200, description = "The job (attempts, last error, what CI answered, timings)", body = JobView), (status = 404, description = "No such job")),
     security(("bearer" = [])))]
 pub async fn job(
     State(s): State<AppState>,
     headers: HeaderMap,
     P(id): P<i64>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobView>, ApiError> {
     authorize(&s, &headers, Role::Read)?;
     let j = s
         .store
         .job(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
-    Ok(Json(job_json(&j)))
+    Ok(Json(job_view(&j)))
 }
 
 #[utoipa::path(get, path = "/api/v1/registries", tag = "registries",
-    responses((status = 200, description = "Health and rate-limit budget per registry", body = Object)),
+    responses((status = 200, description = "Health and rate-limit budget per registry", body = Registries)),
     security(("bearer" = [])))]
 pub async fn registries(
     State(s): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Registries>, ApiError> {
     authorize(&s, &headers, Role::Read)?;
-    Ok(Json(
-        json!({ "registries": s.store.registry_health().await? }),
-    ))
+    Ok(Json(Registries {
+        registries: s.store.registry_health().await?,
+    }))
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]

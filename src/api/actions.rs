@@ -24,13 +24,7 @@ pub struct ActionBody {
 }
 
 fn action_body(body: Result<Bytes, BytesRejection>) -> Result<ActionBody, ApiError> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(MAX_ACTION_BODY)
-        } else {
-            ApiError::BadRequest(format!("cannot read body: {e}"))
-        }
-    })?;
+    let body = super::error::read_body(body, MAX_ACTION_BODY)?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(ActionBody::default());
     }

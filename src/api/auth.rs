@@ -5,7 +5,7 @@ use axum::http::HeaderMap;
 use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
-use crate::config::Role;
+use crate::config::{Role, Secret};
 
 /// Checks the caller may use an endpoint needing `need`; returns the
 /// token's name (for audit) when one was presented.
@@ -14,14 +14,7 @@ pub fn authorize(
     headers: &HeaderMap,
     need: Role,
 ) -> Result<Option<String>, ApiError> {
-    let presented = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+    let presented = bearer(headers);
     let Some(presented) = presented else {
         if need == Role::Read && s.cfg.api.public_read {
             return Ok(None);
@@ -47,4 +40,28 @@ pub fn authorize(
         )));
     }
     Ok(Some(token.name.clone()))
+}
+
+/// The token of an `Authorization: Bearer <token>` header, trimmed.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
+/// Checks a bearer token against one secret (push receivers, the metrics
+/// token), in constant time.
+pub fn check_secret(headers: &HeaderMap, secret: &Secret) -> Result<(), ApiError> {
+    let got = bearer(headers)
+        .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer token".into()))?;
+    if bool::from(got.as_bytes().ct_eq(secret.expose().as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized("wrong token".into()))
+    }
 }

@@ -93,3 +93,18 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromR
             .map_err(|e| ApiError::BadRequest(format!("path: {}", e.body_text())))
     }
 }
+
+/// A request body, or 413 when it passed the route's `limit`, 400 when it
+/// could not be read.
+pub fn read_body(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(limit)
+        } else {
+            ApiError::BadRequest(format!("cannot read body: {e}"))
+        }
+    })
+}

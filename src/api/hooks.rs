@@ -46,16 +46,10 @@ pub async fn registry_hook(
             "no receiver configured for `{source}` (receivers.{source} in the config)"
         ))
     })?;
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(super::MAX_HOOK_BODY)
-        } else {
-            ApiError::BadRequest(format!("cannot read body: {e}"))
-        }
-    })?;
+    let body = super::error::read_body(body, super::MAX_HOOK_BODY)?;
     match src {
         PushSource::Ghcr => verify_github_signature(&headers, &body, secret)?,
-        _ => verify_bearer(&headers, secret)?,
+        _ => super::auth::check_secret(&headers, secret)?,
     }
     let pushed = parse_push(src, &body).map_err(ApiError::BadRequest)?;
 
@@ -101,22 +95,6 @@ fn resolve_tracked(s: &AppState, p: &crate::watch::Pushed) -> Option<ImageRef> {
     });
     let first = same.next()?;
     same.next().is_none().then(|| first.name.clone())
-}
-
-fn verify_bearer(headers: &HeaderMap, secret: &Secret) -> Result<(), ApiError> {
-    let got = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer token".into()))?;
-    if bool::from(got.trim().as_bytes().ct_eq(secret.expose().as_bytes())) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized("wrong token".into()))
-    }
 }
 
 fn verify_github_signature(

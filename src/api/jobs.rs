@@ -54,13 +54,7 @@ pub async fn job_result(
             "missing or wrong callback token".into(),
         ));
     }
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(super::MAX_ACTION_BODY)
-        } else {
-            ApiError::BadRequest(format!("cannot read body: {e}"))
-        }
-    })?;
+    let body = super::error::read_body(body, super::MAX_ACTION_BODY)?;
     let r: ResultBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("malformed result: {e}")))?;
     if let Some(d) = &r.digest

@@ -4,7 +4,6 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
 use crate::metrics::{esc, header as help, metrics as process};
@@ -15,16 +14,7 @@ use crate::metrics::{esc, header as help, metrics as process};
         (status = 401, description = "metrics_token is set and was not presented")))]
 pub async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     if let Some(want) = &s.cfg.api.metrics_token {
-        let got = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !bool::from(got.trim().as_bytes().ct_eq(want.expose().as_bytes())) {
-            return Err(ApiError::Unauthorized(
-                "/metrics needs the metrics token".into(),
-            ));
-        }
+        super::auth::check_secret(&headers, want)?;
     }
     let mut out = String::with_capacity(16 * 1024);
     help(

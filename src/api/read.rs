@@ -64,13 +64,13 @@ pub async fn images(
 ) -> Result<Json<ImagesPage>, ApiError> {
     authorize(&s, &headers, Role::Read)?;
     let n = limit(q.limit)?;
-    let state = match (q.state.as_deref(), q.stale) {
-        (Some(st), _) => Some(ImageStatus::parse(st).ok_or_else(|| {
+    let state = match q.state.as_deref() {
+        Some(st) => Some(ImageStatus::parse(st).ok_or_else(|| {
             ApiError::BadRequest(format!(
                 "state: expected one of rebuilding, error, stale, unchecked, ok; got `{st}`"
             ))
         })?),
-        (None, _) => None,
+        None => None,
     };
     let registry = match q.registry.as_deref() {
         None => None,
@@ -90,27 +90,12 @@ pub async fn images(
         managed: q.managed,
         registry,
         state,
+        stale: q.stale,
     };
-    let after = q.after.unwrap_or_default();
-    let mut rows = Vec::new();
-    let mut cursor = after;
-    // `stale` filters the page after the query; keep reading pages until
-    // it is full or the list ends (at most a few pages in practice).
-    loop {
-        let page = s.store.images_page(&cursor, n, &filter).await?;
-        let end = (page.len() as i64) < n;
-        if let Some(last) = page.last() {
-            cursor = last.image.name.clone();
-        }
-        rows.extend(
-            page.into_iter()
-                .filter(|r| q.stale.is_none_or(|st| r.stale == st)),
-        );
-        if end || rows.len() as i64 >= n {
-            break;
-        }
-    }
-    rows.truncate(n as usize);
+    let rows = s
+        .store
+        .images_page(q.after.as_deref().unwrap_or(""), n, &filter)
+        .await?;
     let next = (rows.len() as i64 == n)
         .then(|| rows.last().map(|r| r.image.name.clone()))
         .flatten();

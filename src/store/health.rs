@@ -128,7 +128,7 @@ impl Store {
     ) -> Result<Vec<ImageListed>, StoreError> {
         let prefix = f.registry.as_ref().map(|r| format!("{r}/"));
         Ok(on_pool!(self, p => sqlx::query_as(IMAGES_PAGE)
-            .bind(after).bind(f.managed).bind(prefix).bind(f.state.map(ImageStatus::as_str)).bind(limit)
+            .bind(after).bind(f.managed).bind(prefix).bind(f.state.map(ImageStatus::as_str)).bind(limit).bind(f.stale)
             .fetch_all(p).await?))
     }
 
@@ -190,6 +190,8 @@ pub struct ImageFilter {
     /// A registry host: only images on it.
     pub registry: Option<String>,
     pub state: Option<ImageStatus>,
+    /// Only stale (true) or only fresh (false) images.
+    pub stale: Option<bool>,
 }
 
 /// What an image needs, derived from stored state (first match wins):
@@ -271,6 +273,7 @@ const IMAGES_PAGE: &str = concat!(
        ) t
      ) s
      WHERE (CAST($4 AS TEXT) IS NULL OR s.state = CAST($4 AS TEXT))
+       AND ($6 IS NULL OR s.stale = $6)
      ORDER BY s.name LIMIT $5"
 );
 

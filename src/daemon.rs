@@ -106,12 +106,12 @@ pub async fn start(
     );
 
     let mut tasks = Vec::new();
+    let client = Arc::new(RegistryClient::new(&cfg.registries, opts.registry_timeout)?);
     let watch = if opts.watch {
-        let client = Arc::new(RegistryClient::new(&cfg.registries, opts.registry_timeout)?);
         let watcher = Watcher::new(
             cfg.clone(),
             store.clone(),
-            client,
+            client.clone(),
             opts.watch_options.clone(),
         );
         let handle = watcher.handle();
@@ -140,10 +140,10 @@ pub async fn start(
         ));
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move { dispatcher.run(token).await }));
-        let changes = watch.as_ref().map(|w| w.subscribe());
         let (e, token, every) = (engine.clone(), shutdown.clone(), opts.reconcile_interval);
+        let w = watch.clone();
         tasks.push(tokio::spawn(async move {
-            drive_engine(e, changes, every, token).await
+            drive_engine(e, w, every, token).await
         }));
         Some(engine)
     } else {
@@ -155,6 +155,7 @@ pub async fn start(
         store: store.clone(),
         watch: watch.clone(),
         engine: engine.clone(),
+        registry: Some(client),
         ready: ready.clone(),
         events: crate::api::EventHub::start(store.clone(), shutdown.clone()).await,
     };
@@ -177,43 +178,62 @@ pub async fn start(
     })
 }
 
-/// Feeds digest changes to the engine; reconciles and expires overdue
-/// builds at start-up and every `every`.
+/// How long the engine waits for the watcher's start-up sweep before it
+/// acts anyway (a registry that is down must not stop rollouts for ever).
+const SWEEP_WAIT: Duration = Duration::from_secs(120);
+
+/// How often the engine looks for changes other replicas recorded (its own
+/// watcher wakes it at once).
+const CHANGE_POLL: Duration = Duration::from_millis(500);
+
+/// Plans due changes from the outbox (woken by this replica's watcher,
+/// polling for the others' and for settle windows that end); reconciles
+/// and expires overdue builds every `every`. Starts once the watcher's
+/// start-up sweep is done.
 async fn drive_engine(
     engine: Arc<Engine>,
-    mut changes: Option<tokio::sync::broadcast::Receiver<crate::watch::DigestChanged>>,
+    watch: Option<WatchHandle>,
     every: Duration,
     shutdown: CancellationToken,
 ) {
+    let mut changes = watch.as_ref().map(|w| w.subscribe());
+    if let Some(w) = &watch {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = w.swept() => {}
+            _ = tokio::time::sleep(SWEEP_WAIT) => {
+                tracing::warn!(waited_s = SWEEP_WAIT.as_secs(), "start-up sweep not done; rollouts proceed on stored digests");
+            }
+        }
+    }
     let mut tick = tokio::time::interval(every);
+    let mut poll = tokio::time::interval(CHANGE_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let mut periodic = false;
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tick.tick() => {
-                if let Err(e) = engine.reconcile().await {
-                    tracing::warn!(error = %e, "reconcile failed");
-                }
-                if let Err(e) = engine.expire_builds().await {
-                    tracing::warn!(error = %e, "build deadline check failed");
-                }
-            }
+            _ = tick.tick() => periodic = true,
+            _ = poll.tick() => {}
             change = async {
                 match changes.as_mut() {
                     Some(rx) => rx.recv().await,
                     None => std::future::pending().await,
                 }
-            } => match change {
-                Ok(c) => {
-                    if let Err(e) = engine.on_change(&c).await {
-                        tracing::error!(image = %c.image, error = %e, "cannot plan the rollout; reconcile will retry");
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "engine lagged behind changes; reconciling");
-                    let _ = engine.reconcile().await;
-                }
-                Err(_) => changes = None,
+            } => if let Err(tokio::sync::broadcast::error::RecvError::Closed) = change {
+                changes = None;
             },
+        }
+        if let Err(e) = engine.process_changes().await {
+            tracing::warn!(error = %e, "cannot plan changes; retrying");
+        }
+        if periodic {
+            if let Err(e) = engine.reconcile().await {
+                tracing::warn!(error = %e, "reconcile failed");
+            }
+            if let Err(e) = engine.expire_builds().await {
+                tracing::warn!(error = %e, "build deadline check failed");
+            }
         }
     }
 }

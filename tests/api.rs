@@ -659,15 +659,8 @@ async fn an_image_says_why_it_was_rebuilt() {
             .await
             .unwrap();
         let engine = a.daemon.engine.clone().unwrap();
-        engine
-            .on_change(&lineaged::watch::DigestChanged {
-                image: lineaged::registry::ImageRef::parse(PY).unwrap(),
-                old: sha('1'),
-                new: sha('2'),
-                source: DigestSource::Push,
-            })
-            .await
-            .unwrap();
+        // The change is in the outbox; plan it now.
+        engine.process_changes().await.unwrap();
         let (st, d) = a
             .get("/images/registry.example.com%2Fapps%2Fapi%3A1", Some(READ))
             .await;
@@ -1203,7 +1196,7 @@ async fn rollouts_page_newest_first_and_filter_by_state() {
                 .unwrap();
             if i < 2 {
                 store
-                    .finish_rollout_in(&mut tx, id, "succeeded", now)
+                    .finish_rollout_in(&mut tx, id, lineaged::rollout::RolloutState::Succeeded, now)
                     .await
                     .unwrap();
             }

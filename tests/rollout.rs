@@ -249,9 +249,9 @@ impl Setup {
                     .await
                     .unwrap()
                     .into_iter()
-                    .map(|i| (i.image, i.state))
+                    .map(|i| (i.image, i.state.to_string()))
                     .collect();
-                return (r.state, imgs);
+                return (r.state.to_string(), imgs);
             }
             assert!(
                 Instant::now() < deadline,
@@ -388,7 +388,7 @@ async fn a_failed_build_blocks_its_descendants() {
             st("/team/right:1"),
             st("/team/bottom:1")
         ),
-        ("failed".into(), "succeeded".into(), "blocked".into())
+        ("failed".into(), "done".into(), "blocked".into())
     );
     assert!(
         !s.ci
@@ -582,7 +582,7 @@ async fn the_callback_endpoint_checks_tokens_and_is_idempotent() {
         .await
         .unwrap();
         assert_eq!(r.status().as_u16(), 200);
-        assert_eq!(r.json::<Value>().await.unwrap()["state"], "succeeded");
+        assert_eq!(r.json::<Value>().await.unwrap()["state"], "done");
     }
     // A later contradictory report changes nothing.
     let r = post(
@@ -591,7 +591,7 @@ async fn the_callback_endpoint_checks_tokens_and_is_idempotent() {
     )
     .await
     .unwrap();
-    assert_eq!(r.json::<Value>().await.unwrap()["state"], "succeeded");
+    assert_eq!(r.json::<Value>().await.unwrap()["state"], "done");
     s.stop().await;
 }
 

@@ -578,7 +578,7 @@ async fn rollout_rows_save_in_batches_and_upsert(db: &TestDb) {
     store.save_rollout_images_in(&mut tx, &rows).await.unwrap();
     let mut again = rows[500..510].to_vec();
     for r in &mut again {
-        r.state = "queued".into();
+        r.state = lineaged::rollout::ImageState::Queued;
         r.job_id = Some(7);
         r.build_attempts = 1;
     }

@@ -20,6 +20,9 @@ pub enum ApiError {
     /// No route matches the path.
     #[error("{0}")]
     NoRoute(String),
+    /// A dependency (the registry) cannot answer now: retry shortly.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
     #[error("internal error")]
@@ -36,6 +39,7 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::NoRoute(_) => (StatusCode::NOT_FOUND, "no_route"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -48,7 +52,14 @@ impl IntoResponse for ApiError {
         }
         let (status, code) = self.code();
         let body = serde_json::json!({ "error": code, "message": self.to_string() });
-        (status, Json(body)).into_response()
+        let mut resp = (status, Json(body)).into_response();
+        if let ApiError::Unavailable(_) = self {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+        }
+        resp
     }
 }
 

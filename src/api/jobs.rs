@@ -1,4 +1,5 @@
-//! `POST /api/v1/jobs/{id}/result?token=…`: the CI callback.
+//! `POST /api/v1/jobs/{id}/result?token=…`: the CI (or deploy receiver)
+//! callback.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -7,8 +8,9 @@ use axum::http::StatusCode;
 use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
-use crate::rollout::BuildResult;
-use crate::store::{DigestSource, now_millis};
+use crate::registry::ImageRef;
+use crate::rollout::{JobKind, JobPayload, JobResult};
+use crate::store::{DigestSource, Observation, now_millis};
 
 #[derive(serde::Deserialize)]
 pub struct TokenQuery {
@@ -22,7 +24,9 @@ struct ResultBody {
     log_url: Option<String>,
 }
 
-/// CI reports a build's result (the callback URL carries the job's token).
+/// CI reports a build's (or a deploy's) result; the callback URL carries
+/// the job's token. A build's reported digest must be what the image's tag
+/// points at in the registry (without one, the tag's digest is taken).
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/result", tag = "jobs",
     params(("id" = i64, Path, description = "Job id"),
         ("token" = String, Query, description = "The callback token the trigger carried")),
@@ -30,7 +34,10 @@ struct ResultBody {
         description = "`{\"status\": \"succeeded\"|\"failed\", \"digest\": \"sha256:…\", \"log_url\": \"…\"}`"),
     responses((status = 200, description = "Recorded; the image's state", body = Object),
         (status = 400, description = "Malformed result"), (status = 401, description = "Missing or wrong token"),
-        (status = 404, description = "No such job"), (status = 413, description = "Body too large")))]
+        (status = 404, description = "No such job"),
+        (status = 409, description = "The reported digest is not what the tag points at"),
+        (status = 413, description = "Body too large"),
+        (status = 503, description = "The registry cannot be asked now; retry")))]
 pub async fn job_result(
     State(s): State<AppState>,
     Path(id): Path<i64>,
@@ -43,11 +50,8 @@ pub async fn job_result(
         .await
         .map_err(|e| ApiError::Internal(Box::new(e)))?;
     let job = job.ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
-    let payload: serde_json::Value = serde_json::from_str(&job.payload).unwrap_or_default();
-    let want = payload
-        .get("callback_token")
-        .and_then(|t| t.as_str())
-        .unwrap_or("");
+    let payload = JobPayload::decode(&job.kind, &job.payload).ok();
+    let want = payload.as_ref().map_or("", |p| p.callback_token());
     let got = q.token.unwrap_or_default();
     if want.is_empty() || !bool::from(got.as_bytes().ct_eq(want.as_bytes())) {
         return Err(ApiError::Unauthorized(
@@ -62,14 +66,27 @@ pub async fn job_result(
     {
         return Err(ApiError::BadRequest(format!("invalid digest `{d}`")));
     }
+    let Some(engine) = &s.engine else {
+        return Err(ApiError::NotFound(
+            "rollouts are not running on this instance".into(),
+        ));
+    };
+    let what = if JobKind::parse(&job.kind) == Some(JobKind::Deploy) {
+        "deploy"
+    } else {
+        "build"
+    };
     let result = match r.status.as_str() {
-        "succeeded" => BuildResult::Succeeded {
+        "succeeded" => JobResult::Succeeded {
             digest: r.digest.clone(),
         },
-        "failed" => BuildResult::Failed {
-            reason: r.log_url.clone().map_or("CI reported failure".into(), |u| {
-                format!("CI reported failure: {u}")
-            }),
+        "failed" => JobResult::Failed {
+            reason: r
+                .log_url
+                .clone()
+                .map_or(format!("CI reported the {what} failed"), |u| {
+                    format!("CI reported the {what} failed: {u}")
+                }),
         },
         other => {
             return Err(ApiError::BadRequest(format!(
@@ -77,18 +94,17 @@ pub async fn job_result(
             )));
         }
     };
-    let Some(engine) = &s.engine else {
-        return Err(ApiError::NotFound(
-            "rollouts are not running on this instance".into(),
-        ));
+    // A build's result: check the digest against the registry before it
+    // moves the rollout, and record what the tag now points at.
+    let result = match (&result, &job.image, JobKind::parse(&job.kind)) {
+        (JobResult::Succeeded { digest }, Some(image), Some(JobKind::Rebuild)) => {
+            let built = check_built(&s, image, digest.as_deref()).await?;
+            JobResult::Succeeded {
+                digest: Some(built),
+            }
+        }
+        _ => result,
     };
-    if let (BuildResult::Succeeded { digest: Some(d) }, Some(image)) = (&result, &job.image) {
-        // The new digest is observed (history) before the result moves the rollout.
-        let _ = s
-            .store
-            .record_digest(image, d, "", DigestSource::Callback, now_millis())
-            .await;
-    }
     let state = engine
         .finish_job(id, result)
         .await
@@ -99,4 +115,67 @@ pub async fn job_result(
         StatusCode::OK,
         Json(serde_json::json!({ "job_id": id, "image": job.image, "state": state })),
     ))
+}
+
+/// Resolves `image`'s tag; the reported digest (if any) must be its top-level
+/// digest. Records the observation (source `callback`) and returns the
+/// built digest.
+async fn check_built(
+    s: &AppState,
+    image: &str,
+    reported: Option<&str>,
+) -> Result<String, ApiError> {
+    let reference = ImageRef::parse(image)
+        .map_err(|e| ApiError::Internal(Box::new(std::io::Error::other(e.to_string()))))?;
+    let platforms = s
+        .cfg
+        .images
+        .iter()
+        .find(|i| i.name == reference)
+        .map(|i| i.platforms.clone())
+        .unwrap_or_default();
+    let Some(client) = &s.registry else {
+        // No registry access here: trust the report as before.
+        return reported
+            .map(str::to_string)
+            .ok_or_else(|| ApiError::Conflict("no digest reported and no registry to ask".into()));
+    };
+    let res = match client.resolve(&reference, &platforms).await {
+        Ok(r) => r,
+        Err(e) if e.retryable() => {
+            return Err(ApiError::Unavailable(format!(
+                "cannot check the built image in its registry now ({}); retry",
+                e.metric_label()
+            )));
+        }
+        Err(e) => {
+            return Err(ApiError::Conflict(format!(
+                "the built image {image} cannot be read from its registry: {e}"
+            )));
+        }
+    };
+    if let Some(d) = reported
+        && d != res.digest
+    {
+        return Err(ApiError::Conflict(format!(
+            "reported digest {d} is not what {image} points at ({}); push the image before reporting",
+            res.digest
+        )));
+    }
+    let tracked = res.tracked();
+    let platform = platforms
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let o = Observation {
+        image,
+        digest: &tracked,
+        platform: &platform,
+        source: DigestSource::Callback,
+        settle_ms: 0,
+        base: None,
+    };
+    s.store.observe(&o, now_millis()).await?;
+    Ok(res.digest)
 }

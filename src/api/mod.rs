@@ -47,6 +47,8 @@ pub struct AppState {
     pub store: Store,
     pub watch: Option<WatchHandle>,
     pub engine: Option<Arc<crate::rollout::Engine>>,
+    /// The registry client callbacks check reported digests with.
+    pub registry: Option<Arc<crate::registry::RegistryClient>>,
     /// Set once the store is migrated and the config synced.
     pub ready: Arc<AtomicBool>,
     /// Shared reader of the event log for SSE clients.

@@ -13,6 +13,7 @@ use super::auth::authorize;
 use super::{ApiError, AppState, P, Q};
 use crate::config::Role;
 use crate::registry::ImageRef;
+use crate::rollout::RolloutState;
 use crate::store::{EventRecord, ImageFilter, ImageStatus, JobRecord, JobState, RolloutImage};
 
 const MAX_LIMIT: i64 = 1000;
@@ -373,14 +374,6 @@ pub struct RolloutsPage {
     next: Option<i64>,
 }
 
-const ROLLOUT_STATES: [&str; 5] = [
-    "running",
-    "succeeded",
-    "failed",
-    "partially_failed",
-    "cancelled",
-];
-
 #[utoipa::path(get, path = "/api/v1/rollouts", tag = "rollouts", params(RolloutsQuery),
     responses((status = 200, description = "Newest rollouts first", body = RolloutsPage),
         (status = 400, description = "Bad parameter"), (status = 401, description = "No or unknown token")),
@@ -393,11 +386,12 @@ pub async fn rollouts(
     authorize(&s, &headers, Role::Read)?;
     let n = limit(q.limit)?;
     if let Some(st) = q.state.as_deref()
-        && !ROLLOUT_STATES.contains(&st)
+        && RolloutState::parse(st).is_none()
     {
+        let all: Vec<&str> = RolloutState::ALL.iter().map(|s| s.as_str()).collect();
         return Err(ApiError::BadRequest(format!(
             "state: expected one of {}; got `{st}`",
-            ROLLOUT_STATES.join(", ")
+            all.join(", ")
         )));
     }
     let rows = s

@@ -91,8 +91,12 @@ async fn fetch(args: &StatusArgs) -> Result<Value, String> {
         let count = |st: &str| images.iter().filter(|i| i["state"] == st).count();
         rollouts_detail.push(serde_json::json!({
             "id": id, "created_at": r["created_at"], "images": images.len(),
-            "succeeded": count("succeeded"), "building": count("building") + count("queued"),
-            "waiting": count("waiting"), "failed": count("failed") + count("blocked"),
+            // "succeeded": images through every stage (state `done`).
+            "succeeded": count("done"),
+            "building": count("building") + count("queued") + count("built") + count("verifying"),
+            "deploying": count("awaiting_approval") + count("deploying"),
+            "waiting": count("waiting"),
+            "failed": count("failed") + count("blocked") + count("refused") + count("deploy_failed"),
         }));
     }
     let mut jobs: Vec<Value> = Vec::new();
@@ -201,6 +205,7 @@ pub fn render(report: &Value) -> String {
                     "images",
                     "succeeded",
                     "building",
+                    "deploying",
                     "waiting",
                     "failed",
                 ]

@@ -102,6 +102,8 @@ pub struct Defaults {
     pub schedule: String,
     pub platforms: Vec<Platform>,
     pub build_timeout: Duration,
+    /// How long a new digest must hold before it starts work.
+    pub settle: Duration,
 }
 
 /// `os/arch[/variant]`, e.g. `linux/arm64/v8`.
@@ -254,6 +256,18 @@ pub struct Backend {
     pub concurrency: u32,
     pub timeout: Duration,
     pub build_timeout: Option<Duration>,
+    /// How a deploy through this backend is known to be done.
+    pub ack: Ack,
+}
+
+/// How a deploy delivered to a webhook backend is known to be done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ack {
+    /// The receiver calls back (the same contract as builds).
+    #[default]
+    Callback,
+    /// A 2xx answer means deployed.
+    Sync,
 }
 
 /// A tracked image. Managed when it has a `build`.
@@ -264,6 +278,8 @@ pub struct Image {
     pub schedule: String,
     /// Empty: track the tag's top-level (index) digest.
     pub platforms: Vec<Platform>,
+    /// A change opens work only after the new digest held this long.
+    pub settle: Duration,
     pub build: Option<Build>,
     pub deploy: Option<Deploy>,
     /// Declared only as someone's parent, not in `images:`.
@@ -277,7 +293,7 @@ impl Image {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Build {
     pub backend: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -294,21 +310,23 @@ pub struct Build {
     pub context: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dockerfile: Option<String>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inputs: BTreeMap<String, String>,
     #[serde(skip)]
     pub build_timeout: Duration,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Deploy {
     pub backend: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inputs: BTreeMap<String, String>,
+    #[serde(skip)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -42,6 +42,8 @@ pub struct RawDefaults {
     pub schedule: Option<S>,
     pub platforms: Option<Vec<S>>,
     pub build_timeout: Option<S>,
+    /// How long a new digest must hold before it starts work (`2m`).
+    pub settle: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +134,9 @@ pub struct RawBackend {
     pub concurrency: Option<Spanned<u32>>,
     pub timeout: Option<S>,
     pub build_timeout: Option<S>,
+    /// Deploys through a webhook: `callback` (default; done when the
+    /// receiver reports) or `sync` (done on a 2xx).
+    pub ack: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +147,7 @@ pub struct RawImage {
     pub from: Vec<S>,
     pub schedule: Option<S>,
     pub platforms: Option<Vec<S>>,
+    pub settle: Option<S>,
     pub build: Option<RawBuild>,
     pub deploy: Option<RawDeploy>,
 }
@@ -171,6 +177,8 @@ pub struct RawDeploy {
     pub environment: Option<S>,
     #[serde(default)]
     pub inputs: BTreeMap<String, S>,
+    /// How long a deploy may take before it fails (default 1h).
+    pub timeout: Option<S>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -357,6 +357,7 @@ fn build_defaults(ctx: &mut Ctx, raw: Option<(usize, Spanned<RawDefaults>)>) -> 
         schedule: DEFAULT_SCHEDULE.to_string(),
         platforms: Vec::new(),
         build_timeout: DEFAULT_BUILD_TIMEOUT,
+        settle: std::time::Duration::ZERO,
     };
     let Some((f, d)) = raw else { return out };
     if let Some(s) = d.value.schedule.as_ref().and_then(|s| ctx.schedule(f, s)) {
@@ -367,6 +368,9 @@ fn build_defaults(ctx: &mut Ctx, raw: Option<(usize, Spanned<RawDefaults>)>) -> 
     }
     if let Some(t) = ctx.duration(f, &d.value.build_timeout) {
         out.build_timeout = t;
+    }
+    if let Some(t) = ctx.duration(f, &d.value.settle) {
+        out.settle = t;
     }
     out
 }

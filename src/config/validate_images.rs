@@ -83,6 +83,7 @@ pub(super) fn images(
             ctx.err(f, r.name.referenced, format!("managed image {name} must be a tag, not a digest: a rebuild pushes a new digest"));
         }
         let deploy = r.deploy.as_ref().and_then(|d| deploy(ctx, f, d, backends));
+        let settle = ctx.duration(f, &r.settle).unwrap_or(defaults.settle);
         if deploy.is_some() && policy.trusted_registries_only {
             let trusted = registries
                 .iter()
@@ -105,6 +106,7 @@ pub(super) fn images(
                 parents,
                 schedule,
                 platforms,
+                settle,
                 build,
                 deploy,
                 implicit: false,
@@ -130,6 +132,7 @@ pub(super) fn images(
                     parents: Vec::new(),
                     schedule: defaults.schedule.clone(),
                     platforms: defaults.platforms.clone(),
+                    settle: defaults.settle,
                     build: None,
                     deploy: None,
                     implicit: true,
@@ -250,5 +253,8 @@ fn deploy(
         app: ctx.opt_text(f, &d.app),
         environment: ctx.opt_text(f, &d.environment),
         inputs,
+        timeout: ctx
+            .duration(f, &d.timeout)
+            .unwrap_or(std::time::Duration::from_secs(3600)),
     })
 }

@@ -310,6 +310,19 @@ pub(super) fn backends(
         };
         let timeout = ctx.duration(f, &b.timeout);
         let build_timeout = ctx.duration(f, &b.build_timeout);
+        let ack = match b.ack.as_ref().map(|a| a.value.as_str()) {
+            None | Some("callback") => Ack::Callback,
+            Some("sync") => Ack::Sync,
+            Some(other) => {
+                let at = b.ack.as_ref().map_or(at, |a| a.referenced);
+                ctx.err(
+                    f,
+                    at,
+                    format!("backend `{name}`: ack must be `callback` or `sync`, got `{other}`"),
+                );
+                Ack::Callback
+            }
+        };
         let backend = Backend {
             name: name.clone(),
             kind,
@@ -325,6 +338,7 @@ pub(super) fn backends(
             concurrency,
             timeout: timeout.unwrap_or(std::time::Duration::from_secs(30)),
             build_timeout,
+            ack,
         };
         out.insert(name, backend);
     }

@@ -1,6 +1,6 @@
-//! The dispatcher: claims rebuild jobs and delivers them to CI backends,
-//! retrying with backoff; the same `webhook-id` (the job's idempotency key)
-//! on every attempt.
+//! The dispatcher: claims rebuild and deploy jobs and delivers them to their
+//! backends, routing by job kind, retrying with backoff; the same
+//! `webhook-id` (the job's idempotency key) on every attempt.
 
 pub mod webhook;
 
@@ -8,15 +8,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BackendKind, Config};
-use crate::rollout::Engine;
+use crate::config::{Ack, BackendKind, Config};
+use crate::rollout::{Delivered, Engine, JobKind, JobPayload};
 use crate::store::{Failure, JobRecord, JobState, Store, now_millis};
 
 const LEASE: Duration = Duration::from_secs(120);
+
+/// The job kinds this dispatcher delivers.
+const KINDS: [&str; 2] = [JobKind::Rebuild.as_str(), JobKind::Deploy.as_str()];
 
 pub struct Dispatcher {
     cfg: Arc<Config>,
@@ -91,7 +94,11 @@ impl Dispatcher {
             if let Err(e) = self.store.rescue(now).await {
                 tracing::warn!(error = %e, "rescue failed");
             }
-            let claimed = match self.store.claim(&self.worker, 32, LEASE, now).await {
+            let claimed = match self
+                .store
+                .claim_kinds(&self.worker, &KINDS, 32, LEASE, now)
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "claim failed; retrying");
@@ -120,30 +127,39 @@ impl Dispatcher {
         while tasks.join_next().await.is_some() {}
     }
 
-    #[tracing::instrument(skip_all, fields(job = job.id, image = job.image.as_deref().unwrap_or("")))]
+    #[tracing::instrument(skip_all, fields(job = job.id, kind = %job.kind, image = job.image.as_deref().unwrap_or("")))]
     async fn deliver(&self, job: JobRecord) {
         let started = std::time::Instant::now();
-        let payload: Value = serde_json::from_str(&job.payload).unwrap_or(Value::Null);
-        let backend_name = payload
-            .get("backend")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let outcome = match self.cfg.backends.get(&backend_name) {
-            None => Delivery::Failed(Failure::Permanent {
-                error: format!("backend `{backend_name}` is no longer configured"),
+        let outcome = match JobPayload::decode(&job.kind, &job.payload) {
+            Err(e) => Delivery::Failed(Failure::Permanent {
+                error: e.to_string(),
             }),
-            Some(b) if b.kind != BackendKind::Webhook => Delivery::Failed(Failure::Permanent {
-                error: format!("backend kind {} is not implemented yet", b.kind.as_str()),
-            }),
-            Some(b) => {
-                let permit = self.permits.get(&backend_name).cloned();
-                let _p = match permit {
-                    Some(s) => s.acquire_owned().await.ok(),
-                    None => None,
-                };
-                self.post_webhook(&job, &payload, b).await
-            }
+            Ok(payload) => match self.cfg.backends.get(payload.backend()) {
+                None => Delivery::Failed(Failure::Permanent {
+                    error: format!("backend `{}` is no longer configured", payload.backend()),
+                }),
+                Some(b) if b.kind != BackendKind::Webhook => Delivery::Failed(Failure::Permanent {
+                    error: format!("backend kind {} is not implemented yet", b.kind.as_str()),
+                }),
+                Some(b) => {
+                    let permit = self.permits.get(payload.backend()).cloned();
+                    let _p = match permit {
+                        Some(s) => s.acquire_owned().await.ok(),
+                        None => None,
+                    };
+                    let callback = format!(
+                        "{}/api/v1/jobs/{}/result?token={}",
+                        self.callback_base,
+                        job.id,
+                        payload.callback_token()
+                    );
+                    let body = webhook::body(&job, &payload, &callback);
+                    match self.post_webhook(&job, &body, b).await {
+                        Delivery::Accepted(status) => Delivery::Accepted(status),
+                        failed => failed,
+                    }
+                }
+            },
         };
         crate::metrics::metrics().dispatched(
             match &outcome {
@@ -153,59 +169,40 @@ impl Dispatcher {
             },
             started.elapsed().as_secs_f64(),
         );
-        let now = now_millis();
         let took_ms = started.elapsed().as_millis() as u64;
         match outcome {
             Delivery::Accepted(status) => {
-                // The job's result: what CI answered (shown by /jobs/{id}).
-                let delivered =
-                    json!({ "delivered": true, "status": status, "duration_ms": took_ms });
+                let sync = JobKind::parse(&job.kind) == Some(JobKind::Deploy)
+                    && JobPayload::decode(&job.kind, &job.payload)
+                        .ok()
+                        .and_then(|p| self.cfg.backends.get(p.backend()).map(|b| b.ack))
+                        == Some(Ack::Sync);
+                let d = Delivered {
+                    status,
+                    duration_ms: took_ms,
+                    done: sync,
+                };
+                // Completing the job and moving the image is one
+                // transaction: a crash leaves both undone (the trigger is
+                // re-sent with the same webhook-id) or both done.
                 match retry_db("record the delivery", || {
-                    self.store
-                        .complete(job.id, &self.worker, Some(&delivered), now_millis())
+                    self.engine.on_delivered(&job, &self.worker, &d)
                 })
                 .await
                 {
-                    Ok(()) => {
-                        if let Err(e) = self.engine.on_triggered(job.id).await {
-                            tracing::warn!(error = %e, "cannot mark the image building");
-                        }
-                        let _ = self
-                        .store
-                        .append_event(
-                            &crate::store::NewEvent {
-                                kind: "job_dispatched".into(),
-                                image: job.image.clone(),
-                                rollout_id: job.rollout_id,
-                                job_id: Some(job.id),
-                                data: json!({ "attempt": job.attempt, "status": status, "duration_ms": took_ms }),
-                            },
-                            now,
-                        )
-                        .await;
-                    }
+                    Ok(()) => {}
                     Err(e) => tracing::warn!(error = %e, "delivered, but the lease was lost"),
                 }
             }
             Delivery::Failed(f) => match retry_db("record the failure", || {
-                self.store.fail(job.id, &self.worker, &f, now_millis())
+                self.engine.on_delivery_failed(&job, &self.worker, &f)
             })
             .await
             {
                 Ok(JobState::Pending) => {
                     tracing::warn!(attempt = job.attempt, error = ?f, "delivery failed; will retry")
                 }
-                Ok(state) => {
-                    tracing::warn!(?state, error = ?f, "delivery failed for good");
-                    let reason = match &f {
-                        Failure::Permanent { error } | Failure::Retry { error, .. } => {
-                            error.clone()
-                        }
-                    };
-                    if let Err(e) = self.engine.on_trigger_failed(job.id, &reason).await {
-                        tracing::warn!(error = %e, "cannot record the failed trigger");
-                    }
-                }
+                Ok(state) => tracing::warn!(?state, error = ?f, "delivery failed for good"),
                 Err(e) => tracing::warn!(error = %e, "cannot record the failure"),
             },
         }
@@ -214,7 +211,7 @@ impl Dispatcher {
     async fn post_webhook(
         &self,
         job: &JobRecord,
-        payload: &Value,
+        body: &Value,
         b: &crate::config::Backend,
     ) -> Delivery {
         let Some(url) = &b.url else {
@@ -222,21 +219,7 @@ impl Dispatcher {
                 error: "webhook backend has no url".into(),
             });
         };
-        let token = payload
-            .get("callback_token")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let body = json!({
-            "type": "rebuild",
-            "job_id": job.id,
-            "image": payload.get("image"),
-            "parents": payload.get("parents"),
-            "rollout_id": job.rollout_id,
-            "callback_url": format!("{}/api/v1/jobs/{}/result?token={token}", self.callback_base, job.id),
-            "build": payload.get("build"),
-            "attempt": job.attempt,
-        });
-        let body = serde_json::to_vec(&body).unwrap_or_default();
+        let body = serde_json::to_vec(body).unwrap_or_default();
         let ts = now_millis() / 1000;
         let mut req = self
             .http

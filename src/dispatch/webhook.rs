@@ -4,7 +4,46 @@
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
 use sha2::Sha256;
+
+use crate::rollout::JobPayload;
+use crate::store::JobRecord;
+
+/// The JSON body of a delivery: what the receiver needs for the job's kind.
+///
+/// - rebuild: `{type, kind, job_id, image, parents: [{name, digest}],
+///   rollout_id, callback_url, build, attempt}`
+/// - deploy: `{kind, job_id, image, digest (the built digest), app,
+///   environment, inputs, rollout_id, callback_url, attempt}`
+pub fn body(job: &JobRecord, payload: &JobPayload, callback_url: &str) -> Value {
+    match payload {
+        JobPayload::Rebuild(p) => json!({
+            "type": "rebuild",
+            "kind": "rebuild",
+            "job_id": job.id,
+            "image": p.image,
+            "parents": p.parents,
+            "rollout_id": p.rollout_id,
+            "callback_url": callback_url,
+            "build": p.build,
+            "attempt": job.attempt,
+        }),
+        JobPayload::Deploy(p) => json!({
+            "type": "deploy",
+            "kind": "deploy",
+            "job_id": job.id,
+            "image": p.image,
+            "digest": p.digest,
+            "app": p.app,
+            "environment": p.environment,
+            "inputs": p.inputs,
+            "rollout_id": p.rollout_id,
+            "callback_url": callback_url,
+            "attempt": job.attempt,
+        }),
+    }
+}
 
 /// The signing key: `whsec_<base64>` keys are decoded, anything else is
 /// used as raw bytes.

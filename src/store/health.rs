@@ -93,19 +93,6 @@ impl Store {
         Ok(())
     }
 
-    /// The base an image says it was built from (OCI base annotations).
-    pub async fn record_base(
-        &self,
-        image: &str,
-        base_name: Option<&str>,
-        base_digest: Option<&str>,
-        now: Millis,
-    ) -> Result<(), StoreError> {
-        on_pool!(self, p => sqlx::query("UPDATE images SET base_name = $2, base_digest = $3, updated_at = $4 WHERE name = $1")
-            .bind(image).bind(base_name).bind(base_digest).bind(now).execute(p).await?.rows_affected());
-        Ok(())
-    }
-
     /// `image_state` inside a transaction (no second connection needed:
     /// on SQLite a writer must not wait on the pool).
     pub async fn image_state_in(
@@ -241,12 +228,14 @@ pub struct ImageListed {
     pub stale: bool,
 }
 
-/// The stale test of `stale_images`, for one image `i`.
+/// The stale test for one image `i`: a parent's current digest is not the
+/// one the image was built on (`image_bases`: its last build's parents, or
+/// its base annotation). The same test as `Store::stale_parents`.
 macro_rules! stale_exists {
     () => {
-        "EXISTS (SELECT 1 FROM edges e JOIN images p ON p.name = e.parent
-           WHERE e.child = i.name AND i.managed AND i.base_digest IS NOT NULL AND p.current_digest IS NOT NULL
-             AND (i.base_name IS NULL OR i.base_name = p.name) AND i.base_digest <> p.current_digest)"
+        "EXISTS (SELECT 1 FROM image_bases b JOIN edges e ON e.child = b.image AND e.parent = b.parent
+           JOIN images p ON p.name = b.parent
+           WHERE b.image = i.name AND i.managed AND p.current_digest IS NOT NULL AND b.digest <> p.current_digest)"
     };
 }
 
@@ -266,7 +255,7 @@ const IMAGES_PAGE: &str = concat!(
     " AS stale,
                 EXISTS (SELECT 1 FROM rollout_images ri JOIN rollouts r ON r.id = ri.rollout_id
                         WHERE ri.image = i.name AND r.state = 'running'
-                          AND ri.state IN ('waiting', 'queued', 'building')) AS rebuilding
+                          AND ri.state NOT IN ('done', 'failed', 'deploy_failed', 'blocked', 'refused', 'cancelled')) AS rebuilding
          FROM images i
          WHERE i.active AND i.name > $1 AND ($2 IS NULL OR i.managed = $2)
            AND (CAST($3 AS TEXT) IS NULL OR substr(i.name, 1, length(CAST($3 AS TEXT))) = CAST($3 AS TEXT))

@@ -8,6 +8,7 @@
 //! own. An enum rather than a trait object keeps async methods simple and
 //! lets callers hold a backend-neutral transaction ([`Tx`]).
 
+mod changes;
 mod health;
 mod lease;
 mod queue;
@@ -23,6 +24,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{PgPool, SqlitePool};
 
+pub use changes::{BaseAnnotation, ChangeRecord, Observation, StaleParent};
 pub use health::{
     ImageFilter, ImageListed, ImageState, ImageStatus, RegistryHealth, StatusCounts, health_state,
 };
@@ -43,6 +45,20 @@ pub fn now_millis() -> Millis {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// Serialises a column that holds JSON text as the JSON itself, so the API
+/// shows objects, not strings of JSON. Text that is not JSON stays a string.
+pub(crate) fn raw_json<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v) => v.serialize(s),
+        Err(_) => text.serialize(s),
+    }
+}
+
+/// Postgres advisory-lock key that serialises rollout engine steps across
+/// replicas (SQLite's `BEGIN IMMEDIATE` does it on one node).
+const ENGINE_LOCK: i64 = 0x6c69_6e65_6167; // "lineag"
 
 /// Postgres channel that wakes idle workers when a job is enqueued.
 pub(crate) const JOBS_CHANNEL: &str = "lineaged_jobs";
@@ -250,6 +266,20 @@ impl Store {
             // and SQLite answers one of them "database is locked" at once.
             Pool::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
         })
+    }
+
+    /// A transaction for one rollout engine step: on Postgres it holds the
+    /// engine's advisory lock until commit, so steps of several replicas
+    /// never interleave (two cannot open two rollouts for one change).
+    pub async fn begin_engine(&self) -> Result<Tx, StoreError> {
+        let mut tx = self.begin().await?;
+        if let Tx::Pg(t) = &mut tx {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(ENGINE_LOCK)
+                .execute(&mut **t)
+                .await?;
+        }
+        Ok(tx)
     }
 
     /// Closes the pool (waits for connections to be returned).

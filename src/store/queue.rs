@@ -288,12 +288,41 @@ impl Store {
         lease: Duration,
         now: Millis,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
+        self.claim_kinds(worker, &[], limit, lease, now).await
+    }
+
+    /// `claim` of only the given job kinds (empty: every kind): a worker
+    /// claims what it runs.
+    pub async fn claim_kinds(
+        &self,
+        worker: &str,
+        kinds: &[&'static str],
+        limit: i64,
+        lease: Duration,
+        now: Millis,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
         let until = now + lease.as_millis() as i64;
-        let sql = match self.pool {
+        let base = match self.pool {
             Pool::Pg(_) => CLAIM_PG,
             Pool::Sqlite(_) => CLAIM_SQLITE,
         };
-        let mut jobs: Vec<JobRecord> = on_pool!(self, p => sqlx::query_as(sql)
+        // Kinds are the program's own constants (JobKind::as_str), never
+        // input: inlined as literals, so each backend keeps one statement.
+        let sql = if kinds.is_empty() {
+            base.to_string()
+        } else {
+            let list = kinds
+                .iter()
+                .filter(|k| k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+                .map(|k| format!("'{k}'"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            base.replace(
+                "WHERE state = 'pending' AND run_at <= $1",
+                &format!("WHERE state = 'pending' AND run_at <= $1 AND kind IN ({list})"),
+            )
+        };
+        let mut jobs: Vec<JobRecord> = on_pool!(self, p => sqlx::query_as(&sql)
             .bind(now)
             .bind(limit)
             .bind(worker)
@@ -334,12 +363,27 @@ impl Store {
         result: Option<&Value>,
         now: Millis,
     ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        self.complete_in(&mut tx, id, worker, result, now).await?;
+        tx.commit().await
+    }
+
+    /// `complete` inside the caller's transaction (with the state change
+    /// the delivery causes).
+    pub async fn complete_in(
+        &self,
+        tx: &mut Tx,
+        id: i64,
+        worker: &str,
+        result: Option<&Value>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
         let result = result.map(Value::to_string);
-        let n = on_pool!(self, p => sqlx::query(
+        let n = on_tx!(tx, c => sqlx::query(
             "UPDATE jobs SET state = 'succeeded', result = $3, finished_at = $4, updated_at = $4, locked_by = NULL, locked_until = NULL
              WHERE id = $1 AND locked_by = $2 AND state = 'running'")
             .bind(id).bind(worker).bind(result).bind(now)
-            .execute(p).await?.rows_affected());
+            .execute(&mut *c).await?.rows_affected());
         if n == 1 {
             Ok(())
         } else {
@@ -386,6 +430,21 @@ impl Store {
         now: Millis,
     ) -> Result<JobState, StoreError> {
         let mut tx = self.begin().await?;
+        let state = self.fail_in(&mut tx, id, worker, failure, now).await?;
+        tx.commit().await?;
+        Ok(state)
+    }
+
+    /// `fail` inside the caller's transaction (with the state change a
+    /// failure for good causes).
+    pub async fn fail_in(
+        &self,
+        tx: &mut Tx,
+        id: i64,
+        worker: &str,
+        failure: &Failure,
+        now: Millis,
+    ) -> Result<JobState, StoreError> {
         // Locked on Postgres: a cancel (or rescue) that commits between this
         // read and the update below must not be overwritten by a requeue.
         // SQLite's write transactions are serial already.
@@ -397,25 +456,24 @@ impl Store {
                 "SELECT * FROM jobs WHERE id = $1 AND locked_by = $2 AND state = 'running'"
             }
         };
-        let job: Option<JobRecord> = on_tx!(&mut tx, c => sqlx::query_as(sql)
+        let job: Option<JobRecord> = on_tx!(&mut *tx, c => sqlx::query_as(sql)
             .bind(id).bind(worker).fetch_optional(c).await?);
         let job = job.ok_or(StoreError::LeaseLost(id))?;
         let state = match failure {
             Failure::Permanent { error } => {
-                finish(&mut tx, id, JobState::Failed, error, now).await?;
+                finish(tx, id, JobState::Failed, error, now).await?;
                 JobState::Failed
             }
             Failure::Retry { error, .. } if job.attempt >= job.max_attempts => {
                 let msg = format!("{error} (attempt {} of {})", job.attempt, job.max_attempts);
-                finish(&mut tx, id, JobState::Dead, &msg, now).await?;
+                finish(tx, id, JobState::Dead, &msg, now).await?;
                 JobState::Dead
             }
             Failure::Retry { error, retry_after } => {
                 let delay = retry_delay(job.attempt as u32, *retry_after, rand::random::<f64>());
-                requeue(&mut tx, &job, now + delay.as_millis() as i64, error, now).await?
+                requeue(tx, &job, now + delay.as_millis() as i64, error, now).await?
             }
         };
-        tx.commit().await?;
         Ok(state)
     }
 
@@ -528,6 +586,13 @@ impl Store {
                 state: j.state,
             }),
         }
+    }
+
+    /// A job inside a transaction.
+    pub async fn job_in(&self, tx: &mut Tx, id: i64) -> Result<Option<JobRecord>, StoreError> {
+        Ok(
+            on_tx!(tx, c => sqlx::query_as("SELECT * FROM jobs WHERE id = $1").bind(id).fetch_optional(&mut *c).await?),
+        )
     }
 
     pub async fn job(&self, id: i64) -> Result<Option<JobRecord>, StoreError> {

@@ -1,11 +1,16 @@
 //! Rollouts and the per-image state inside them.
 
 use super::{Millis, Store, StoreError, Tx, on_pool, on_tx};
+use crate::rollout::{ImageState, RolloutState};
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct RolloutRecord {
     pub id: i64,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: RolloutState,
+    /// What started it (a `Cause`), as a JSON object.
+    #[serde(serialize_with = "super::raw_json")]
+    #[schema(value_type = Object)]
     pub cause: String,
     pub created_at: Millis,
     pub finished_at: Option<Millis>,
@@ -16,7 +21,9 @@ pub struct RolloutImage {
     pub rollout_id: i64,
     pub image: String,
     pub wave: i32,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: ImageState,
+    /// The rebuild job of this image in this rollout.
     pub job_id: Option<i64>,
     pub rerun: bool,
     pub build_deadline: Option<Millis>,
@@ -26,6 +33,8 @@ pub struct RolloutImage {
     pub callback_token: Option<String>,
     pub updated_at: Millis,
     pub build_attempts: i32,
+    /// The deploy job, once the image is deploying.
+    pub deploy_job_id: Option<i64>,
 }
 
 impl RolloutImage {
@@ -34,7 +43,7 @@ impl RolloutImage {
             rollout_id,
             image: image.to_string(),
             wave,
-            state: "waiting".into(),
+            state: ImageState::Waiting,
             job_id: None,
             rerun: false,
             build_deadline: None,
@@ -43,23 +52,23 @@ impl RolloutImage {
             callback_token: None,
             updated_at: now,
             build_attempts: 0,
+            deploy_job_id: None,
         }
     }
 
     pub fn is_finished(&self) -> bool {
-        matches!(
-            self.state.as_str(),
-            "succeeded" | "failed" | "blocked" | "cancelled"
-        )
+        self.state.is_finished()
     }
 }
 
-const SAVE: &str = "INSERT INTO rollout_images (rollout_id, image, wave, state, job_id, rerun, build_deadline, built_digest, reason, callback_token, updated_at, build_attempts)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+const SAVE: &str = "INSERT INTO rollout_images (rollout_id, image, wave, state, job_id, rerun, build_deadline, built_digest, reason, callback_token, updated_at, build_attempts, deploy_job_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 ON CONFLICT (rollout_id, image) DO UPDATE SET
     wave = excluded.wave, state = excluded.state, job_id = excluded.job_id, rerun = excluded.rerun,
     build_deadline = excluded.build_deadline, built_digest = excluded.built_digest, reason = excluded.reason,
-    callback_token = excluded.callback_token, updated_at = excluded.updated_at, build_attempts = excluded.build_attempts";
+    callback_token = excluded.callback_token, updated_at = excluded.updated_at, build_attempts = excluded.build_attempts,
+    deploy_job_id = excluded.deploy_job_id";
+const SAVE_VALUES: &str = "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
 impl Store {
     /// The running rollout (locked on Postgres for this transaction), or a
@@ -131,24 +140,19 @@ impl Store {
         tx: &mut Tx,
         ri: &RolloutImage,
     ) -> Result<(), StoreError> {
-        on_tx!(tx, c => sqlx::query(SAVE)
-            .bind(ri.rollout_id).bind(&ri.image).bind(ri.wave).bind(&ri.state).bind(ri.job_id).bind(ri.rerun)
-            .bind(ri.build_deadline).bind(&ri.built_digest).bind(&ri.reason).bind(&ri.callback_token).bind(ri.updated_at).bind(ri.build_attempts)
-            .execute(&mut *c).await?.rows_affected());
-        Ok(())
+        self.save_rollout_images_in(tx, std::slice::from_ref(ri))
+            .await
     }
 
-    /// Finishes a running rollout; returns when it started, or None when it
-    /// was not running.
     /// `save_rollout_image_in` for many rows: multi-row upserts of up to
-    /// 500 rows (12 parameters each), so planning 10,000 images is 20
+    /// 500 rows (13 parameters each), so planning 10,000 images is 20
     /// statements, not 10,000.
     pub async fn save_rollout_images_in(
         &self,
         tx: &mut Tx,
         rows: &[RolloutImage],
     ) -> Result<(), StoreError> {
-        const COLS: usize = 12;
+        const COLS: usize = 13;
         for chunk in rows.chunks(500) {
             let values = (0..chunk.len())
                 .map(|r| {
@@ -157,15 +161,14 @@ impl Store {
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
-            let (head, tail) = SAVE
-                .split_once("VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
-                .expect("SAVE has one VALUES row");
+            let (head, tail) = SAVE.split_once(SAVE_VALUES).unwrap_or((SAVE, ""));
             let sql = format!("{head}VALUES {values}{tail}");
             on_tx!(tx, c => {
                 let mut q = sqlx::query(&sql);
                 for ri in chunk {
-                    q = q.bind(ri.rollout_id).bind(&ri.image).bind(ri.wave).bind(&ri.state).bind(ri.job_id).bind(ri.rerun)
-                        .bind(ri.build_deadline).bind(&ri.built_digest).bind(&ri.reason).bind(&ri.callback_token).bind(ri.updated_at).bind(ri.build_attempts);
+                    q = q.bind(ri.rollout_id).bind(&ri.image).bind(ri.wave).bind(ri.state.as_str()).bind(ri.job_id).bind(ri.rerun)
+                        .bind(ri.build_deadline).bind(&ri.built_digest).bind(&ri.reason).bind(&ri.callback_token).bind(ri.updated_at).bind(ri.build_attempts)
+                        .bind(ri.deploy_job_id);
                 }
                 q.execute(&mut *c).await?.rows_affected()
             });
@@ -173,17 +176,35 @@ impl Store {
         Ok(())
     }
 
+    /// Finishes a running rollout; returns when it started, or None when it
+    /// was not running.
     pub async fn finish_rollout_in(
         &self,
         tx: &mut Tx,
         id: i64,
-        state: &str,
+        state: RolloutState,
         now: Millis,
     ) -> Result<Option<Millis>, StoreError> {
         Ok(
             on_tx!(tx, c => sqlx::query_scalar("UPDATE rollouts SET state = $2, finished_at = $3 WHERE id = $1 AND state = 'running' RETURNING created_at")
-            .bind(id).bind(state).bind(now).fetch_optional(&mut *c).await?),
+            .bind(id).bind(state.as_str()).bind(now).fetch_optional(&mut *c).await?),
         )
+    }
+
+    /// Withdraws a job that no worker has claimed yet; false when it was
+    /// claimed (or ended) meanwhile. On Postgres the row lock makes this
+    /// exact: a claim committing first wins and this returns false.
+    pub async fn withdraw_pending_job_in(
+        &self,
+        tx: &mut Tx,
+        id: i64,
+        reason: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let n = on_tx!(tx, c => sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', last_error = $3, finished_at = $2, updated_at = $2 WHERE id = $1 AND state = 'pending'")
+            .bind(id).bind(now).bind(reason).execute(&mut *c).await?.rows_affected());
+        Ok(n == 1)
     }
 
     /// Cancels a pending or running job in this transaction; false when it
@@ -238,14 +259,52 @@ impl Store {
             .bind(rollout_id).fetch_all(p).await?))
     }
 
-    /// The rollout image a job triggered.
+    /// The rollout image a job (rebuild or deploy) belongs to.
     pub async fn rollout_image_for_job(
         &self,
         job_id: i64,
     ) -> Result<Option<RolloutImage>, StoreError> {
         Ok(
-            on_pool!(self, p => sqlx::query_as("SELECT * FROM rollout_images WHERE job_id = $1 ORDER BY rollout_id DESC LIMIT 1")
+            on_pool!(self, p => sqlx::query_as("SELECT * FROM rollout_images WHERE job_id = $1 OR deploy_job_id = $1 ORDER BY rollout_id DESC LIMIT 1")
             .bind(job_id).fetch_optional(p).await?),
+        )
+    }
+
+    /// `rollout_image_for_job` inside a transaction.
+    pub async fn rollout_image_for_job_in(
+        &self,
+        tx: &mut Tx,
+        job_id: i64,
+    ) -> Result<Option<RolloutImage>, StoreError> {
+        Ok(
+            on_tx!(tx, c => sqlx::query_as("SELECT * FROM rollout_images WHERE job_id = $1 OR deploy_job_id = $1 ORDER BY rollout_id DESC LIMIT 1")
+            .bind(job_id).fetch_optional(&mut *c).await?),
+        )
+    }
+
+    /// One image's row of a rollout, inside a transaction.
+    pub async fn rollout_image_in(
+        &self,
+        tx: &mut Tx,
+        rollout_id: i64,
+        image: &str,
+    ) -> Result<Option<RolloutImage>, StoreError> {
+        Ok(
+            on_tx!(tx, c => sqlx::query_as("SELECT * FROM rollout_images WHERE rollout_id = $1 AND image = $2")
+            .bind(rollout_id).bind(image).fetch_optional(&mut *c).await?),
+        )
+    }
+
+    /// The image's entries in the newest rollouts, inside a transaction.
+    pub async fn rollout_entries_for_image_in(
+        &self,
+        tx: &mut Tx,
+        image: &str,
+        limit: i64,
+    ) -> Result<Vec<RolloutImage>, StoreError> {
+        Ok(
+            on_tx!(tx, c => sqlx::query_as("SELECT * FROM rollout_images WHERE image = $1 ORDER BY rollout_id DESC LIMIT $2")
+            .bind(image).bind(limit).fetch_all(&mut *c).await?),
         )
     }
 
@@ -281,33 +340,10 @@ impl Store {
         )
     }
 
-    /// Builds past their deadline (no result reported in time).
+    /// Builds and deploys past their deadline (no result reported in time).
     pub async fn overdue_builds(&self, now: Millis) -> Result<Vec<RolloutImage>, StoreError> {
         Ok(on_pool!(self, p => sqlx::query_as(
-            "SELECT * FROM rollout_images WHERE state = 'building' AND build_deadline < $1 ORDER BY rollout_id, image LIMIT 1000")
+            "SELECT * FROM rollout_images WHERE state IN ('building', 'deploying') AND build_deadline < $1 ORDER BY rollout_id, image LIMIT 1000")
             .bind(now).fetch_all(p).await?))
-    }
-
-    /// Images currently waiting, queued or building in a running rollout.
-    pub async fn images_in_flight(&self) -> Result<Vec<String>, StoreError> {
-        Ok(on_pool!(self, p => sqlx::query_scalar(
-            "SELECT ri.image FROM rollout_images ri JOIN rollouts r ON r.id = ri.rollout_id
-             WHERE r.state = 'running' AND ri.state IN ('waiting', 'queued', 'building')")
-            .fetch_all(p).await?))
-    }
-
-    /// Managed, active images whose recorded base digest is set and differs
-    /// from the parent's current digest (single-parent images; the base
-    /// annotation names one base).
-    pub async fn stale_images(&self) -> Result<Vec<(String, String, String)>, StoreError> {
-        Ok(on_pool!(self, p => sqlx::query_as(
-            "SELECT i.name, i.base_digest, p.current_digest FROM images i
-             JOIN edges e ON e.child = i.name
-             JOIN images p ON p.name = e.parent
-             WHERE i.managed AND i.active AND i.base_digest IS NOT NULL AND p.current_digest IS NOT NULL
-               AND (i.base_name IS NULL OR i.base_name = p.name)
-               AND i.base_digest <> p.current_digest
-             ORDER BY i.name")
-            .fetch_all(p).await?))
     }
 }

@@ -67,6 +67,9 @@ pub struct EventRecord {
     pub image: Option<String>,
     pub rollout_id: Option<i64>,
     pub job_id: Option<i64>,
+    /// The event's data, as a JSON object.
+    #[serde(serialize_with = "super::raw_json")]
+    #[schema(value_type = Object)]
     pub data: String,
 }
 
@@ -173,7 +176,8 @@ impl Store {
     }
 
     /// Records an observation of `image`'s digest and moves its current
-    /// digest. Every observation is kept as history.
+    /// digest (every observation is kept as history); a change is written
+    /// to the outbox in the same transaction. See [`Store::observe`].
     pub async fn record_digest(
         &self,
         image: &str,
@@ -182,35 +186,15 @@ impl Store {
         source: DigestSource,
         now: Millis,
     ) -> Result<DigestUpdate, StoreError> {
-        let mut tx = self.begin().await?;
-        // FOR UPDATE on Postgres: two replicas observing the same change
-        // must not both report it. SQLite has one writer at a time.
-        let sql = match tx {
-            Tx::Pg(_) => "SELECT current_digest FROM images WHERE name = $1 FOR UPDATE",
-            Tx::Sqlite(_) => "SELECT current_digest FROM images WHERE name = $1",
+        let o = super::Observation {
+            image,
+            digest,
+            platform,
+            source,
+            settle_ms: 0,
+            base: None,
         };
-        let current: Option<Option<String>> = on_tx!(&mut tx, c => sqlx::query_scalar(sql).bind(image).fetch_optional(&mut *c).await?);
-        let Some(current) = current else {
-            return Err(StoreError::Corrupt(format!(
-                "image {image} is not in the store; sync the config first"
-            )));
-        };
-        let update = match current {
-            None => DigestUpdate::Baseline,
-            Some(old) if old == digest => DigestUpdate::Unchanged,
-            Some(old) => DigestUpdate::Changed { old },
-        };
-        let changed_at = matches!(update, DigestUpdate::Changed { .. }).then_some(now);
-        on_tx!(&mut tx, c => {
-            sqlx::query("INSERT INTO digest_observations (image, digest, platform, source, observed_at) VALUES ($1, $2, $3, $4, $5)")
-                .bind(image).bind(digest).bind(platform).bind(source.as_str()).bind(now)
-                .execute(&mut *c).await?;
-            sqlx::query("UPDATE images SET current_digest = $2, last_checked_at = $3, last_changed_at = COALESCE($4, last_changed_at), last_error = NULL, updated_at = $3 WHERE name = $1")
-                .bind(image).bind(digest).bind(now).bind(changed_at)
-                .execute(&mut *c).await?;
-        });
-        tx.commit().await?;
-        Ok(update)
+        self.observe(&o, now).await
     }
 
     /// The digest history of an image, newest first.

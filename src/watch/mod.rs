@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Image};
 use crate::registry::{ImageRef, RegistryClient, RegistryError};
 use crate::store::{
-    DigestSource, DigestUpdate, Millis, NewEvent, Store, health_state, now_millis, retry_delay,
+    BaseAnnotation, DigestSource, DigestUpdate, Millis, NewEvent, Observation, Store, health_state,
+    now_millis, retry_delay,
 };
 
 pub use push::{PushSource, Pushed, parse as parse_push};
@@ -42,6 +43,10 @@ pub struct WatchHandle {
     /// Digests push events announced, until a re-check sees them.
     expected: Arc<std::sync::Mutex<HashMap<ImageRef, String>>>,
     changes: broadcast::Sender<DigestChanged>,
+    /// True once every image was checked after start-up (or this replica
+    /// did not lead the polling at start-up, so another one holds fresh
+    /// digests).
+    swept: tokio::sync::watch::Receiver<bool>,
 }
 
 impl WatchHandle {
@@ -68,9 +73,17 @@ impl WatchHandle {
         self.recheck(image, source)
     }
 
-    /// Every `DigestChanged` from now on.
+    /// Every `DigestChanged` from now on (a wake-up: the change itself is
+    /// in the store's outbox).
     pub fn subscribe(&self) -> broadcast::Receiver<DigestChanged> {
         self.changes.subscribe()
+    }
+
+    /// Resolves once the start-up sweep is done (see `swept`), so nothing
+    /// is triggered on digests older than the registry's.
+    pub async fn swept(&self) {
+        let mut rx = self.swept.clone();
+        let _ = rx.wait_for(|s| *s).await;
     }
 }
 
@@ -141,6 +154,9 @@ pub struct Watcher {
     again: HashMap<usize, DigestSource>,
     /// Retries of push-triggered checks that hit a registry error.
     push_retries: HashMap<usize, u32>,
+    /// Images not yet checked by the start-up sweep; None before it began.
+    sweep: Option<std::collections::HashSet<usize>>,
+    swept: tokio::sync::watch::Sender<bool>,
 }
 
 impl Watcher {
@@ -152,6 +168,7 @@ impl Watcher {
     ) -> Watcher {
         let (tx, rx) = mpsc::channel(4096);
         let (changes, _) = broadcast::channel(1024);
+        let (swept, swept_rx) = tokio::sync::watch::channel(false);
         let index = cfg
             .images
             .iter()
@@ -175,11 +192,14 @@ impl Watcher {
                 recheck: tx,
                 expected: Arc::default(),
                 changes,
+                swept: swept_rx,
             },
             registries: HashMap::new(),
             busy: Default::default(),
             again: HashMap::new(),
             push_retries: HashMap::new(),
+            sweep: None,
+            swept,
         }
     }
 
@@ -225,6 +245,24 @@ impl Watcher {
                 if leader != was {
                     tracing::info!(leader, node = %self.opts.node_id, "watcher leadership changed");
                 }
+                if self.sweep.is_none() {
+                    if leader && !self.cfg.images.is_empty() {
+                        // Downtime may have hidden changes: check every image
+                        // now, before the engine acts on stored digests.
+                        due.clear();
+                        for i in 0..self.cfg.images.len() {
+                            due.push(Reverse((now, i)));
+                        }
+                        self.sweep = Some((0..self.cfg.images.len()).collect());
+                        tracing::info!(
+                            images = self.cfg.images.len(),
+                            "start-up sweep: checking every image"
+                        );
+                    } else {
+                        self.sweep = Some(Default::default());
+                        let _ = self.swept.send(true);
+                    }
+                }
                 next_lease = now + (self.opts.lease_ttl.as_millis() as i64 / 3).max(100);
             }
             if leader {
@@ -269,6 +307,13 @@ impl Watcher {
                 Some(done) = inflight.join_next(), if !inflight.is_empty() => {
                     if let Ok(outcome) = done {
                         self.busy.remove(&outcome.index);
+                        if let Some(left) = self.sweep.as_mut()
+                            && left.remove(&outcome.index)
+                            && left.is_empty()
+                        {
+                            tracing::info!("start-up sweep done");
+                            let _ = self.swept.send(true);
+                        }
                         if let Some(source) = self.again.remove(&outcome.index) {
                             self.spawn_check(&mut inflight, outcome.index, source);
                         }
@@ -459,8 +504,9 @@ impl Watcher {
     }
 }
 
-/// One check: resolve, record, and for managed images read base
-/// annotations when the digest moved (or on the first observation).
+/// One check: resolve; for a managed image whose digest moved (or is seen
+/// for the first time) read its base annotations; then record it all, and
+/// the change when there is one, in one transaction.
 async fn check(
     client: &RegistryClient,
     store: &Store,
@@ -478,49 +524,56 @@ async fn check(
         .collect::<Vec<_>>()
         .join(",");
     let name = image.name.to_string();
+    let stored = match store.image_state(&name).await {
+        Ok(s) => s.and_then(|s| s.current_digest),
+        Err(e) => {
+            tracing::error!(image = %name, error = %e, "cannot read the stored digest");
+            return Ok(None);
+        }
+    };
+    // Read before recording, so the engine that plans the change already
+    // knows what the new digest was built on.
+    let base = if image.is_managed() && stored.as_deref() != Some(tracked.as_str()) {
+        match client.base_annotations(&image.name, &image.platforms).await {
+            Ok(base) => Some(BaseAnnotation {
+                // Normalised, so it compares with the parent's stored name.
+                name: base.name.as_deref().map(|n| {
+                    ImageRef::parse(n)
+                        .map(|r| r.to_string())
+                        .unwrap_or_else(|_| n.to_string())
+                }),
+                digest: base.digest,
+            }),
+            Err(e) => {
+                tracing::warn!(image = %name, error = %e, "cannot read base annotations");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let now = now_millis();
-    let update = match store
-        .record_digest(&name, &tracked, &platform, source, now)
-        .await
-    {
+    let observation = Observation {
+        image: &name,
+        digest: &tracked,
+        platform: &platform,
+        source,
+        settle_ms: image.settle.as_millis() as i64,
+        base,
+    };
+    let update = match store.observe(&observation, now).await {
         Ok(u) => u,
         Err(e) => {
             tracing::error!(image = %name, error = %e, "cannot record digest");
             return Ok(None);
         }
     };
-    if image.is_managed() && !matches!(update, DigestUpdate::Unchanged) {
-        match client.base_annotations(&image.name, &image.platforms).await {
-            Ok(base) => {
-                // Normalised, so it compares with the parent's stored name.
-                let base_name = base.name.as_deref().map(|n| {
-                    ImageRef::parse(n)
-                        .map(|r| r.to_string())
-                        .unwrap_or_else(|_| n.to_string())
-                });
-                let _ = store
-                    .record_base(&name, base_name.as_deref(), base.digest.as_deref(), now)
-                    .await;
-            }
-            Err(e) => tracing::warn!(image = %name, error = %e, "cannot read base annotations"),
-        }
-    }
     let DigestUpdate::Changed { old } = update else {
         tracing::debug!(image = %name, digest = %tracked, "unchanged");
         return Ok(None);
     };
     tracing::info!(image = %name, old = %old, new = %tracked, source = source.as_str(), "digest changed");
     crate::metrics::metrics().digest_changed(source.as_str());
-    let event = NewEvent {
-        kind: "digest_changed".into(),
-        image: Some(name.clone()),
-        rollout_id: None,
-        job_id: None,
-        data: serde_json::json!({ "old": old, "new": tracked, "source": source.as_str() }),
-    };
-    if let Err(e) = store.append_event(&event, now).await {
-        tracing::warn!(error = %e, "cannot append event");
-    }
     Ok(Some(DigestChanged {
         image: image.name.clone(),
         old,

@@ -1,0 +1,79 @@
+-- The typed rollout pipeline and exactly-once fixes (issue 10). Same schema
+-- as Postgres; SQLite cannot alter a CHECK, so rollout_images is rebuilt.
+
+-- Per-image pipeline states. `succeeded` becomes `done` (the image went
+-- through every stage its config uses); `built` is the build finished,
+-- `deploy_failed` a build that is fine but did not reach its workload.
+CREATE TABLE rollout_images_new (
+    rollout_id     INTEGER NOT NULL REFERENCES rollouts (id),
+    image          TEXT NOT NULL,
+    wave           INTEGER NOT NULL,
+    state          TEXT NOT NULL CHECK (state IN (
+        'waiting', 'queued', 'building', 'built', 'verifying', 'awaiting_approval', 'deploying', 'done',
+        'failed', 'deploy_failed', 'blocked', 'refused', 'cancelled')),
+    job_id         BIGINT,
+    rerun          BOOLEAN NOT NULL DEFAULT FALSE,
+    build_deadline BIGINT,
+    built_digest   TEXT,
+    reason         TEXT,
+    callback_token TEXT,
+    updated_at     BIGINT NOT NULL,
+    build_attempts INTEGER NOT NULL DEFAULT 0,
+    -- The deploy job of the image in this rollout (job_id stays the rebuild's).
+    deploy_job_id  BIGINT,
+    PRIMARY KEY (rollout_id, image)
+);
+INSERT INTO rollout_images_new (rollout_id, image, wave, state, job_id, rerun, build_deadline, built_digest, reason, callback_token, updated_at, build_attempts)
+SELECT rollout_id, image, wave, CASE state WHEN 'succeeded' THEN 'done' ELSE state END, job_id, rerun, build_deadline, built_digest, reason, callback_token, updated_at, build_attempts
+  FROM rollout_images;
+DROP TABLE rollout_images;
+ALTER TABLE rollout_images_new RENAME TO rollout_images;
+CREATE INDEX rollout_images_job ON rollout_images (job_id);
+CREATE INDEX rollout_images_deploy_job ON rollout_images (deploy_job_id);
+CREATE INDEX rollout_images_deadline ON rollout_images (state, build_deadline);
+CREATE INDEX rollout_images_image ON rollout_images (image, rollout_id);
+
+-- One running rollout at a time, enforced by the database. Older duplicates
+-- are cancelled; reconcile picks up what they left.
+UPDATE rollout_images SET state = 'cancelled', reason = 'duplicate running rollout closed by migration 0006'
+ WHERE state IN ('waiting', 'queued', 'building')
+   AND rollout_id IN (SELECT id FROM rollouts WHERE state = 'running'
+                       AND id < (SELECT MAX(id) FROM rollouts WHERE state = 'running'));
+UPDATE rollouts SET state = 'cancelled', finished_at = created_at
+ WHERE state = 'running' AND id < (SELECT MAX(id) FROM rollouts WHERE state = 'running');
+CREATE UNIQUE INDEX rollouts_one_running ON rollouts (state) WHERE state = 'running';
+
+-- What each managed image was built on, per parent: the parent digests its
+-- last successful build was triggered with (source 'build'), or what its
+-- OCI base annotation names (source 'annotation'). An image is stale when a
+-- parent's current digest differs from its row here; no row, no judgement.
+CREATE TABLE image_bases (
+    image      TEXT NOT NULL REFERENCES images (name),
+    parent     TEXT NOT NULL REFERENCES images (name),
+    digest     TEXT NOT NULL,
+    source     TEXT NOT NULL CHECK (source IN ('build', 'annotation')),
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (image, parent)
+);
+INSERT INTO image_bases (image, parent, digest, source, updated_at)
+SELECT i.name, e.parent, i.base_digest, 'annotation', i.updated_at
+  FROM images i JOIN edges e ON e.child = i.name
+ WHERE i.base_digest IS NOT NULL AND (i.base_name IS NULL OR i.base_name = e.parent);
+
+-- The outbox of digest changes: written in the same transaction as the
+-- observation that found the change, consumed by the rollout engine in the
+-- transaction that plans it. One pending row per image (settle window).
+CREATE TABLE changes (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    image        TEXT NOT NULL REFERENCES images (name),
+    old_digest   TEXT NOT NULL,
+    new_digest   TEXT NOT NULL,
+    source       TEXT NOT NULL,
+    observed_at  BIGINT NOT NULL,
+    due_at       BIGINT NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('pending', 'done')),
+    coalesced    INTEGER NOT NULL DEFAULT 1,
+    processed_at BIGINT
+);
+CREATE UNIQUE INDEX changes_one_pending ON changes (image) WHERE state = 'pending';
+CREATE INDEX changes_due ON changes (due_at, id) WHERE state = 'pending';

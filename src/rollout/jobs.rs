@@ -1,0 +1,197 @@
+//! Job kinds and their payloads: one type per kind, written by the rollout
+//! engine and read by the dispatcher and the callback handler. Nothing else
+//! decodes a payload.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Build, Deploy};
+
+/// What a job does. The dispatcher routes on it; a worker claims only the
+/// kinds it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Trigger an image's rebuild in CI.
+    Rebuild,
+    /// Roll the built digest out to where the image runs.
+    Deploy,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 2] = [JobKind::Rebuild, JobKind::Deploy];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Rebuild => "rebuild",
+            JobKind::Deploy => "deploy",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobKind> {
+        JobKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The coalescing key of this kind of job for an image: one pending job
+    /// per image and kind, never two running.
+    pub fn unique_key(self, image: &str) -> String {
+        format!("{}:{image}", self.as_str())
+    }
+}
+
+/// A parent and the digest the trigger carried for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentDigest {
+    pub name: String,
+    pub digest: Option<String>,
+}
+
+/// Payload of a `rebuild` job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RebuildPayload {
+    pub image: String,
+    /// Every parent with its current digest when the job was enqueued: what
+    /// this build is built on (recorded as the image's bases on success).
+    pub parents: Vec<ParentDigest>,
+    pub rollout_id: i64,
+    pub backend: String,
+    pub build: Build,
+    /// Secret the CI callback presents; never shown by the API.
+    pub callback_token: String,
+}
+
+/// Payload of a `deploy` job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployPayload {
+    pub image: String,
+    /// The built digest to roll out.
+    pub digest: String,
+    pub rollout_id: i64,
+    pub backend: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, String>,
+    pub callback_token: String,
+}
+
+impl DeployPayload {
+    pub fn new(
+        image: &str,
+        digest: &str,
+        rollout_id: i64,
+        deploy: &Deploy,
+        token: String,
+    ) -> DeployPayload {
+        DeployPayload {
+            image: image.to_string(),
+            digest: digest.to_string(),
+            rollout_id,
+            backend: deploy.backend.clone(),
+            app: deploy.app.clone(),
+            environment: deploy.environment.clone(),
+            inputs: deploy.inputs.clone(),
+            callback_token: token,
+        }
+    }
+}
+
+/// A decoded job payload.
+#[derive(Debug, Clone)]
+pub enum JobPayload {
+    Rebuild(RebuildPayload),
+    Deploy(DeployPayload),
+}
+
+/// A job whose kind or payload this version cannot read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PayloadError {
+    #[error("unknown job kind `{0}`")]
+    UnknownKind(String),
+    #[error("malformed {kind} payload: {error}")]
+    Malformed { kind: &'static str, error: String },
+}
+
+impl JobPayload {
+    pub fn decode(kind: &str, payload: &str) -> Result<JobPayload, PayloadError> {
+        let k = JobKind::parse(kind).ok_or_else(|| PayloadError::UnknownKind(kind.to_string()))?;
+        let bad = |e: serde_json::Error| PayloadError::Malformed {
+            kind: k.as_str(),
+            error: e.to_string(),
+        };
+        Ok(match k {
+            JobKind::Rebuild => JobPayload::Rebuild(serde_json::from_str(payload).map_err(bad)?),
+            JobKind::Deploy => JobPayload::Deploy(serde_json::from_str(payload).map_err(bad)?),
+        })
+    }
+
+    pub fn kind(&self) -> JobKind {
+        match self {
+            JobPayload::Rebuild(_) => JobKind::Rebuild,
+            JobPayload::Deploy(_) => JobKind::Deploy,
+        }
+    }
+
+    pub fn callback_token(&self) -> &str {
+        match self {
+            JobPayload::Rebuild(p) => &p.callback_token,
+            JobPayload::Deploy(p) => &p.callback_token,
+        }
+    }
+
+    pub fn backend(&self) -> &str {
+        match self {
+            JobPayload::Rebuild(p) => &p.backend,
+            JobPayload::Deploy(p) => &p.backend,
+        }
+    }
+
+    pub fn to_value(&self) -> serde_json::Value {
+        match self {
+            JobPayload::Rebuild(p) => serde_json::to_value(p),
+            JobPayload::Deploy(p) => serde_json::to_value(p),
+        }
+        .unwrap_or_default()
+    }
+}
+
+/// A fresh callback secret.
+pub fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_round_trip_and_bad_ones_say_why() {
+        let p = DeployPayload {
+            image: "r/a:1".into(),
+            digest: "sha256:1".into(),
+            rollout_id: 3,
+            backend: "hook".into(),
+            app: Some("api".into()),
+            environment: None,
+            inputs: BTreeMap::new(),
+            callback_token: "t".into(),
+        };
+        let text = serde_json::to_string(&p).unwrap();
+        let back = JobPayload::decode("deploy", &text).unwrap();
+        assert_eq!(back.kind(), JobKind::Deploy);
+        assert_eq!(back.callback_token(), "t");
+        assert!(matches!(
+            JobPayload::decode("notify", "{}"),
+            Err(PayloadError::UnknownKind(_))
+        ));
+        let e = JobPayload::decode("rebuild", "{}").unwrap_err().to_string();
+        assert!(
+            e.starts_with("malformed rebuild payload: missing field"),
+            "{e}"
+        );
+        assert_eq!(JobKind::Deploy.unique_key("r/a:1"), "deploy:r/a:1");
+    }
+}

@@ -1,0 +1,518 @@
+//! The rollout's decisions, as pure functions of the stored rows and the
+//! lineage: no database, no clock, no I/O. The engine (`mod.rs`) reads the
+//! rows, asks these functions what to do and applies the answer in one
+//! transaction.
+
+use std::collections::HashMap;
+
+use super::state::{ImageState, RolloutState};
+use crate::store::RolloutImage;
+
+/// The stages an image's config uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stages {
+    /// It has `build:`: lineaged triggers its rebuild.
+    pub build: bool,
+    /// It has `deploy:`: a deploy job follows a good build.
+    pub deploy: bool,
+}
+
+/// One image of the lineage as the machine sees it.
+#[derive(Debug, Clone, Default)]
+pub struct Node {
+    /// All of its parents (normalised names); only those in the rollout
+    /// matter to a step.
+    pub parents: Vec<String>,
+    pub stages: Stages,
+}
+
+/// The lineage by image name.
+pub type Nodes = HashMap<String, Node>;
+
+/// What the engine should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// waiting → blocked: a parent in the rollout failed, was refused or
+    /// blocked.
+    Block { image: String, reason: String },
+    /// waiting → queued: every affected parent provides its base; enqueue
+    /// the rebuild job.
+    Trigger { image: String },
+    /// built → deploying: enqueue the deploy job of the built digest.
+    Deploy { image: String },
+    /// built → deploy_failed: it must deploy but no built digest is known.
+    DeployFailed { image: String, reason: String },
+    /// → cancelled: the image left the config while in the rollout.
+    Cancel { image: String, reason: String },
+    /// → done: no stage left (built with no deploy, or nothing to build).
+    Done { image: String },
+    /// Every image finished: the rollout ends in `state`.
+    Finish {
+        state: RolloutState,
+        images: usize,
+        done: usize,
+    },
+}
+
+/// One step over a rollout's rows: blocks, triggers, deploys and finishes
+/// what is ready. Decisions earlier in the walk (in wave order) count for
+/// later rows, so a failure blocks a whole chain in one step.
+pub fn step(rows: &[RolloutImage], nodes: &Nodes) -> Vec<Action> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by(|&a, &b| (rows[a].wave, &rows[a].image).cmp(&(rows[b].wave, &rows[b].image)));
+    let mut state: HashMap<&str, (ImageState, Option<i64>)> = rows
+        .iter()
+        .map(|r| (r.image.as_str(), (r.state, r.job_id)))
+        .collect();
+    let mut actions = Vec::new();
+    for i in order {
+        let r = &rows[i];
+        let node = nodes.get(&r.image);
+        let stages = node.map(|n| n.stages).unwrap_or_default();
+        if node.is_none() && !r.state.is_finished() {
+            actions.push(Action::Cancel {
+                image: r.image.clone(),
+                reason: "no longer in the config".into(),
+            });
+            state.insert(r.image.as_str(), (ImageState::Cancelled, r.job_id));
+            continue;
+        }
+        let next = match r.state {
+            ImageState::Waiting => {
+                let parents = node.map_or(&[][..], |n| &n.parents[..]);
+                let mut blocker = None;
+                let mut ready = true;
+                for p in parents {
+                    let Some(&(ps, job)) = state.get(p.as_str()) else {
+                        continue;
+                    };
+                    if ps.blocks_children() {
+                        blocker = Some(format!(
+                            "parent {p} {ps}{}",
+                            job.map(|j| format!(" (job {j})")).unwrap_or_default()
+                        ));
+                        break;
+                    }
+                    ready &= ps.provides_base();
+                }
+                if let Some(reason) = blocker {
+                    actions.push(Action::Block {
+                        image: r.image.clone(),
+                        reason,
+                    });
+                    Some(ImageState::Blocked)
+                } else if !ready {
+                    None
+                } else if stages.build {
+                    actions.push(Action::Trigger {
+                        image: r.image.clone(),
+                    });
+                    Some(ImageState::Queued)
+                } else {
+                    // Nothing lineaged can build (an external image's row).
+                    actions.push(Action::Done {
+                        image: r.image.clone(),
+                    });
+                    Some(ImageState::Done)
+                }
+            }
+            ImageState::Built if stages.deploy && r.built_digest.is_none() => {
+                actions.push(Action::DeployFailed {
+                    image: r.image.clone(),
+                    reason: "no built digest to deploy (CI reported none)".into(),
+                });
+                Some(ImageState::DeployFailed)
+            }
+            ImageState::Built if stages.deploy => {
+                actions.push(Action::Deploy {
+                    image: r.image.clone(),
+                });
+                Some(ImageState::Deploying)
+            }
+            ImageState::Built => {
+                actions.push(Action::Done {
+                    image: r.image.clone(),
+                });
+                Some(ImageState::Done)
+            }
+            _ => None,
+        };
+        if let Some(s) = next {
+            state.insert(r.image.as_str(), (s, r.job_id));
+        }
+    }
+    if !rows.is_empty() && state.values().all(|(s, _)| s.is_finished()) {
+        let done = state.values().filter(|(s, _)| s.is_success()).count();
+        let finish = if done == rows.len() {
+            RolloutState::Succeeded
+        } else if done == 0 && !state.values().any(|(s, _)| s.provides_base()) {
+            RolloutState::Failed
+        } else {
+            RolloutState::PartiallyFailed
+        };
+        actions.push(Action::Finish {
+            state: finish,
+            images: rows.len(),
+            done,
+        });
+    }
+    actions
+}
+
+/// What a newer change does to an image already in the rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejoin {
+    /// Not triggered yet: it reads the newest parents when it is.
+    Keep,
+    /// Its rebuild job may not have gone out: withdraw it and wait again;
+    /// if it went out already, rerun.
+    WithdrawOrRerun,
+    /// A build or deploy is out there: once more when it ends (never two
+    /// builds of one image at once).
+    Rerun,
+    /// It had finished: wait again.
+    Restart,
+}
+
+pub fn rejoin(state: ImageState) -> Rejoin {
+    match state {
+        ImageState::Waiting => Rejoin::Keep,
+        ImageState::Queued => Rejoin::WithdrawOrRerun,
+        s if s.in_flight() => Rejoin::Rerun,
+        _ => Rejoin::Restart,
+    }
+}
+
+/// A result reported for an image's build or deploy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Built { digest: Option<String> },
+    BuildFailed { reason: String },
+    Deployed,
+    DeployFailed { reason: String },
+}
+
+impl Outcome {
+    /// The event kind that records it.
+    pub fn event_kind(&self) -> &'static str {
+        match self {
+            Outcome::Built { .. } => "job_succeeded",
+            Outcome::BuildFailed { .. } => "job_failed",
+            Outcome::Deployed => "deploy_succeeded",
+            Outcome::DeployFailed { .. } => "deploy_failed",
+        }
+    }
+}
+
+/// Applies a result to the image's row. False (and the row untouched) when
+/// the row is not in the stage the result is for: a repeated or late
+/// report never moves an image backwards.
+pub fn apply(row: &mut RolloutImage, outcome: &Outcome) -> bool {
+    let building = matches!(row.state, ImageState::Queued | ImageState::Building);
+    let deploying = row.state == ImageState::Deploying;
+    match outcome {
+        Outcome::Built { digest } if building => {
+            row.built_digest = digest.clone();
+            row.reason = None;
+            row.state = ImageState::Built;
+        }
+        Outcome::BuildFailed { reason } if building => {
+            row.reason = Some(reason.clone());
+            row.state = ImageState::Failed;
+        }
+        Outcome::Deployed if deploying => {
+            row.reason = None;
+            row.state = ImageState::Done;
+        }
+        Outcome::DeployFailed { reason } if deploying => {
+            row.reason = Some(reason.clone());
+            row.state = ImageState::DeployFailed;
+        }
+        _ => return false,
+    }
+    row.build_deadline = None;
+    if std::mem::take(&mut row.rerun) {
+        // A newer base arrived meanwhile: build once more on it.
+        row.state = ImageState::Waiting;
+        row.job_id = None;
+        row.deploy_job_id = None;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(spec: &[(&str, &[&str], Stages)]) -> Nodes {
+        spec.iter()
+            .map(|(n, ps, st)| {
+                (
+                    n.to_string(),
+                    Node {
+                        parents: ps.iter().map(|p| p.to_string()).collect(),
+                        stages: *st,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    const BUILD: Stages = Stages {
+        build: true,
+        deploy: false,
+    };
+    const BUILD_DEPLOY: Stages = Stages {
+        build: true,
+        deploy: true,
+    };
+
+    fn row(image: &str, wave: i32, state: ImageState) -> RolloutImage {
+        let mut r = RolloutImage::new(1, image, wave, 0);
+        r.state = state;
+        if state == ImageState::Built {
+            r.built_digest = Some(format!("sha256:{image}"));
+        }
+        r
+    }
+
+    /// The diamond of the issue: A → P, B → T, P+T → X, P → W, X+W → E.
+    fn diamond() -> Nodes {
+        nodes(&[
+            ("P", &["A"], BUILD),
+            ("T", &["B"], BUILD),
+            ("X", &["P", "T"], BUILD),
+            ("W", &["P"], BUILD_DEPLOY),
+            ("E", &["X", "W"], BUILD),
+        ])
+    }
+
+    fn names(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .map(|a| match a {
+                Action::Block { image, .. } => format!("block {image}"),
+                Action::Trigger { image } => format!("trigger {image}"),
+                Action::Deploy { image } => format!("deploy {image}"),
+                Action::DeployFailed { image, .. } => format!("deploy_failed {image}"),
+                Action::Cancel { image, .. } => format!("cancel {image}"),
+                Action::Done { image } => format!("done {image}"),
+                Action::Finish { state, .. } => format!("finish {state}"),
+            })
+            .collect()
+    }
+
+    type Case = (
+        &'static str,
+        Vec<(&'static str, i32, ImageState)>,
+        Vec<&'static str>,
+    );
+
+    #[test]
+    fn step_table() {
+        use ImageState::*;
+        let cases: Vec<Case> = vec![
+            (
+                "first wave triggers, children wait",
+                vec![
+                    ("P", 1, Waiting),
+                    ("W", 2, Waiting),
+                    ("X", 2, Waiting),
+                    ("E", 3, Waiting),
+                ],
+                vec!["trigger P"],
+            ),
+            (
+                "both parents of a diamond must be built",
+                vec![("P", 1, Done), ("T", 1, Building), ("X", 2, Waiting)],
+                vec![],
+            ),
+            (
+                "diamond joins once both are built",
+                vec![("P", 1, Done), ("T", 1, Built), ("X", 2, Waiting)],
+                vec!["done T", "trigger X"],
+            ),
+            (
+                "a parent outside the rollout does not hold a child",
+                vec![("X", 2, Waiting)],
+                vec!["trigger X"],
+            ),
+            (
+                "built with deploy goes to deploying; children build on it meanwhile",
+                vec![("P", 1, Done), ("W", 2, Built), ("E", 3, Waiting)],
+                vec!["deploy W", "trigger E"],
+            ),
+            (
+                "a failure blocks the whole chain in one step",
+                vec![
+                    ("P", 1, Failed),
+                    ("W", 2, Waiting),
+                    ("X", 2, Waiting),
+                    ("E", 3, Waiting),
+                ],
+                vec!["block W", "block X", "block E", "finish failed"],
+            ),
+            (
+                "a refused parent blocks",
+                vec![("P", 1, Refused), ("W", 2, Waiting)],
+                vec!["block W", "finish failed"],
+            ),
+            (
+                "a failed deploy does not block children",
+                vec![("P", 1, Done), ("W", 2, DeployFailed), ("E", 3, Waiting)],
+                vec!["trigger E"],
+            ),
+            (
+                "all done: succeeded",
+                vec![("P", 1, Done), ("W", 2, Done)],
+                vec!["finish succeeded"],
+            ),
+            (
+                "some done: partially failed",
+                vec![("P", 1, Done), ("T", 1, Failed), ("X", 2, Blocked)],
+                vec!["finish partially_failed"],
+            ),
+            (
+                "deploy failed only: partially failed (the build is good)",
+                vec![("W", 2, DeployFailed)],
+                vec!["finish partially_failed"],
+            ),
+            (
+                "in-flight images keep the rollout running",
+                vec![("P", 1, Done), ("W", 2, Deploying)],
+                vec![],
+            ),
+            (
+                "cancelled",
+                vec![("P", 1, Cancelled)],
+                vec!["finish failed"],
+            ),
+        ];
+        let n = diamond();
+        for (what, rows, want) in cases {
+            let rows: Vec<RolloutImage> = rows.iter().map(|(i, w, s)| row(i, *w, *s)).collect();
+            assert_eq!(names(&step(&rows, &n)), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn an_image_without_build_is_skipped_not_faked() {
+        let n = nodes(&[("A", &[], Stages::default()), ("P", &["A"], BUILD)]);
+        let rows = vec![
+            row("A", 1, ImageState::Waiting),
+            row("P", 2, ImageState::Waiting),
+        ];
+        assert_eq!(names(&step(&rows, &n)), vec!["done A", "trigger P"]);
+    }
+
+    #[test]
+    fn a_build_without_digest_cannot_deploy_and_a_removed_image_is_cancelled() {
+        let mut w = row("W", 2, ImageState::Built);
+        w.built_digest = None;
+        let rows = vec![w, row("Gone", 2, ImageState::Building)];
+        assert_eq!(
+            names(&step(&rows, &diamond())),
+            vec!["cancel Gone", "deploy_failed W", "finish partially_failed"]
+        );
+    }
+
+    #[test]
+    fn block_reason_names_the_parent_and_its_job() {
+        let mut p = row("P", 1, ImageState::Failed);
+        p.job_id = Some(7);
+        let rows = vec![p, row("W", 2, ImageState::Waiting)];
+        let a = step(&rows, &diamond());
+        assert_eq!(
+            a[0],
+            Action::Block {
+                image: "W".into(),
+                reason: "parent P failed (job 7)".into()
+            }
+        );
+    }
+
+    #[test]
+    fn rejoin_table() {
+        use ImageState::*;
+        for (s, want) in [
+            (Waiting, Rejoin::Keep),
+            (Queued, Rejoin::WithdrawOrRerun),
+            (Building, Rejoin::Rerun),
+            (Deploying, Rejoin::Rerun),
+            (AwaitingApproval, Rejoin::Rerun),
+            (Done, Rejoin::Restart),
+            (Failed, Rejoin::Restart),
+            (Blocked, Rejoin::Restart),
+            (DeployFailed, Rejoin::Restart),
+            (Cancelled, Rejoin::Restart),
+        ] {
+            assert_eq!(rejoin(s), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn results_move_forward_only() {
+        use ImageState::*;
+        let built = Outcome::Built {
+            digest: Some("sha256:1".into()),
+        };
+        let failed = Outcome::BuildFailed { reason: "x".into() };
+        let deploy_failed = Outcome::DeployFailed { reason: "y".into() };
+        let cases = [
+            (Building, false, built.clone(), Some(Built)),
+            (Queued, false, built.clone(), Some(Built)),
+            (Building, true, built.clone(), Some(Waiting)),
+            (Building, false, failed.clone(), Some(Failed)),
+            (Building, true, failed.clone(), Some(Waiting)),
+            (Deploying, false, Outcome::Deployed, Some(Done)),
+            (Deploying, false, deploy_failed.clone(), Some(DeployFailed)),
+            (Deploying, true, Outcome::Deployed, Some(Waiting)),
+            // Repeats and late reports change nothing.
+            (Built, false, built.clone(), None),
+            (Done, false, built.clone(), None),
+            (Done, false, Outcome::Deployed, None),
+            (Cancelled, false, built.clone(), None),
+            (Failed, false, built.clone(), None),
+            (Building, false, Outcome::Deployed, None),
+            (Deploying, false, built.clone(), None),
+        ];
+        for (from, rerun, outcome, want) in cases {
+            let mut r = row("W", 1, from);
+            r.rerun = rerun;
+            r.job_id = Some(3);
+            let ok = apply(&mut r, &outcome);
+            assert_eq!(ok, want.is_some(), "{from} + {outcome:?}");
+            assert_eq!(r.state, want.unwrap_or(from), "{from} + {outcome:?}");
+            if want == Some(Waiting) {
+                assert!(!r.rerun && r.job_id.is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn step_is_fast_on_10k_images() {
+        // Correctness at size (the timing is in benches/rollout.rs).
+        let mut n = Nodes::new();
+        let mut rows = Vec::new();
+        for i in 0..10_000 {
+            let name = format!("img{i}");
+            let parents = if i < 100 {
+                vec![]
+            } else {
+                vec![format!("img{}", i / 100 - 1)]
+            };
+            n.insert(
+                name.clone(),
+                Node {
+                    parents,
+                    stages: BUILD,
+                },
+            );
+            rows.push(row(&name, if i < 100 { 1 } else { 2 }, ImageState::Waiting));
+        }
+        let a = step(&rows, &n);
+        // Wave 1 triggers; wave 2 waits for its queued parents.
+        assert_eq!(a.len(), 100);
+        assert!(a.iter().all(|a| matches!(a, Action::Trigger { .. })));
+    }
+}

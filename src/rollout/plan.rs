@@ -1,0 +1,354 @@
+//! Bringing images into the rollout: due changes from the outbox, operator
+//! rebuilds, and reconcile of images built on bases nobody planned for.
+
+use std::collections::HashMap;
+
+use super::cause::{Cause, ChangeCause, JoinedData};
+use super::machine::{self, Rejoin};
+use super::{Engine, ImageState, JobPayload, RebuildError};
+use crate::registry::ImageRef;
+use crate::store::{ChangeRecord, Millis, RolloutImage, StoreError, Tx, now_millis};
+
+/// Changes planned per transaction: one, so a change is planned (and marked
+/// done) exactly when its rollout rows commit.
+const CHANGES_PER_STEP: i64 = 1;
+
+impl Engine {
+    /// Plans every due change in the outbox, each in its own transaction
+    /// that also marks it done. Returns how many were planned.
+    pub async fn process_changes(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        loop {
+            let _g = self.lock.lock().await;
+            let now = now_millis();
+            let mut tx = self.store.begin_engine().await?;
+            let due = self
+                .store
+                .due_changes_in(&mut tx, now, CHANGES_PER_STEP)
+                .await?;
+            if due.is_empty() {
+                return Ok(n);
+            }
+            for change in &due {
+                self.apply_change(&mut tx, change, now).await?;
+                self.store.finish_change_in(&mut tx, change.id, now).await?;
+            }
+            tx.commit().await?;
+            self.store.wake_local();
+            n += due.len();
+        }
+    }
+
+    /// A tracked digest moved: a managed image that is building and now
+    /// carries the base it was triggered with is done; an outside change
+    /// adds the affected images to the running rollout (opening one when
+    /// none runs) and triggers what is ready.
+    async fn apply_change(
+        &self,
+        tx: &mut Tx,
+        change: &ChangeRecord,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let Ok(image) = ImageRef::parse(&change.image) else {
+            return Ok(());
+        };
+        if !self.lineage.contains(&image) {
+            return Ok(()); // no longer in the config
+        }
+        if self.lineage.is_managed(&image) == Some(true)
+            && (self.complete_from_registry(tx, change, now).await?
+                || self.is_own_build(tx, change).await?)
+        {
+            // Our own rebuild showing up: its descendants are in the
+            // rollout already (or were rebuilt on it).
+            return Ok(());
+        }
+        let Ok(plan) = self.lineage.plan(std::slice::from_ref(&image)) else {
+            return Ok(());
+        };
+        if plan.waves.is_empty() {
+            return Ok(());
+        }
+        let cause = Cause::Change(ChangeCause {
+            image: change.image.clone(),
+            old: change.old_digest.clone(),
+            new: change.new_digest.clone(),
+            source: change.source.clone(),
+            coalesced: change.coalesced,
+        });
+        let again = format!("{} moved again", change.image);
+        let (rollout, created) = self
+            .store
+            .open_rollout_in(tx, &cause.to_json(), now)
+            .await?;
+        self.merge_plan(tx, rollout, &plan.waves, &again, now)
+            .await?;
+        let kind = if created {
+            "rollout_started"
+        } else {
+            "rollout_joined"
+        };
+        let data = JoinedData {
+            images: plan.image_count(),
+            cause,
+        };
+        self.event(
+            tx,
+            kind,
+            (Some(&change.image), Some(rollout), None),
+            serde_json::to_value(&data).unwrap_or_default(),
+            now,
+        )
+        .await?;
+        self.advance(tx, rollout, now).await
+    }
+
+    /// Adds planned waves to a rollout (see [`machine::rejoin`]): an image
+    /// not yet triggered reads the newest parents when it is; one whose
+    /// trigger has not gone out is withdrawn and waits again; one building
+    /// or deploying is rerun afterwards; a finished one waits again.
+    async fn merge_plan(
+        &self,
+        tx: &mut Tx,
+        rollout: i64,
+        waves: &[Vec<ImageRef>],
+        again: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let mut current: HashMap<String, RolloutImage> = self
+            .store
+            .rollout_images_in(tx, rollout)
+            .await?
+            .into_iter()
+            .map(|r| (r.image.clone(), r))
+            .collect();
+        let mut batch = Vec::new();
+        for (w, wave) in waves.iter().enumerate() {
+            for img in wave {
+                let name = img.to_string();
+                let wave_no = w as i32 + 1;
+                let Some(mut ri) = current.remove(&name) else {
+                    batch.push(RolloutImage::new(rollout, &name, wave_no, now));
+                    continue;
+                };
+                match machine::rejoin(ri.state) {
+                    Rejoin::Keep => {}
+                    Rejoin::WithdrawOrRerun => {
+                        let withdrawn = match ri.job_id {
+                            Some(job) => {
+                                self.store
+                                    .withdraw_pending_job_in(tx, job, again, now)
+                                    .await?
+                            }
+                            None => true,
+                        };
+                        if withdrawn {
+                            ri.state = ImageState::Waiting;
+                            ri.job_id = None;
+                            ri.build_attempts = (ri.build_attempts - 1).max(0);
+                            ri.reason = Some(again.to_string());
+                        } else {
+                            ri.rerun = true;
+                        }
+                    }
+                    Rejoin::Rerun => ri.rerun = true,
+                    Rejoin::Restart => {
+                        ri.state = ImageState::Waiting;
+                        ri.reason = Some(again.to_string());
+                        ri.job_id = None;
+                        ri.deploy_job_id = None;
+                        ri.build_deadline = None;
+                    }
+                }
+                ri.wave = ri.wave.max(wave_no);
+                ri.updated_at = now;
+                batch.push(ri);
+            }
+        }
+        self.store.save_rollout_images_in(tx, &batch).await
+    }
+
+    /// Operator request: rebuild `image` (managed, with a build) and every
+    /// managed descendant, in the running rollout or a new one. Returns the
+    /// rollout id and how many images it covers.
+    pub async fn request_rebuild(
+        &self,
+        image: &ImageRef,
+        by: &str,
+    ) -> Result<(i64, usize), RebuildError> {
+        let Some(img) = self.image(&image.to_string()) else {
+            return Err(RebuildError::Unknown);
+        };
+        if img.build.is_none() {
+            return Err(RebuildError::NotBuildable);
+        }
+        let plan = self
+            .lineage
+            .plan_rebuild(std::slice::from_ref(image))
+            .map_err(|_| RebuildError::Unknown)?;
+        let _g = self.lock.lock().await;
+        let now = now_millis();
+        let mut tx = self.store.begin_engine().await?;
+        let cause = Cause::Requested {
+            requested: image.to_string(),
+            by: by.to_string(),
+        };
+        let (rollout, _) = self
+            .store
+            .open_rollout_in(&mut tx, &cause.to_json(), now)
+            .await?;
+        let again = format!("rebuild requested by {by}");
+        self.merge_plan(&mut tx, rollout, &plan.waves, &again, now)
+            .await?;
+        let data = JoinedData {
+            images: plan.image_count(),
+            cause,
+        };
+        self.event(
+            &mut tx,
+            "rollout_requested",
+            (Some(&image.to_string()), Some(rollout), None),
+            serde_json::to_value(&data).unwrap_or_default(),
+            now,
+        )
+        .await?;
+        self.advance(&mut tx, rollout, now).await?;
+        tx.commit().await?;
+        self.store.wake_local();
+        tracing::info!(image = %image, by, rollout, images = plan.image_count(), "rebuild requested");
+        Ok((rollout, plan.image_count()))
+    }
+
+    /// Reconcile: managed images built on a parent digest that is no longer
+    /// current, where that change was never planned (see
+    /// `Store::unplanned_stale_in`), get a rollout of their rebuild and
+    /// their descendants'. Level-triggered: after a crash or a missed
+    /// event, this is what still knows.
+    pub async fn reconcile(&self) -> Result<usize, StoreError> {
+        let _g = self.lock.lock().await;
+        let now = now_millis();
+        let mut tx = self.store.begin_engine().await?;
+        let todo: Vec<ImageRef> = self
+            .store
+            .unplanned_stale_in(&mut tx, self.started_at)
+            .await?
+            .iter()
+            .filter_map(|n| ImageRef::parse(n).ok())
+            .filter(|r| self.lineage.contains(r))
+            .collect();
+        if todo.is_empty() {
+            return Ok(0);
+        }
+        let Ok(plan) = self.lineage.plan_rebuild(&todo) else {
+            return Ok(0);
+        };
+        let cause = Cause::Reconcile {
+            reconcile: todo.iter().map(ToString::to_string).collect(),
+        };
+        let (rollout, _) = self
+            .store
+            .open_rollout_in(&mut tx, &cause.to_json(), now)
+            .await?;
+        self.merge_plan(
+            &mut tx,
+            rollout,
+            &plan.waves,
+            "reconcile: built on an outdated base",
+            now,
+        )
+        .await?;
+        let data = JoinedData {
+            images: plan.image_count(),
+            cause,
+        };
+        self.event(
+            &mut tx,
+            "rollout_reconciled",
+            (None, Some(rollout), None),
+            serde_json::to_value(&data).unwrap_or_default(),
+            now,
+        )
+        .await?;
+        self.advance(&mut tx, rollout, now).await?;
+        tx.commit().await?;
+        self.store.wake_local();
+        tracing::info!(
+            images = todo.len(),
+            rollout,
+            "reconcile: stale images rebuilt"
+        );
+        Ok(todo.len())
+    }
+
+    /// Completion seen in the registry: the image is queued or building in
+    /// the running rollout, and its new digest's base annotation names the
+    /// parent digest its trigger carried. True when it completed the build.
+    async fn complete_from_registry(
+        &self,
+        tx: &mut Tx,
+        change: &ChangeRecord,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let Some(state) = self.store.image_state_in(tx, &change.image).await? else {
+            return Ok(false);
+        };
+        let Some(base_digest) = state.base_digest.clone() else {
+            return Ok(false);
+        };
+        let Some(rollout) = self.store.running_rollout_in(tx).await? else {
+            return Ok(false);
+        };
+        let entry = self
+            .store
+            .rollout_entries_for_image_in(tx, &change.image, 1)
+            .await?
+            .into_iter()
+            .find(|r| {
+                r.rollout_id == rollout
+                    && matches!(r.state, ImageState::Queued | ImageState::Building)
+            });
+        let Some(ri) = entry else {
+            return Ok(false);
+        };
+        let Some(job) = ri.job_id else {
+            return Ok(false);
+        };
+        let Some(job) = self.store.job_in(tx, job).await? else {
+            return Ok(false);
+        };
+        let Ok(JobPayload::Rebuild(p)) = JobPayload::decode(&job.kind, &job.payload) else {
+            return Ok(false);
+        };
+        let built_on_trigger = p.parents.iter().any(|pd| {
+            state.base_name.as_ref().is_none_or(|n| *n == pd.name)
+                && pd.digest.as_deref() == Some(base_digest.as_str())
+        });
+        if !built_on_trigger {
+            return Ok(false);
+        }
+        let outcome = machine::Outcome::Built {
+            digest: Some(change.new_digest.clone()),
+        };
+        self.apply_outcome(tx, ri, &outcome, Some(&job), now)
+            .await?;
+        Ok(true)
+    }
+
+    /// Whether a new digest of a managed image is lineaged's own doing: a
+    /// build CI reported (callback), one it recorded, or one it is waiting
+    /// for (queued or building: CI may push before it calls back).
+    async fn is_own_build(&self, tx: &mut Tx, change: &ChangeRecord) -> Result<bool, StoreError> {
+        if change.source == crate::store::DigestSource::Callback.as_str() {
+            return Ok(true);
+        }
+        Ok(self
+            .store
+            .rollout_entries_for_image_in(tx, &change.image, 3)
+            .await?
+            .iter()
+            .any(|ri| {
+                ri.built_digest.as_deref() == Some(change.new_digest.as_str())
+                    || matches!(ri.state, ImageState::Queued | ImageState::Building)
+            }))
+    }
+}

@@ -1,0 +1,569 @@
+//! Moving images through the pipeline: the machine's actions applied,
+//! deliveries and results of rebuild and deploy jobs, deadlines, cancel.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::jobs::{DeployPayload, JobKind, JobPayload, ParentDigest, RebuildPayload, new_token};
+use super::machine::{self, Action, Outcome};
+use super::{CancelOutcome, Engine, ImageState, JobResult, MAX_BUILD_ATTEMPTS, RolloutState};
+use crate::store::{
+    Failure, JobRecord, JobState, Millis, NewJob, RolloutImage, StoreError, Tx, now_millis,
+};
+
+const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(7200);
+
+/// What a delivery attempt came to, as the dispatcher saw it.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// The receiver's HTTP status (2xx).
+    pub status: u16,
+    pub duration_ms: u64,
+    /// The receiver's answer means done (a deploy backend with `ack: sync`).
+    pub done: bool,
+}
+
+impl Engine {
+    /// Asks the machine what the rollout's rows allow and applies it:
+    /// blocks, triggers (rebuild jobs), deploys (deploy jobs), images done,
+    /// the rollout finished. Jobs are enqueued in the caller's transaction.
+    pub(super) async fn advance(
+        &self,
+        tx: &mut Tx,
+        rollout: i64,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let rows = self.store.rollout_images_in(tx, rollout).await?;
+        let actions = machine::step(&rows, &self.nodes);
+        if actions.is_empty() {
+            return Ok(());
+        }
+        let mut rows: HashMap<String, RolloutImage> =
+            rows.into_iter().map(|r| (r.image.clone(), r)).collect();
+        let mut changed: Vec<String> = Vec::new();
+        // (image, kind, job), enqueued together after the walk.
+        let mut to_enqueue: Vec<(String, JobKind, NewJob)> = Vec::new();
+        let mut digests: HashMap<String, Option<String>> = HashMap::new();
+        for action in actions {
+            match action {
+                Action::Block { image, reason } | Action::Cancel { image, reason } => {
+                    let Some(r) = rows.get_mut(&image) else {
+                        continue;
+                    };
+                    let (state, kind) = if self.nodes.contains_key(&image) {
+                        (ImageState::Blocked, "image_blocked")
+                    } else {
+                        (ImageState::Cancelled, "image_cancelled")
+                    };
+                    r.state = state;
+                    r.reason = Some(reason.clone());
+                    r.updated_at = now;
+                    changed.push(image.clone());
+                    self.event(
+                        tx,
+                        kind,
+                        (Some(&image), Some(rollout), None),
+                        json!({ "reason": reason }),
+                        now,
+                    )
+                    .await?;
+                }
+                Action::Trigger { image } => {
+                    let Some(r) = rows.get_mut(&image) else {
+                        continue;
+                    };
+                    if let Some(job) = self.rebuild_job(tx, r, &mut digests, now).await? {
+                        to_enqueue.push((image.clone(), JobKind::Rebuild, job));
+                        changed.push(image);
+                    }
+                }
+                Action::Deploy { image } => {
+                    let Some(r) = rows.get_mut(&image) else {
+                        continue;
+                    };
+                    if let Some(job) = self.deploy_job(r, now) {
+                        to_enqueue.push((image.clone(), JobKind::Deploy, job));
+                        changed.push(image);
+                    }
+                }
+                Action::DeployFailed { image, reason } => {
+                    let Some(r) = rows.get_mut(&image) else {
+                        continue;
+                    };
+                    r.state = ImageState::DeployFailed;
+                    r.reason = Some(reason.clone());
+                    r.updated_at = now;
+                    changed.push(image.clone());
+                    self.event(
+                        tx,
+                        "deploy_failed",
+                        (Some(&image), Some(rollout), None),
+                        json!({ "reason": reason }),
+                        now,
+                    )
+                    .await?;
+                }
+                Action::Done { image } => {
+                    let Some(r) = rows.get_mut(&image) else {
+                        continue;
+                    };
+                    r.state = ImageState::Done;
+                    r.updated_at = now;
+                    changed.push(image.clone());
+                    self.event(
+                        tx,
+                        "image_done",
+                        (Some(&image), Some(rollout), None),
+                        json!({ "digest": r.built_digest }),
+                        now,
+                    )
+                    .await?;
+                }
+                Action::Finish {
+                    state,
+                    images,
+                    done,
+                } => {
+                    if let Some(at) = self
+                        .store
+                        .finish_rollout_in(tx, rollout, state, now)
+                        .await?
+                    {
+                        // Counted before the commit: a rollback (rare) over-counts one.
+                        crate::metrics::metrics()
+                            .rollout_finished(state.as_str(), (now - at) as f64 / 1000.0);
+                    }
+                    self.event(
+                        tx,
+                        "rollout_finished",
+                        (None, Some(rollout), None),
+                        json!({ "state": state, "images": images, "succeeded": done }),
+                        now,
+                    )
+                    .await?;
+                }
+            }
+        }
+        let jobs: Vec<NewJob> = to_enqueue.iter().map(|(_, _, j)| j.clone()).collect();
+        let enqueued = self.store.enqueue_many_in(tx, &jobs, now).await?;
+        for ((image, kind, _), e) in to_enqueue.iter().zip(&enqueued) {
+            if let Some(r) = rows.get_mut(image) {
+                match kind {
+                    JobKind::Rebuild => r.job_id = Some(e.id),
+                    JobKind::Deploy => r.deploy_job_id = Some(e.id),
+                }
+            }
+        }
+        let batch: Vec<RolloutImage> = changed
+            .iter()
+            .filter_map(|n| rows.get(n).cloned())
+            .collect();
+        self.store.save_rollout_images_in(tx, &batch).await
+    }
+
+    /// The rebuild job of `r` (enqueued by the caller, coalescing per
+    /// image); marks `r` queued. Parent digests are read once per walk.
+    async fn rebuild_job(
+        &self,
+        tx: &mut Tx,
+        r: &mut RolloutImage,
+        digests: &mut HashMap<String, Option<String>>,
+        now: Millis,
+    ) -> Result<Option<NewJob>, StoreError> {
+        let Some(img) = self.image(&r.image) else {
+            return Ok(None);
+        };
+        let Some(build) = &img.build else {
+            return Ok(None);
+        };
+        let mut parents = Vec::with_capacity(img.parents.len());
+        for p in &img.parents {
+            let name = p.to_string();
+            let digest = match digests.get(&name) {
+                Some(d) => d.clone(),
+                None => {
+                    let d = self
+                        .store
+                        .image_state_in(tx, &name)
+                        .await?
+                        .and_then(|s| s.current_digest);
+                    digests.insert(name.clone(), d.clone());
+                    d
+                }
+            };
+            parents.push(ParentDigest { name, digest });
+        }
+        let token = new_token();
+        let payload = RebuildPayload {
+            image: r.image.clone(),
+            parents,
+            rollout_id: r.rollout_id,
+            backend: build.backend.clone(),
+            build: build.clone(),
+            callback_token: token.clone(),
+        };
+        let mut job = NewJob::new(JobKind::Rebuild.as_str(), now);
+        job.unique_key = Some(JobKind::Rebuild.unique_key(&r.image));
+        job.image = Some(r.image.clone());
+        job.rollout_id = Some(r.rollout_id);
+        job.reasons = vec![format!("rollout {}", r.rollout_id)];
+        job.payload = JobPayload::Rebuild(payload).to_value();
+        r.state = ImageState::Queued;
+        r.build_attempts += 1;
+        r.callback_token = Some(token);
+        r.reason = None;
+        r.updated_at = now;
+        Ok(Some(job))
+    }
+
+    /// The deploy job of `r`'s built digest; marks `r` deploying until the
+    /// deploy's deadline.
+    fn deploy_job(&self, r: &mut RolloutImage, now: Millis) -> Option<NewJob> {
+        let deploy = self.image(&r.image)?.deploy.as_ref()?;
+        let digest = r.built_digest.clone()?;
+        let token = new_token();
+        let payload = DeployPayload::new(&r.image, &digest, r.rollout_id, deploy, token);
+        let mut job = NewJob::new(JobKind::Deploy.as_str(), now);
+        job.unique_key = Some(JobKind::Deploy.unique_key(&r.image));
+        job.image = Some(r.image.clone());
+        job.rollout_id = Some(r.rollout_id);
+        job.reasons = vec![format!("rollout {}: deploy {digest}", r.rollout_id)];
+        job.payload = JobPayload::Deploy(payload).to_value();
+        r.state = ImageState::Deploying;
+        r.build_deadline = Some(now + deploy.timeout.as_millis() as i64);
+        r.updated_at = now;
+        Some(job)
+    }
+
+    /// Applies a result to an image's row (a no-op when the row is past
+    /// that stage), records what a good build was built on, and advances.
+    pub(super) async fn apply_outcome(
+        &self,
+        tx: &mut Tx,
+        mut ri: RolloutImage,
+        outcome: &Outcome,
+        job: Option<&JobRecord>,
+        now: Millis,
+    ) -> Result<ImageState, StoreError> {
+        if !machine::apply(&mut ri, outcome) {
+            return Ok(ri.state);
+        }
+        if let (Outcome::Built { .. }, Some(job)) = (outcome, job)
+            && let Ok(JobPayload::Rebuild(p)) = JobPayload::decode(&job.kind, &job.payload)
+        {
+            self.store
+                .record_build_bases_in(tx, &ri.image, &p.parents, now)
+                .await?;
+        }
+        ri.updated_at = now;
+        self.store.save_rollout_image_in(tx, &ri).await?;
+        let data = match outcome {
+            Outcome::Built { digest } => {
+                json!({ "digest": digest, "rerun": ri.state == ImageState::Waiting })
+            }
+            Outcome::Deployed => json!({ "digest": ri.built_digest }),
+            Outcome::BuildFailed { reason } | Outcome::DeployFailed { reason } => {
+                json!({ "reason": reason })
+            }
+        };
+        self.event(
+            tx,
+            outcome.event_kind(),
+            (Some(&ri.image), Some(ri.rollout_id), job.map(|j| j.id)),
+            data,
+            now,
+        )
+        .await?;
+        self.advance(tx, ri.rollout_id, now).await?;
+        // The state after the step (built may have moved on to done).
+        Ok(self
+            .store
+            .rollout_image_in(tx, ri.rollout_id, &ri.image)
+            .await?
+            .map_or(ri.state, |r| r.state))
+    }
+
+    /// The dispatcher delivered a job (2xx): in one transaction the job is
+    /// completed (fenced by `worker`'s lease), `job_dispatched` recorded,
+    /// and the image moves on: building until its result or deadline, or,
+    /// for a deploy acknowledged synchronously, done.
+    pub async fn on_delivered(
+        &self,
+        job: &JobRecord,
+        worker: &str,
+        d: &Delivered,
+    ) -> Result<(), StoreError> {
+        let _g = self.lock.lock().await;
+        let now = now_millis();
+        let mut tx = self.store.begin_engine().await?;
+        let result = json!({ "delivered": true, "status": d.status, "duration_ms": d.duration_ms });
+        self.store
+            .complete_in(&mut tx, job.id, worker, Some(&result), now)
+            .await?;
+        self.event(
+            &mut tx,
+            "job_dispatched", (job.image.as_deref(), job.rollout_id, Some(job.id)),
+            json!({ "kind": job.kind, "attempt": job.attempt, "status": d.status, "duration_ms": d.duration_ms }),
+            now)
+        .await?;
+        let ri = self.store.rollout_image_for_job_in(&mut tx, job.id).await?;
+        match (JobKind::parse(&job.kind), ri) {
+            (Some(JobKind::Rebuild), Some(mut ri))
+                if ri.state == ImageState::Queued && ri.job_id == Some(job.id) =>
+            {
+                let timeout = self
+                    .image(&ri.image)
+                    .and_then(|i| i.build.as_ref())
+                    .map_or(DEFAULT_BUILD_TIMEOUT, |b| b.build_timeout);
+                ri.state = ImageState::Building;
+                ri.build_deadline = Some(now + timeout.as_millis() as i64);
+                ri.updated_at = now;
+                self.store.save_rollout_image_in(&mut tx, &ri).await?;
+                self.event(
+                    &mut tx,
+                    "job_accepted",
+                    (Some(&ri.image), Some(ri.rollout_id), Some(job.id)),
+                    json!({}),
+                    now,
+                )
+                .await?;
+            }
+            (Some(JobKind::Deploy), Some(ri))
+                if ri.state == ImageState::Deploying && ri.deploy_job_id == Some(job.id) =>
+            {
+                if d.done {
+                    self.apply_outcome(&mut tx, ri, &Outcome::Deployed, Some(job), now)
+                        .await?;
+                } else {
+                    self.event(
+                        &mut tx,
+                        "deploy_accepted",
+                        (Some(&ri.image), Some(ri.rollout_id), Some(job.id)),
+                        json!({}),
+                        now,
+                    )
+                    .await?;
+                }
+            }
+            _ => {}
+        }
+        tx.commit().await?;
+        self.store.wake_local();
+        Ok(())
+    }
+
+    /// A delivery attempt failed: the job is retried later or, when the
+    /// failure is for good (4xx, attempts used up), the image's build or
+    /// deploy fails, in the same transaction. Returns the job's state.
+    pub async fn on_delivery_failed(
+        &self,
+        job: &JobRecord,
+        worker: &str,
+        failure: &Failure,
+    ) -> Result<JobState, StoreError> {
+        let _g = self.lock.lock().await;
+        let now = now_millis();
+        let mut tx = self.store.begin_engine().await?;
+        let state = self
+            .store
+            .fail_in(&mut tx, job.id, worker, failure, now)
+            .await?;
+        if matches!(state, JobState::Failed | JobState::Dead) {
+            let error = match failure {
+                Failure::Permanent { error } | Failure::Retry { error, .. } => error.clone(),
+            };
+            let ri = self.store.rollout_image_for_job_in(&mut tx, job.id).await?;
+            let outcome = match JobKind::parse(&job.kind) {
+                Some(JobKind::Rebuild) => Outcome::BuildFailed {
+                    reason: format!("trigger failed: {error}"),
+                },
+                _ => Outcome::DeployFailed {
+                    reason: format!("deploy failed: {error}"),
+                },
+            };
+            if let Some(ri) = ri.filter(|r| is_current_job(r, job)) {
+                self.apply_outcome(&mut tx, ri, &outcome, Some(job), now)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        self.store.wake_local();
+        Ok(state)
+    }
+
+    /// A result reported for a job (CI callback, deploy callback). Returns
+    /// the image's state afterwards; None when the job is not part of a
+    /// rollout. A repeated or late report changes nothing.
+    pub async fn finish_job(
+        &self,
+        job_id: i64,
+        result: JobResult,
+    ) -> Result<Option<ImageState>, StoreError> {
+        let _g = self.lock.lock().await;
+        let now = now_millis();
+        let mut tx = self.store.begin_engine().await?;
+        let Some(job) = self.store.job_in(&mut tx, job_id).await? else {
+            return Ok(None);
+        };
+        let Some(ri) = self.store.rollout_image_for_job_in(&mut tx, job_id).await? else {
+            return Ok(None);
+        };
+        if !is_current_job(&ri, &job) {
+            return Ok(Some(ri.state));
+        }
+        let outcome = match (JobKind::parse(&job.kind), result) {
+            (Some(JobKind::Deploy), JobResult::Succeeded { .. }) => Outcome::Deployed,
+            (Some(JobKind::Deploy), JobResult::Failed { reason }) => {
+                Outcome::DeployFailed { reason }
+            }
+            (_, JobResult::Succeeded { digest }) => Outcome::Built { digest },
+            (_, JobResult::Failed { reason }) => Outcome::BuildFailed { reason },
+        };
+        let state = self
+            .apply_outcome(&mut tx, ri, &outcome, Some(&job), now)
+            .await?;
+        tx.commit().await?;
+        self.store.wake_local();
+        Ok(Some(state))
+    }
+
+    /// Builds and deploys past their deadline: a build is triggered again
+    /// (a new job: CI sees a new webhook-id, it is a new build) up to
+    /// `MAX_BUILD_ATTEMPTS`, then fails; a deploy fails.
+    pub async fn expire_builds(&self) -> Result<usize, StoreError> {
+        let overdue = self.store.overdue_builds(now_millis()).await?;
+        let mut n = 0;
+        for candidate in overdue {
+            let _g = self.lock.lock().await;
+            let now = now_millis();
+            let mut tx = self.store.begin_engine().await?;
+            // Re-read under the lock: a result or another replica may have
+            // moved it meanwhile.
+            let Some(job_id) = candidate.deploy_job_id.or(candidate.job_id) else {
+                continue;
+            };
+            let Some(ri) = self.store.rollout_image_for_job_in(&mut tx, job_id).await? else {
+                continue;
+            };
+            if !(ri.build_deadline.is_some_and(|d| d < now)
+                && matches!(ri.state, ImageState::Building | ImageState::Deploying))
+            {
+                continue;
+            }
+            let job = self.store.job_in(&mut tx, job_id).await?;
+            if ri.state == ImageState::Deploying {
+                let outcome = Outcome::DeployFailed {
+                    reason: "no deploy result before the deploy timeout".into(),
+                };
+                self.apply_outcome(&mut tx, ri, &outcome, job.as_ref(), now)
+                    .await?;
+            } else if ri.build_attempts < MAX_BUILD_ATTEMPTS {
+                let mut r = ri.clone();
+                r.state = ImageState::Waiting;
+                r.job_id = None;
+                r.build_deadline = None;
+                r.reason = Some(format!(
+                    "no result before build_timeout (build {} of {MAX_BUILD_ATTEMPTS}); retrying",
+                    ri.build_attempts
+                ));
+                r.updated_at = now;
+                self.store.save_rollout_image_in(&mut tx, &r).await?;
+                self.event(
+                    &mut tx,
+                    "job_failed",
+                    (Some(&r.image), Some(r.rollout_id), ri.job_id),
+                    json!({ "reason": r.reason, "retry": true }),
+                    now,
+                )
+                .await?;
+                self.advance(&mut tx, r.rollout_id, now).await?;
+            } else {
+                let outcome = Outcome::BuildFailed {
+                    reason: format!("no result before build_timeout ({MAX_BUILD_ATTEMPTS} builds)"),
+                };
+                self.apply_outcome(&mut tx, ri, &outcome, job.as_ref(), now)
+                    .await?;
+            }
+            tx.commit().await?;
+            self.store.wake_local();
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Operator request: stop a running rollout. Images not yet finished
+    /// become cancelled and their pending jobs are withdrawn; a build CI
+    /// already started runs on, and its late result changes nothing.
+    pub async fn cancel_rollout(&self, id: i64, by: &str) -> Result<CancelOutcome, StoreError> {
+        let _g = self.lock.lock().await;
+        let now = now_millis();
+        let mut tx = self.store.begin_engine().await?;
+        let Some(r) = self.store.lock_rollout_in(&mut tx, id).await? else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        if r.state != RolloutState::Running {
+            return Ok(CancelOutcome::Finished(r.state));
+        }
+        let mut images = 0;
+        let mut jobs = 0;
+        for mut ri in self.store.rollout_images_in(&mut tx, id).await? {
+            if ri.is_finished() {
+                continue;
+            }
+            let pending = match ri.state {
+                ImageState::Queued => ri.job_id,
+                ImageState::Deploying => ri.deploy_job_id,
+                _ => None,
+            };
+            if let Some(job) = pending
+                && self.store.cancel_job_in(&mut tx, job, now).await?
+            {
+                jobs += 1;
+            }
+            ri.state = ImageState::Cancelled;
+            ri.reason = Some(format!("rollout cancelled by {by}"));
+            ri.rerun = false;
+            ri.build_deadline = None;
+            ri.updated_at = now;
+            self.store.save_rollout_image_in(&mut tx, &ri).await?;
+            images += 1;
+        }
+        let started = self
+            .store
+            .finish_rollout_in(&mut tx, id, RolloutState::Cancelled, now)
+            .await?;
+        self.event(
+            &mut tx,
+            "rollout_cancelled",
+            (None, Some(id), None),
+            json!({ "by": by, "images": images, "jobs": jobs }),
+            now,
+        )
+        .await?;
+        self.event(
+            &mut tx,
+            "rollout_finished",
+            (None, Some(id), None),
+            json!({ "state": "cancelled", "by": by }),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        if let Some(at) = started {
+            crate::metrics::metrics().rollout_finished("cancelled", (now - at) as f64 / 1000.0);
+        }
+        tracing::info!(rollout = id, by, images, jobs, "rollout cancelled");
+        Ok(CancelOutcome::Cancelled { images, jobs })
+    }
+}
+
+/// The job is the one the row is waiting on for its kind (not an older
+/// build's late report).
+fn is_current_job(ri: &RolloutImage, job: &JobRecord) -> bool {
+    match JobKind::parse(&job.kind) {
+        Some(JobKind::Deploy) => ri.deploy_job_id == Some(job.id),
+        _ => ri.job_id == Some(job.id),
+    }
+}

@@ -27,6 +27,22 @@ pub fn serve(arg: &ConfigArg) -> ExitCode {
     rt.block_on(run(arg.config.clone(), cfg))
 }
 
+/// `RunOptions` with the tuning knobs operators may set in the environment:
+/// `LINEAGED_RECONCILE_INTERVAL` (how often reconcile and the build
+/// deadline check run; default 30s).
+fn run_options() -> RunOptions {
+    let mut opts = RunOptions::default();
+    if let Ok(v) = std::env::var("LINEAGED_RECONCILE_INTERVAL") {
+        match config::parse_duration(v.trim()) {
+            Ok(d) if !d.is_zero() => opts.reconcile_interval = d,
+            _ => {
+                tracing::warn!(value = %v, "LINEAGED_RECONCILE_INTERVAL is not a duration like 30s; using the default")
+            }
+        }
+    }
+    opts
+}
+
 async fn run(path: std::path::PathBuf, mut cfg: Arc<Config>) -> ExitCode {
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(signals(tx));
@@ -39,14 +55,7 @@ async fn run(path: std::path::PathBuf, mut cfg: Arc<Config>) -> ExitCode {
             }
         };
         let generation = CancellationToken::new();
-        let daemon = match start(
-            cfg.clone(),
-            listener,
-            generation.clone(),
-            RunOptions::default(),
-        )
-        .await
-        {
+        let daemon = match start(cfg.clone(), listener, generation.clone(), run_options()).await {
             Ok(d) => d,
             Err(e) => {
                 eprintln!("error: {}", super::store_cmd::error_chain(&e));

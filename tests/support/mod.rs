@@ -1,6 +1,7 @@
 //! Test support: a fresh database per test, on either backend.
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod registry;
 
 use lineaged::store::{OpenOptions, Store};

@@ -1,0 +1,513 @@
+//! `lineaged serve` as separate processes (killed with SIGKILL, stopped
+//! with SIGTERM, several replicas on one database), a lineage in the real
+//! registry, and a CI peer that verifies Standard Webhooks signatures,
+//! "builds" by pushing the rebuilt image with OCI base annotations, and
+//! calls back like `curl --retry`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lineaged::dispatch::webhook;
+use lineaged::registry::manifest::{BASE_DIGEST, BASE_NAME};
+use lineaged::store::{OpenOptions, Store, now_millis};
+use serde_json::Value;
+
+use super::registry::TestRegistry;
+
+pub const SECRET: &str = "fleet-ci-secret";
+
+/// One trigger as the CI received it.
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    pub kind: String,
+    pub image: String,
+    pub webhook_id: String,
+    /// (parent, digest) the trigger carried; for a deploy, ("", digest).
+    pub parents: Vec<(String, String)>,
+}
+
+/// The CI (and deploy receiver) peer.
+pub struct Ci {
+    pub triggers: Mutex<Vec<Trigger>>,
+    /// Webhook ids already acted on: a redelivery is acknowledged and
+    /// ignored, as the Standard Webhooks spec asks of consumers.
+    seen: Mutex<HashSet<String>>,
+    /// Push the rebuilt image but never call back.
+    pub silent: AtomicBool,
+    pub build_time: Mutex<Duration>,
+    reg: Arc<TestRegistry>,
+}
+
+impl Ci {
+    /// Distinct webhook ids per image for a job kind.
+    pub fn ids(&self, kind: &str) -> HashMap<String, HashSet<String>> {
+        let mut out: HashMap<String, HashSet<String>> = HashMap::new();
+        for t in self
+            .triggers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| t.kind == kind)
+        {
+            out.entry(t.image.clone())
+                .or_default()
+                .insert(t.webhook_id.clone());
+        }
+        out
+    }
+
+    pub fn count(&self) -> usize {
+        self.triggers.lock().unwrap().len()
+    }
+
+    /// Distinct rebuild triggers so far.
+    pub fn distinct(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Starts the peer on a free port; returns it and its base URL.
+    pub async fn start(reg: Arc<TestRegistry>) -> (Arc<Ci>, String) {
+        use axum::http::{HeaderMap, StatusCode};
+        let ci = Arc::new(Ci {
+            triggers: Mutex::default(),
+            seen: Mutex::default(),
+            silent: AtomicBool::new(false),
+            build_time: Mutex::new(Duration::from_millis(200)),
+            reg,
+        });
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let handler = {
+            let ci = ci.clone();
+            move |headers: HeaderMap, body: axum::body::Bytes| {
+                let ci = ci.clone();
+                async move {
+                    let h = |k: &str| headers[k].to_str().unwrap().to_string();
+                    let id = h("webhook-id");
+                    let ts: i64 = h("webhook-timestamp").parse().unwrap();
+                    assert!(
+                        webhook::verify(SECRET.as_bytes(), &id, ts, &body, &h("webhook-signature")),
+                        "bad webhook signature"
+                    );
+                    let v: Value = serde_json::from_slice(&body).unwrap();
+                    ci.received(id, v);
+                    StatusCode::ACCEPTED
+                }
+            }
+        };
+        let app = axum::Router::new()
+            .route("/build", axum::routing::post(handler.clone()))
+            .route("/deploy", axum::routing::post(handler));
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        (ci, format!("http://{addr}"))
+    }
+
+    fn received(self: &Arc<Self>, id: String, v: Value) {
+        let kind = v["kind"].as_str().unwrap_or("rebuild").to_string();
+        let image = v["image"].as_str().unwrap().to_string();
+        let parents: Vec<(String, String)> = if kind == "deploy" {
+            vec![(String::new(), v["digest"].as_str().unwrap().to_string())]
+        } else {
+            v["parents"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    (
+                        p["name"].as_str().unwrap().to_string(),
+                        p["digest"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        };
+        self.triggers.lock().unwrap().push(Trigger {
+            kind: kind.clone(),
+            image: image.clone(),
+            webhook_id: id.clone(),
+            parents: parents.clone(),
+        });
+        if !self.seen.lock().unwrap().insert(id) {
+            return; // a redelivery: already acting on it
+        }
+        let callback = v["callback_url"].as_str().unwrap().to_string();
+        let ci = self.clone();
+        tokio::spawn(async move {
+            let wait = *ci.build_time.lock().unwrap();
+            tokio::time::sleep(wait).await;
+            let body = if kind == "deploy" {
+                serde_json::json!({ "status": "succeeded" })
+            } else {
+                let (repo, tag) = image.split_once('/').unwrap().1.rsplit_once(':').unwrap();
+                let mut ann = BTreeMap::new();
+                ann.insert(BASE_NAME.to_string(), parents[0].0.clone());
+                ann.insert(BASE_DIGEST.to_string(), parents[0].1.clone());
+                let (digest, _) = ci
+                    .reg
+                    .push_image(
+                        repo,
+                        tag,
+                        &format!("{image} {} {}", now_millis(), rand::random::<u64>()),
+                        ("linux", "amd64"),
+                        ann,
+                        BTreeMap::new(),
+                    )
+                    .await;
+                serde_json::json!({ "status": "succeeded", "digest": digest })
+            };
+            if ci.silent.load(Ordering::Relaxed) {
+                return;
+            }
+            let http = reqwest::Client::new();
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while Instant::now() < deadline {
+                let r = http.post(&callback).json(&body).send().await;
+                match r {
+                    Ok(r) if r.status().is_success() || r.status().as_u16() == 404 => return,
+                    _ => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            }
+        });
+    }
+}
+
+/// One `lineaged serve` process.
+pub struct Serve {
+    pub child: Child,
+}
+
+impl Drop for Serve {
+    // A failing test must not leave a daemon running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Serve {
+    pub fn start(cfg: &std::path::Path, node: &str) -> Serve {
+        let child = Command::new(env!("CARGO_BIN_EXE_lineaged"))
+            .args(["serve", "-c"])
+            .arg(cfg)
+            .env("LINEAGED_NODE_ID", node)
+            .env("T_CI_SECRET", SECRET)
+            .env("LINEAGED_LOG", "warn")
+            .env("LINEAGED_RECONCILE_INTERVAL", "1s")
+            .stdout(Stdio::null())
+            .stderr(match std::env::var_os("LINEAGED_TEST_DAEMON_LOG") {
+                Some(_) => Stdio::inherit(),
+                None => Stdio::null(),
+            })
+            .spawn()
+            .unwrap();
+        Serve { child }
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "clean shutdown: {status:?}");
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A lineage: external bases and managed images (name → parents), all
+/// under the test registry.
+pub struct Lineage {
+    pub bases: Vec<String>,
+    /// (repo, parents' repos), in an order where parents come first.
+    pub managed: Vec<(String, Vec<String>)>,
+}
+
+impl Lineage {
+    /// The issue's lineage: bases A and B; P on A, T on B, X on P and T, W
+    /// on P, E on X and W (diamonds).
+    pub fn issue() -> Lineage {
+        let m = |n: &str, ps: &[&str]| (n.to_string(), ps.iter().map(|p| p.to_string()).collect());
+        Lineage {
+            bases: vec!["base/a".into(), "base/b".into()],
+            managed: vec![
+                m("team/p", &["base/a"]),
+                m("team/t", &["base/b"]),
+                m("team/x", &["team/p", "team/t"]),
+                m("team/w", &["team/p"]),
+                m("team/e", &["team/x", "team/w"]),
+            ],
+        }
+    }
+
+    /// 22 images: bases A and B, 20 managed in five levels, with diamonds
+    /// and images of two and three parents.
+    pub fn storm() -> Lineage {
+        let parents: [&[usize]; 20] = [
+            &[100],
+            &[101],
+            &[100],
+            &[101],
+            &[100, 101],
+            &[0, 1],
+            &[1, 2],
+            &[2],
+            &[3, 4],
+            &[0, 4],
+            &[2, 3],
+            &[5, 6],
+            &[7, 8],
+            &[9],
+            &[10, 5],
+            &[6, 9],
+            &[8],
+            &[11, 12],
+            &[13, 14, 15],
+            &[17, 18, 16],
+        ];
+        let name = |i: usize| match i {
+            100 => "base/a".to_string(),
+            101 => "base/b".to_string(),
+            i => format!("team/i{i:02}"),
+        };
+        Lineage {
+            bases: vec!["base/a".into(), "base/b".into()],
+            managed: parents
+                .iter()
+                .enumerate()
+                .map(|(i, ps)| (name(i), ps.iter().map(|&p| name(p)).collect()))
+                .collect(),
+        }
+    }
+
+    /// Managed repos that descend from `base`.
+    pub fn affected(&self, base: &str) -> HashSet<String> {
+        let mut out: HashSet<String> = HashSet::new();
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for (n, ps) in &self.managed {
+                if !out.contains(n) && ps.iter().any(|p| p == base || out.contains(p)) {
+                    out.insert(n.clone());
+                    changed = true;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A registry with a lineage pushed to it, a CI peer and a config file.
+pub struct World {
+    pub reg: Arc<TestRegistry>,
+    pub ci: Arc<Ci>,
+    pub lineage: Lineage,
+    pub cfg: std::path::PathBuf,
+    pub db_url: String,
+    pub _dir: tempfile::TempDir,
+}
+
+impl World {
+    /// `db_url`: the database every replica shares. `deploy`: managed
+    /// images whose repo is listed get `deploy:` through the webhook.
+    pub async fn new(lineage: Lineage, db_url: &str, deploy: &[&str]) -> World {
+        let reg = Arc::new(TestRegistry::start(Default::default()).await);
+        let a = reg.addr.clone();
+        let mut digests: HashMap<String, String> = HashMap::new();
+        for b in &lineage.bases {
+            let (d, _) = reg
+                .push_image(
+                    b,
+                    "1",
+                    &format!("{b} v0"),
+                    ("linux", "amd64"),
+                    BTreeMap::new(),
+                    BTreeMap::new(),
+                )
+                .await;
+            digests.insert(b.clone(), d);
+        }
+        for (n, ps) in &lineage.managed {
+            let mut ann = BTreeMap::new();
+            ann.insert(BASE_NAME.to_string(), format!("{a}/{}:1", ps[0]));
+            ann.insert(BASE_DIGEST.to_string(), digests[&ps[0]].clone());
+            let (d, _) = reg
+                .push_image(
+                    n,
+                    "1",
+                    &format!("{n} v0"),
+                    ("linux", "amd64"),
+                    ann,
+                    BTreeMap::new(),
+                )
+                .await;
+            digests.insert(n.clone(), d);
+        }
+        let (ci, ci_url) = Ci::start(reg.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("lineaged.yaml");
+        let mut yaml = format!(
+            r#"database: {{ url: "{db_url}" }}
+listen: "127.0.0.1:{port}"
+defaults: {{ schedule: "* * * * * *" }}
+registries:
+  - host: "{a}"
+    insecure: true
+backends:
+  ci: {{ kind: webhook, url: "{ci_url}/build", secret_env: T_CI_SECRET }}
+  deployer: {{ kind: webhook, url: "{ci_url}/deploy", secret_env: T_CI_SECRET }}
+images:
+"#,
+            port = free_port()
+        );
+        for b in &lineage.bases {
+            yaml.push_str(&format!("  - name: \"{a}/{b}:1\"\n"));
+        }
+        for (n, ps) in &lineage.managed {
+            let from: Vec<String> = ps.iter().map(|p| format!("\"{a}/{p}:1\"")).collect();
+            yaml.push_str(&format!(
+                "  - name: \"{a}/{n}:1\"\n    from: [{}]\n    build: {{ backend: ci }}\n",
+                from.join(", ")
+            ));
+            if deploy.contains(&n.as_str()) {
+                yaml.push_str(
+                    "    deploy: { backend: deployer, app: app-of-it, environment: prod }\n",
+                );
+            }
+        }
+        std::fs::write(&cfg, yaml).unwrap();
+        World {
+            reg,
+            ci,
+            lineage,
+            cfg,
+            db_url: db_url.to_string(),
+            _dir: dir,
+        }
+    }
+
+    /// A config for a second replica: same database, another port.
+    pub fn replica_cfg(&self) -> std::path::PathBuf {
+        let text = std::fs::read_to_string(&self.cfg).unwrap();
+        let port = text
+            .lines()
+            .find(|l| l.starts_with("listen:"))
+            .unwrap()
+            .to_string();
+        let other = self.cfg.with_file_name("replica.yaml");
+        std::fs::write(
+            &other,
+            text.replace(&port, &format!("listen: \"127.0.0.1:{}\"", free_port())),
+        )
+        .unwrap();
+        other
+    }
+
+    pub fn full(&self, repo: &str) -> String {
+        format!("{}/{repo}:1", self.reg.addr)
+    }
+
+    /// Pushes a new version of a base; returns its digest.
+    pub async fn push_base(&self, base: &str) -> String {
+        self.reg
+            .push_image(
+                base,
+                "1",
+                &format!("{base} {} {}", now_millis(), rand::random::<u64>()),
+                ("linux", "amd64"),
+                BTreeMap::new(),
+                BTreeMap::new(),
+            )
+            .await
+            .0
+    }
+
+    /// The store, once the daemon observed every image.
+    pub async fn store_when_observed(&self) -> Store {
+        let names: Vec<String> = self
+            .lineage
+            .bases
+            .iter()
+            .chain(self.lineage.managed.iter().map(|(n, _)| n))
+            .map(|r| self.full(r))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let opts = OpenOptions {
+                max_connections: 2,
+                connect_deadline: Duration::from_secs(2),
+            };
+            if let Ok(s) = Store::connect(&self.db_url, &opts).await {
+                let mut all = true;
+                for n in &names {
+                    all &= s
+                        .image_state(n)
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some_and(|st| st.current_digest.is_some());
+                }
+                if all {
+                    return s;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon never observed every image"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Waits until `n` rollouts exist and none runs; returns their states.
+pub async fn rollouts_finished(store: &Store, n: usize, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = store.rollouts(100).await.unwrap();
+        if r.len() >= n && r.iter().all(|r| r.state != "running") {
+            return r.iter().map(|r| r.state.to_string()).collect();
+        }
+        if Instant::now() > deadline {
+            let mut detail = String::new();
+            for x in r.iter().take(3) {
+                detail.push_str(&format!(
+                    "\n{x:?}\n  {:?}",
+                    store
+                        .rollout_images(x.id)
+                        .await
+                        .unwrap()
+                        .iter()
+                        .map(|i| (i.image.clone(), i.state.to_string(), i.reason.clone()))
+                        .collect::<Vec<_>>()
+                ));
+            }
+            panic!("{n} finished rollouts not reached: {detail}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn until<F, Fut>(what: &str, within: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

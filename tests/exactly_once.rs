@@ -297,16 +297,18 @@ async fn builds_pushed_while_the_daemon_was_dead_complete_from_the_registry() {
 /// SIGKILL storms: a 22-image lineage with diamonds, a base push per storm,
 /// five kills at spread-out points of each rollout, restarted at once.
 /// After every storm: one rollout per push, every affected image triggered
-/// with exactly one new webhook-id, built on its parents' newest digests.
+/// with exactly one new webhook-id, built on its parents' newest digests,
+/// and the images with `deploy:` deployed once each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_storms_lose_and_double_nothing() {
     let storms: usize = std::env::var("LINEAGED_STORMS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(10);
     for backend in BACKENDS {
         let db = TestDb::new(backend).await;
-        let w = World::new(Lineage::storm(), db.url(), &[]).await;
+        let deployed = ["team/i05", "team/i12", "team/i17", "team/i19"];
+        let w = World::new(Lineage::storm(), db.url(), &deployed).await;
         let mut serve = Serve::start(&w.cfg, "storm-node");
         let store = w.store_when_observed().await;
         let mut expected: HashMap<String, usize> = HashMap::new();

@@ -194,7 +194,14 @@ pub fn render(report: &Value) -> String {
         &mut out,
         "Running rollouts",
         &[
-            "ID", "STARTED", "IMAGES", "DONE", "BUILDING", "WAITING", "FAILED",
+            "ID",
+            "STARTED",
+            "IMAGES",
+            "DONE",
+            "BUILDING",
+            "DEPLOYING",
+            "WAITING",
+            "FAILED",
         ],
         list("running_rollouts")
             .iter()

@@ -276,6 +276,17 @@ impl Engine {
             now,
         )
         .await?;
+        if ri.state == ImageState::Done {
+            let data = json!({ "digest": ri.built_digest });
+            self.event(
+                tx,
+                "image_done",
+                (Some(&ri.image), Some(ri.rollout_id), None),
+                data,
+                now,
+            )
+            .await?;
+        }
         self.advance(tx, ri.rollout_id, now).await?;
         // The state after the step (built may have moved on to done).
         Ok(self

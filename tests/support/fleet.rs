@@ -38,6 +38,8 @@ pub struct Ci {
     /// Push the rebuilt image but never call back.
     pub silent: AtomicBool,
     pub build_time: Mutex<Duration>,
+    /// Statuses the deploy receiver answers first (then 202).
+    pub deploy_answers: Mutex<std::collections::VecDeque<u16>>,
     reg: Arc<TestRegistry>,
 }
 
@@ -76,6 +78,7 @@ impl Ci {
             seen: Mutex::default(),
             silent: AtomicBool::new(false),
             build_time: Mutex::new(Duration::from_millis(200)),
+            deploy_answers: Mutex::default(),
             reg,
         });
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -93,6 +96,17 @@ impl Ci {
                         "bad webhook signature"
                     );
                     let v: Value = serde_json::from_slice(&body).unwrap();
+                    if v["kind"] == "deploy"
+                        && let Some(code) = ci.deploy_answers.lock().unwrap().pop_front()
+                    {
+                        ci.triggers.lock().unwrap().push(Trigger {
+                            kind: format!("deploy answered {code}"),
+                            image: v["image"].as_str().unwrap().to_string(),
+                            webhook_id: id,
+                            parents: Vec::new(),
+                        });
+                        return StatusCode::from_u16(code).unwrap();
+                    }
                     ci.received(id, v);
                     StatusCode::ACCEPTED
                 }
@@ -368,6 +382,7 @@ registries:
 backends:
   ci: {{ kind: webhook, url: "{ci_url}/build", secret_env: T_CI_SECRET }}
   deployer: {{ kind: webhook, url: "{ci_url}/deploy", secret_env: T_CI_SECRET }}
+api: {{ public_read: true }}
 images:
 "#,
             port = free_port()
@@ -413,6 +428,18 @@ images:
         )
         .unwrap();
         other
+    }
+
+    /// The daemon's API base URL (`http://127.0.0.1:port/api/v1`).
+    pub fn api(&self) -> String {
+        let text = std::fs::read_to_string(&self.cfg).unwrap();
+        let listen = text
+            .lines()
+            .find_map(|l| l.strip_prefix("listen: "))
+            .unwrap()
+            .trim_matches('"')
+            .to_string();
+        format!("http://{listen}/api/v1")
     }
 
     pub fn full(&self, repo: &str) -> String {

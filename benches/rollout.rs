@@ -1,7 +1,8 @@
 //! Rollout benchmarks against a local docker-registry and a local CI
 //! receiver: registry push of a base → first webhook latency (push events),
-//! and a fan-out of N managed images (default 10,000) on Postgres: webhooks
-//! per second, total time, peak memory of the process.
+//! and a fan-out of N managed images (default 10,000) with a deploy each, on
+//! SQLite and Postgres: triggers and deploys per second, time to the end of
+//! the rollout, peak memory of the process.
 //!
 //! cargo bench --bench rollout          (FANOUT=2000 for a quicker run)
 
@@ -26,6 +27,9 @@ struct Receiver {
     count: AtomicUsize,
     first: Mutex<Option<Instant>>,
     last: Mutex<Option<Instant>>,
+    deploys: AtomicUsize,
+    deploy_first: Mutex<Option<Instant>>,
+    deploy_last: Mutex<Option<Instant>>,
     /// parent digest → arrival
     by_parent: Mutex<Vec<(String, Instant)>>,
     callback: bool,
@@ -37,33 +41,48 @@ async fn receiver(r: Arc<Receiver>) -> String {
         .expect("bind");
     let addr = l.local_addr().expect("addr").to_string();
     let http = reqwest::Client::new();
-    let app = axum::Router::new().route(
-        "/build",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let (r, http) = (r.clone(), http.clone());
-            async move {
-                let now = Instant::now();
-                r.count.fetch_add(1, Ordering::Relaxed);
-                r.first.lock().expect("lock").get_or_insert(now);
-                *r.last.lock().expect("lock") = Some(now);
-                let v: Value = serde_json::from_slice(&body).unwrap_or_default();
-                if let Some(d) = v["parents"][0]["digest"].as_str() {
-                    r.by_parent.lock().expect("lock").push((d.to_string(), now));
+    let deploys = r.clone();
+    let app = axum::Router::new()
+        .route(
+            "/build",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let (r, http) = (r.clone(), http.clone());
+                async move {
+                    let now = Instant::now();
+                    r.count.fetch_add(1, Ordering::Relaxed);
+                    r.first.lock().expect("lock").get_or_insert(now);
+                    *r.last.lock().expect("lock") = Some(now);
+                    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    if let Some(d) = v["parents"][0]["digest"].as_str() {
+                        r.by_parent.lock().expect("lock").push((d.to_string(), now));
+                    }
+                    if r.callback {
+                        let url = v["callback_url"].as_str().unwrap_or_default().to_string();
+                        tokio::spawn(async move {
+                            let _ = http
+                                .post(url)
+                                .json(&serde_json::json!({"status": "succeeded"}))
+                                .send()
+                                .await;
+                        });
+                    }
+                    "ok"
                 }
-                if r.callback {
-                    let url = v["callback_url"].as_str().unwrap_or_default().to_string();
-                    tokio::spawn(async move {
-                        let _ = http
-                            .post(url)
-                            .json(&serde_json::json!({"status": "succeeded"}))
-                            .send()
-                            .await;
-                    });
+            }),
+        )
+        .route(
+            "/deploy",
+            axum::routing::post(move || {
+                let r = deploys.clone();
+                async move {
+                    let now = Instant::now();
+                    r.deploys.fetch_add(1, Ordering::Relaxed);
+                    r.deploy_first.lock().expect("lock").get_or_insert(now);
+                    *r.deploy_last.lock().expect("lock") = Some(now);
+                    "ok"
                 }
-                "ok"
-            }
-        }),
-    );
+            }),
+        );
     tokio::spawn(async move { axum::serve(l, app).await });
     addr
 }
@@ -165,60 +184,169 @@ fn main() {
         let _ = daemon.wait().await;
         drop(reg);
 
-        // 2. fan-out on Postgres.
-        let db_name = format!("lineaged_bench_fanout_{}", std::process::id());
-        {
-            use sqlx::Connection;
-            let mut c = sqlx::PgConnection::connect(&pg_admin).await.expect("postgres");
-            sqlx::query(&format!("CREATE DATABASE {db_name}")).execute(&mut c).await.expect("create db");
-        }
-        let pg_url = format!("{}/{db_name}", pg_admin.rsplit_once('/').expect("url").0);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let reg = TestRegistry::start(RegistryOptions {
-            basic_auth: None,
-            notify: Some((format!("http://127.0.0.1:{port}/api/v1/hooks/registry/distribution"), "t".into())),
-        })
-        .await;
-        reg.push_image("base/os", "1", "f0", ("linux", "amd64"), none(), none()).await;
-        let rec = Arc::new(Receiver::default());
-        let ci = receiver(rec.clone()).await;
-        let a = reg.addr.clone();
-        let mut yaml = format!(
-            "database: {{ url: \"{pg_url}\" }}\nreceivers: {{ distribution: {{ token_env: T }} }}\nregistries: [{{ host: \"{a}\", insecure: true }}]\nbackends: {{ ci: {{ kind: webhook, url: \"http://{ci}/build\", concurrency: 64 }} }}\ndefaults: {{ schedule: \"0 0 0 1 1 *\" }}\nimages:\n  - name: \"{a}/base/os:1\"\n"
-        );
-        for i in 0..fanout {
-            yaml.push_str(&format!("  - name: registry.example.com/apps/app{i}:1\n    from: [\"{a}/base/os:1\"]\n    build: {{ backend: ci }}\n"));
-        }
-        let cfg = Arc::new(load_str("fanout.yaml", &yaml, &|n| (n == "T").then(|| "t".to_string())).expect("config"));
-        let shutdown = CancellationToken::new();
-        let daemon = start(cfg, listener, shutdown.clone(), opts()).await.expect("daemon");
-        reg.push_image("base/os", "1", "f1", ("linux", "amd64"), none(), none()).await; // baseline
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        // From the start of the push: with fast planning the first webhook
-        // can arrive before the push command returns.
-        let t0 = Instant::now();
-        reg.push_image("base/os", "1", "f2", ("linux", "amd64"), none(), none()).await;
-        println!("  (the push itself took {:.2} s)", t0.elapsed().as_secs_f64());
-        while rec.count.load(Ordering::Relaxed) < fanout && t0.elapsed() < Duration::from_secs(600) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let n = rec.count.load(Ordering::Relaxed);
-        let first = rec.first.lock().expect("lock").map(|f| f.saturating_duration_since(t0));
-        let last = rec.last.lock().expect("lock").map(|l| l.saturating_duration_since(t0));
-        let (first, last) = (first.unwrap_or_default(), last.unwrap_or_default());
-        let rate = n as f64 / (last - first).as_secs_f64().max(1e-9);
-        println!(
-            "fan-out on Postgres: {n} of {fanout} webhooks; first after {:.2} s (planning), last after {:.2} s; {rate:.0} webhooks/s between first and last; peak RSS of the process {:.0} MiB",
-            first.as_secs_f64(),
-            last.as_secs_f64(),
-            peak_rss_mib()
-        );
-        shutdown.cancel();
-        let _ = daemon.wait().await;
-        use sqlx::Connection;
-        if let Ok(mut c) = sqlx::PgConnection::connect(&pg_admin).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).execute(&mut c).await;
+        // 2. fan-out with a deploy on every leaf, on both backends.
+        for backend in ["sqlite", "postgres"] {
+            fanout_run(backend, fanout, &pg_admin).await;
         }
     });
+}
+
+/// One base, `fanout` managed images built from it (tags of one repository
+/// in the local registry, so callbacks are checked against real digests),
+/// each with a deploy through a webhook backend with `ack: sync`. The
+/// receiver calls back at once without a digest (lineaged asks the
+/// registry). Measures triggers/s, deploys/s and the time to the rollout's
+/// end.
+async fn fanout_run(backend: &str, fanout: usize, pg_admin: &str) {
+    use sqlx::Connection;
+    let none = BTreeMap::new;
+    let db_dir = tempfile::tempdir().expect("tempdir");
+    let db_name = format!("lineaged_bench_fanout_{}", std::process::id());
+    let db_url = if backend == "postgres" {
+        let mut c = sqlx::PgConnection::connect(pg_admin)
+            .await
+            .expect("postgres");
+        sqlx::query(&format!("CREATE DATABASE {db_name}"))
+            .execute(&mut c)
+            .await
+            .expect("create db");
+        format!("{}/{db_name}", pg_admin.rsplit_once('/').expect("url").0)
+    } else {
+        format!("sqlite://{}/f.db", db_dir.path().display())
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let reg = TestRegistry::start(RegistryOptions {
+        basic_auth: None,
+        notify: Some((
+            format!("http://127.0.0.1:{port}/api/v1/hooks/registry/distribution"),
+            "t".into(),
+        )),
+    })
+    .await;
+    reg.push_image("base/os", "1", "f0", ("linux", "amd64"), none(), none())
+        .await;
+    // One leaf image, tagged `fanout` times.
+    reg.push_image("apps/app", "0", "leaf", ("linux", "amd64"), none(), none())
+        .await;
+    let http = reqwest::Client::new();
+    let body = http
+        .get(format!("http://{}/v2/apps/app/manifests/0", reg.addr))
+        .header("accept", support_registry::OCI_MANIFEST)
+        .send()
+        .await
+        .expect("manifest")
+        .bytes()
+        .await
+        .expect("body");
+    let t = Instant::now();
+    futures_util::future::join_all(
+        (0..fanout)
+            .collect::<Vec<_>>()
+            .chunks(fanout.div_ceil(16))
+            .map(|c| {
+                let (reg, body) = (&reg, &body);
+                async move {
+                    for i in c {
+                        reg.push_manifest(
+                            "apps/app",
+                            &format!("t{i}"),
+                            support_registry::OCI_MANIFEST,
+                            body,
+                        )
+                        .await;
+                    }
+                }
+            }),
+    )
+    .await;
+    eprintln!(
+        "  ({backend}: {fanout} tags pushed in {:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+    let rec = Arc::new(Receiver {
+        callback: true,
+        ..Receiver::default()
+    });
+    let ci = receiver(rec.clone()).await;
+    let a = reg.addr.clone();
+    let mut yaml = format!(
+        "database: {{ url: \"{db_url}\" }}\nreceivers: {{ distribution: {{ token_env: T }} }}\nregistries: [{{ host: \"{a}\", insecure: true, concurrency: 32 }}]\nbackends:\n  ci: {{ kind: webhook, url: \"http://{ci}/build\", concurrency: 64 }}\n  cd: {{ kind: webhook, url: \"http://{ci}/deploy\", concurrency: 64, ack: sync }}\ndefaults: {{ schedule: \"0 0 0 1 1 *\" }}\nimages:\n  - name: \"{a}/base/os:1\"\n"
+    );
+    for i in 0..fanout {
+        yaml.push_str(&format!(
+            "  - name: \"{a}/apps/app:t{i}\"\n    from: [\"{a}/base/os:1\"]\n    build: {{ backend: ci }}\n    deploy: {{ backend: cd, app: app{i} }}\n"
+        ));
+    }
+    let cfg = Arc::new(
+        load_str("fanout.yaml", &yaml, &|n| {
+            (n == "T").then(|| "t".to_string())
+        })
+        .expect("config"),
+    );
+    let shutdown = CancellationToken::new();
+    let daemon = start(cfg, listener, shutdown.clone(), opts())
+        .await
+        .expect("daemon");
+    if let Some(w) = &daemon.watch {
+        w.swept().await; // the start-up sweep checks every tag once
+    }
+    reg.push_image("base/os", "1", "f1", ("linux", "amd64"), none(), none())
+        .await; // baseline
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t0 = Instant::now();
+    reg.push_image("base/os", "1", "f2", ("linux", "amd64"), none(), none())
+        .await;
+    let finished = loop {
+        let r = daemon.store.rollouts(1).await.expect("rollouts");
+        if r.first().is_some_and(|r| r.state != "running") {
+            break r[0].state.to_string();
+        }
+        if t0.elapsed() > Duration::from_secs(900) {
+            break "timed out".to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let total = t0.elapsed();
+    let span = |f: &Mutex<Option<Instant>>, l: &Mutex<Option<Instant>>| {
+        let f = f
+            .lock()
+            .expect("lock")
+            .map(|x| x.saturating_duration_since(t0))
+            .unwrap_or_default();
+        let l = l
+            .lock()
+            .expect("lock")
+            .map(|x| x.saturating_duration_since(t0))
+            .unwrap_or_default();
+        (f, l)
+    };
+    let (bf, bl) = span(&rec.first, &rec.last);
+    let (df, dl) = span(&rec.deploy_first, &rec.deploy_last);
+    let (nb, nd) = (
+        rec.count.load(Ordering::Relaxed),
+        rec.deploys.load(Ordering::Relaxed),
+    );
+    println!(
+        "fan-out on {backend}: {nb} triggers (first {:.2} s, last {:.2} s: {:.0}/s), {nd} deploys (first {:.2} s, last {:.2} s: {:.0}/s), rollout {finished} after {:.1} s; peak RSS {:.0} MiB",
+        bf.as_secs_f64(),
+        bl.as_secs_f64(),
+        nb as f64 / (bl - bf).as_secs_f64().max(1e-9),
+        df.as_secs_f64(),
+        dl.as_secs_f64(),
+        nd as f64 / (dl - df).as_secs_f64().max(1e-9),
+        total.as_secs_f64(),
+        peak_rss_mib()
+    );
+    shutdown.cancel();
+    let _ = daemon.wait().await;
+    if backend == "postgres"
+        && let Ok(mut c) = sqlx::PgConnection::connect(pg_admin).await
+    {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
+            .execute(&mut c)
+            .await;
+    }
 }

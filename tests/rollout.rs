@@ -574,6 +574,26 @@ async fn the_callback_endpoint_checks_tokens_and_is_idempotent() {
     .await
     .unwrap();
     assert_eq!(r.status().as_u16(), 400, "invalid digest");
+    // A digest that was never pushed does not mark the build done.
+    let never = format!("sha256:{}", "0".repeat(64));
+    let r = post(
+        format!("{base}/{}/result?token={token}", job.id),
+        serde_json::json!({ "status": "succeeded", "digest": never }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        409,
+        "a digest the tag does not point at"
+    );
+    let msg = r.json::<Value>().await.unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("is not what") && msg.contains(&never), "{msg}");
+    let row = store.rollout_image_for_job(job.id).await.unwrap().unwrap();
+    assert_eq!(row.state, "building", "unchanged by a refused report");
     for _ in 0..2 {
         let r = post(
             format!("{base}/{}/result?token={token}", job.id),

@@ -97,7 +97,11 @@ impl Store {
             self.record_annotation_in(&mut tx, o.image, base, now)
                 .await?;
         }
-        if let DigestUpdate::Changed { old } = &update {
+        // A callback's digest is lineaged's own build: the engine learns of
+        // it through the job's result, so it is no change to plan.
+        if let DigestUpdate::Changed { old } = &update
+            && o.source != DigestSource::Callback
+        {
             // Coalesce into the image's pending change: the first old
             // digest stays, the newest digest wins, the window restarts.
             on_tx!(&mut tx, c => sqlx::query(

@@ -140,6 +140,9 @@ fn main() {
         .await;
         let none = BTreeMap::new;
         reg.push_image("base/os", "1", "v0", ("linux", "amd64"), none(), none()).await;
+        // The managed image exists: the callback (no digest) is checked
+        // against what its tag points at.
+        reg.push_image("app/x", "1", "x0", ("linux", "amd64"), none(), none()).await;
         let rec = Arc::new(Receiver { callback: true, ..Receiver::default() });
         let ci = receiver(rec.clone()).await;
         let a = reg.addr.clone();

@@ -80,6 +80,7 @@ struct Inner {
     dispatch_seconds: Histogram,
     rollouts_finished: BTreeMap<String, u64>,
     rollout_seconds: Histogram,
+    stage_results: BTreeMap<(&'static str, &'static str), u64>,
     http: BTreeMap<(String, String, u16), u64>,
     http_seconds: BTreeMap<String, Histogram>,
 }
@@ -98,6 +99,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         dispatch_seconds: Histogram::new(DISPATCH_BUCKETS),
         rollouts_finished: BTreeMap::new(),
         rollout_seconds: Histogram::new(ROLLOUT_BUCKETS),
+        stage_results: BTreeMap::new(),
         http: BTreeMap::new(),
         http_seconds: BTreeMap::new(),
     }),
@@ -139,6 +141,12 @@ impl Metrics {
         });
     }
 
+    /// An image's pipeline stage ended: `stage` is `build` or `deploy`,
+    /// `result` `succeeded` or `failed`.
+    pub fn stage_result(&self, stage: &'static str, result: &'static str) {
+        self.with(|m| *m.stage_results.entry((stage, result)).or_default() += 1);
+    }
+
     /// `route` is the matched route template (or `unmatched`), never the
     /// raw path.
     pub fn http(&self, method: &str, route: &str, status: u16, secs: f64) {
@@ -164,7 +172,7 @@ impl Metrics {
             for (src, n) in &m.digest_changes {
                 let _ = writeln!(out, "lineaged_digest_changes_total{{source=\"{src}\"}} {n}");
             }
-            header(out, "lineaged_dispatches_total", "counter", "Rebuild trigger deliveries, by result.");
+            header(out, "lineaged_dispatches_total", "counter", "Job deliveries (rebuild triggers and deploys), by result.");
             for (res, n) in &m.dispatches {
                 let _ = writeln!(out, "lineaged_dispatches_total{{result=\"{res}\"}} {n}");
             }
@@ -176,6 +184,10 @@ impl Metrics {
             }
             header(out, "lineaged_rollout_duration_seconds", "histogram", "Rollout duration from start to finish.");
             m.rollout_seconds.render(out, "lineaged_rollout_duration_seconds", "");
+            header(out, "lineaged_stage_results_total", "counter", "Pipeline stages of images that ended in this process, by stage (build, deploy) and result.");
+            for ((stage, res), n) in &m.stage_results {
+                let _ = writeln!(out, "lineaged_stage_results_total{{stage=\"{stage}\",result=\"{res}\"}} {n}");
+            }
             header(out, "lineaged_http_requests_total", "counter", "API requests, by method, route template and status.");
             for ((method, route, status), n) in &m.http {
                 let _ = writeln!(out, "lineaged_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {n}", esc(method), esc(route));

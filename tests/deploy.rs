@@ -102,6 +102,18 @@ async fn a_rebuilt_image_is_deployed_with_its_built_digest() {
             "{backend}: {events}"
         );
 
+        let metrics = reqwest::get(w.api().replace("/api/v1", "/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics
+                .contains("lineaged_stage_results_total{stage=\"deploy\",result=\"succeeded\"} 1"),
+            "{backend}: {metrics}"
+        );
+
         // In the order things happened.
         assert_eq!(
             kinds(&store, &wname).await,
@@ -227,4 +239,70 @@ async fn changes_within_the_settle_window_cause_one_rollout() {
 
 fn urlencode(s: &str) -> String {
     s.replace('/', "%2F").replace(':', "%3A")
+}
+
+/// Deploy callbacks are idempotent: a digest in the report is ignored, a
+/// repeat changes nothing, a contradicting later report does not move the
+/// image back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_callbacks_are_idempotent_and_never_regress() {
+    let db = TestDb::new("postgres").await;
+    let w = World::new(Lineage::issue(), db.url(), &["team/w"]).await;
+    // Nobody calls back: builds complete from the registry (base
+    // annotations), the deploy waits for the callbacks below.
+    w.ci.silent
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let serve = Serve::start(&w.cfg, "node-1");
+    let store = w.store_when_observed().await;
+    w.push_base("base/a").await;
+    let wname = w.full("team/w");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        let jobs = store.jobs(None, 0, 100).await.unwrap();
+        if let Some(j) = jobs.into_iter().find(|j| {
+            j.kind == "deploy"
+                && j.image.as_deref() == Some(wname.as_str())
+                && j.state == "succeeded"
+        }) {
+            break j;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "W's deploy never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let token = serde_json::from_str::<Value>(&job.payload).unwrap()["callback_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = format!("{}/jobs/{}/result?token={token}", w.api(), job.id);
+    let http = reqwest::Client::new();
+    let post = |body: Value| http.post(&url).json(&body).send();
+    let with_digest = serde_json::json!({ "status": "succeeded", "digest": format!("sha256:{}", "0".repeat(64)) });
+    for _ in 0..2 {
+        let r = post(with_digest.clone()).await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.json::<Value>().await.unwrap()["state"], "done");
+    }
+    let r = post(serde_json::json!({ "status": "failed" }))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["state"],
+        "done",
+        "no regression"
+    );
+    let r = post(serde_json::json!({ "status": "deployed" }))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        400,
+        "a bad status is a 400 with a reason"
+    );
+    rollouts_finished(&store, 1, Duration::from_secs(60)).await;
+    serve.stop();
+    db.finish().await;
 }

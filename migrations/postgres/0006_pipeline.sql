@@ -11,6 +11,9 @@ ALTER TABLE rollout_images ADD CONSTRAINT rollout_images_state_check CHECK (stat
 -- The deploy job of the image in this rollout (job_id stays the rebuild's).
 ALTER TABLE rollout_images ADD COLUMN deploy_job_id BIGINT;
 CREATE INDEX rollout_images_deploy_job ON rollout_images (deploy_job_id);
+-- "Is anything in this rollout unfinished?" after each result, without
+-- reading the rollout's rows.
+CREATE INDEX rollout_images_state ON rollout_images (rollout_id, state);
 
 -- One running rollout at a time, enforced by the database: two replicas
 -- planning one change at once cannot open two. Older duplicates (possible

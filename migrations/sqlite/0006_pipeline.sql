@@ -30,6 +30,9 @@ DROP TABLE rollout_images;
 ALTER TABLE rollout_images_new RENAME TO rollout_images;
 CREATE INDEX rollout_images_job ON rollout_images (job_id);
 CREATE INDEX rollout_images_deploy_job ON rollout_images (deploy_job_id);
+-- "Is anything in this rollout unfinished?" after each result, without
+-- reading the rollout's rows.
+CREATE INDEX rollout_images_state ON rollout_images (rollout_id, state);
 CREATE INDEX rollout_images_deadline ON rollout_images (state, build_deadline);
 CREATE INDEX rollout_images_image ON rollout_images (image, rollout_id);
 

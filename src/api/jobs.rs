@@ -128,10 +128,9 @@ async fn check_built(
     let reference = ImageRef::parse(image)
         .map_err(|e| ApiError::Internal(Box::new(std::io::Error::other(e.to_string()))))?;
     let platforms = s
-        .cfg
-        .images
-        .iter()
-        .find(|i| i.name == reference)
+        .engine
+        .as_ref()
+        .and_then(|e| e.config_image(image))
         .map(|i| i.platforms.clone())
         .unwrap_or_default();
     let Some(client) = &s.registry else {

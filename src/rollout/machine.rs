@@ -58,6 +58,17 @@ pub enum Action {
 /// what is ready. Decisions earlier in the walk (in wave order) count for
 /// later rows, so a failure blocks a whole chain in one step.
 pub fn step(rows: &[RolloutImage], nodes: &Nodes) -> Vec<Action> {
+    step_in(rows, nodes, None)
+}
+
+/// `step` deciding only the rows named in `only` (the others are context:
+/// parents whose state counts). A partial step never finishes the rollout:
+/// the caller asks [`finish_state`] with the counts of all rows.
+pub fn step_in(
+    rows: &[RolloutImage],
+    nodes: &Nodes,
+    only: Option<&std::collections::HashSet<String>>,
+) -> Vec<Action> {
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by(|&a, &b| (rows[a].wave, &rows[a].image).cmp(&(rows[b].wave, &rows[b].image)));
     let mut state: HashMap<&str, (ImageState, Option<i64>)> = rows
@@ -67,6 +78,9 @@ pub fn step(rows: &[RolloutImage], nodes: &Nodes) -> Vec<Action> {
     let mut actions = Vec::new();
     for i in order {
         let r = &rows[i];
+        if only.is_some_and(|o| !o.contains(&r.image)) {
+            continue;
+        }
         let node = nodes.get(&r.image);
         let stages = node.map(|n| n.stages).unwrap_or_default();
         if node.is_none() && !r.state.is_finished() {
@@ -141,22 +155,39 @@ pub fn step(rows: &[RolloutImage], nodes: &Nodes) -> Vec<Action> {
             state.insert(r.image.as_str(), (s, r.job_id));
         }
     }
-    if !rows.is_empty() && state.values().all(|(s, _)| s.is_finished()) {
-        let done = state.values().filter(|(s, _)| s.is_success()).count();
-        let finish = if done == rows.len() {
-            RolloutState::Succeeded
-        } else if done == 0 && !state.values().any(|(s, _)| s.provides_base()) {
-            RolloutState::Failed
-        } else {
-            RolloutState::PartiallyFailed
-        };
-        actions.push(Action::Finish {
-            state: finish,
-            images: rows.len(),
-            done,
-        });
+    if only.is_none() {
+        let counts: Vec<(ImageState, i64)> = state.values().map(|(s, _)| (*s, 1)).collect();
+        if let Some(finish) = finish_state(&counts) {
+            actions.push(finish);
+        }
     }
     actions
+}
+
+/// The rollout's end from how many images are in each state, or None while
+/// one is unfinished: succeeded when every image is done, failed when none
+/// was even built, partially failed otherwise.
+pub fn finish_state(counts: &[(ImageState, i64)]) -> Option<Action> {
+    let images: i64 = counts.iter().map(|(_, n)| n).sum();
+    if images == 0 || counts.iter().any(|(s, n)| *n > 0 && !s.is_finished()) {
+        return None;
+    }
+    let count = |f: fn(ImageState) -> bool| -> i64 {
+        counts.iter().filter(|(s, _)| f(*s)).map(|(_, n)| n).sum()
+    };
+    let done = count(ImageState::is_success);
+    let state = if done == images {
+        RolloutState::Succeeded
+    } else if done == 0 && count(ImageState::provides_base) == 0 {
+        RolloutState::Failed
+    } else {
+        RolloutState::PartiallyFailed
+    };
+    Some(Action::Finish {
+        state,
+        images: images as usize,
+        done: done as usize,
+    })
 }
 
 /// What a newer change does to an image already in the rollout.
@@ -429,6 +460,29 @@ mod tests {
                 reason: "parent P failed (job 7)".into()
             }
         );
+    }
+
+    #[test]
+    fn a_partial_step_decides_only_its_rows_and_never_finishes() {
+        use ImageState::*;
+        let rows = vec![
+            row("P", 1, Failed),
+            row("W", 2, Waiting),
+            row("X", 2, Waiting),
+            row("E", 3, Waiting),
+        ];
+        let only: std::collections::HashSet<String> =
+            ["P", "W"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            names(&step_in(&rows, &diamond(), Some(&only))),
+            vec!["block W"]
+        );
+        assert_eq!(
+            finish_state(&[(Done, 3), (Failed, 1)]).map(|a| names(&[a])),
+            Some(vec!["finish partially_failed".to_string()])
+        );
+        assert_eq!(finish_state(&[(Done, 3), (Building, 1)]), None);
+        assert_eq!(finish_state(&[]), None);
     }
 
     #[test]

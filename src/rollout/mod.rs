@@ -75,6 +75,8 @@ pub struct Engine {
     images: HashMap<String, usize>,
     /// The lineage as the machine sees it.
     nodes: machine::Nodes,
+    /// Children by image name (the reverse of `nodes`' parents).
+    children: HashMap<String, Vec<String>>,
     /// Serialises engine steps in this process (the store's engine lock
     /// does it across replicas).
     lock: tokio::sync::Mutex<()>,
@@ -106,12 +108,22 @@ impl Engine {
                 (img.name.to_string(), node)
             })
             .collect();
+        let mut children: HashMap<String, Vec<String>> = HashMap::new();
+        for img in &cfg.images {
+            for p in &img.parents {
+                children
+                    .entry(p.to_string())
+                    .or_default()
+                    .push(img.name.to_string());
+            }
+        }
         Engine {
             cfg,
             store,
             lineage,
             images,
             nodes,
+            children,
             lock: tokio::sync::Mutex::new(()),
             started_at: now_millis(),
         }
@@ -119,6 +131,11 @@ impl Engine {
 
     fn image(&self, name: &str) -> Option<&Image> {
         self.images.get(name).map(|&i| &self.cfg.images[i])
+    }
+
+    /// An image of the engine's config by normalised name.
+    pub fn config_image(&self, name: &str) -> Option<&Image> {
+        self.image(name)
     }
 
     /// Appends an event in the step's transaction; `at` is (image,

@@ -1,7 +1,7 @@
 //! Moving images through the pipeline: the machine's actions applied,
 //! deliveries and results of rebuild and deploy jobs, deadlines, cancel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::json;
@@ -37,6 +37,74 @@ impl Engine {
     ) -> Result<(), StoreError> {
         let rows = self.store.rollout_images_in(tx, rollout).await?;
         let actions = machine::step(&rows, &self.nodes);
+        self.apply_actions(tx, rollout, rows, actions, now).await
+    }
+
+    /// `advance` after one image changed: decides only that image and its
+    /// children (reading them and their parents), then down the chain what
+    /// a block reaches, and finishes the rollout when nothing is left. A
+    /// result costs its neighbourhood, not the whole rollout: 10,000 results
+    /// in a 10,000-image rollout stay linear.
+    pub(super) async fn advance_from(
+        &self,
+        tx: &mut Tx,
+        rollout: i64,
+        image: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let mut frontier = vec![image.to_string()];
+        while !frontier.is_empty() {
+            let mut decide: HashSet<String> = frontier.iter().cloned().collect();
+            for f in &frontier {
+                if let Some(children) = self.children.get(f) {
+                    decide.extend(children.iter().cloned());
+                }
+            }
+            let mut context: HashSet<&str> = decide.iter().map(String::as_str).collect();
+            for d in &decide {
+                if let Some(n) = self.nodes.get(d) {
+                    context.extend(n.parents.iter().map(String::as_str));
+                }
+            }
+            let names: Vec<&str> = context.into_iter().collect();
+            let rows = self
+                .store
+                .rollout_images_named_in(tx, rollout, &names)
+                .await?;
+            let actions = machine::step_in(&rows, &self.nodes, Some(&decide));
+            // Blocked (or cancelled) images block their own children next.
+            frontier = actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Block { image, .. } | Action::Cancel { image, .. } => {
+                        Some(image.clone())
+                    }
+                    _ => None,
+                })
+                .collect();
+            self.apply_actions(tx, rollout, rows, actions, now).await?;
+        }
+        if let Some(counts) = self
+            .store
+            .rollout_counts_if_finished_in(tx, rollout)
+            .await?
+            && let Some(finish) = machine::finish_state(&counts)
+        {
+            self.apply_actions(tx, rollout, Vec::new(), vec![finish], now)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Applies the machine's actions to `rows` in the step's transaction.
+    async fn apply_actions(
+        &self,
+        tx: &mut Tx,
+        rollout: i64,
+        rows: Vec<RolloutImage>,
+        actions: Vec<Action>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
         if actions.is_empty() {
             return Ok(());
         }
@@ -250,6 +318,14 @@ impl Engine {
         if !machine::apply(&mut ri, outcome) {
             return Ok(ri.state);
         }
+        // Counted before the commit: a rollback (rare) over-counts one.
+        let (stage, result) = match outcome {
+            Outcome::Built { .. } => ("build", "succeeded"),
+            Outcome::BuildFailed { .. } => ("build", "failed"),
+            Outcome::Deployed => ("deploy", "succeeded"),
+            Outcome::DeployFailed { .. } => ("deploy", "failed"),
+        };
+        crate::metrics::metrics().stage_result(stage, result);
         if let (Outcome::Built { .. }, Some(job)) = (outcome, job)
             && let Ok(JobPayload::Rebuild(p)) = JobPayload::decode(&job.kind, &job.payload)
         {
@@ -287,7 +363,7 @@ impl Engine {
             )
             .await?;
         }
-        self.advance(tx, ri.rollout_id, now).await?;
+        self.advance_from(tx, ri.rollout_id, &ri.image, now).await?;
         // The state after the step (built may have moved on to done).
         Ok(self
             .store
@@ -319,8 +395,12 @@ impl Engine {
             json!({ "kind": job.kind, "attempt": job.attempt, "status": d.status, "duration_ms": d.duration_ms }),
             now)
         .await?;
-        let ri = self.store.rollout_image_for_job_in(&mut tx, job.id).await?;
-        match (JobKind::parse(&job.kind), ri) {
+        let kind = JobKind::parse(&job.kind);
+        let ri = self
+            .store
+            .rollout_image_for_job_in(&mut tx, job.id, kind == Some(JobKind::Deploy))
+            .await?;
+        match (kind, ri) {
             (Some(JobKind::Rebuild), Some(mut ri))
                 if ri.state == ImageState::Queued && ri.job_id == Some(job.id) =>
             {
@@ -385,7 +465,11 @@ impl Engine {
             let error = match failure {
                 Failure::Permanent { error } | Failure::Retry { error, .. } => error.clone(),
             };
-            let ri = self.store.rollout_image_for_job_in(&mut tx, job.id).await?;
+            let deploy = JobKind::parse(&job.kind) == Some(JobKind::Deploy);
+            let ri = self
+                .store
+                .rollout_image_for_job_in(&mut tx, job.id, deploy)
+                .await?;
             let outcome = match JobKind::parse(&job.kind) {
                 Some(JobKind::Rebuild) => Outcome::BuildFailed {
                     reason: format!("trigger failed: {error}"),
@@ -418,7 +502,12 @@ impl Engine {
         let Some(job) = self.store.job_in(&mut tx, job_id).await? else {
             return Ok(None);
         };
-        let Some(ri) = self.store.rollout_image_for_job_in(&mut tx, job_id).await? else {
+        let deploy = JobKind::parse(&job.kind) == Some(JobKind::Deploy);
+        let Some(ri) = self
+            .store
+            .rollout_image_for_job_in(&mut tx, job_id, deploy)
+            .await?
+        else {
             return Ok(None);
         };
         if !is_current_job(&ri, &job) {
@@ -452,10 +541,18 @@ impl Engine {
             let mut tx = self.store.begin_engine().await?;
             // Re-read under the lock: a result or another replica may have
             // moved it meanwhile.
-            let Some(job_id) = candidate.deploy_job_id.or(candidate.job_id) else {
-                continue;
+            let deploy = candidate.state == ImageState::Deploying;
+            let job_id = if deploy {
+                candidate.deploy_job_id
+            } else {
+                candidate.job_id
             };
-            let Some(ri) = self.store.rollout_image_for_job_in(&mut tx, job_id).await? else {
+            let Some(job_id) = job_id else { continue };
+            let Some(ri) = self
+                .store
+                .rollout_image_for_job_in(&mut tx, job_id, deploy)
+                .await?
+            else {
                 continue;
             };
             if !(ri.build_deadline.is_some_and(|d| d < now)
@@ -489,7 +586,8 @@ impl Engine {
                     now,
                 )
                 .await?;
-                self.advance(&mut tx, r.rollout_id, now).await?;
+                self.advance_from(&mut tx, r.rollout_id, &r.image, now)
+                    .await?;
             } else {
                 let outcome = Outcome::BuildFailed {
                     reason: format!("no result before build_timeout ({MAX_BUILD_ATTEMPTS} builds)"),

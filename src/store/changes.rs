@@ -64,10 +64,13 @@ impl Store {
         now: Millis,
     ) -> Result<DigestUpdate, StoreError> {
         let mut tx = self.begin().await?;
-        // FOR UPDATE on Postgres: two replicas observing the same change
-        // must not both report it. SQLite has one writer at a time.
+        // Locked on Postgres: two replicas observing the same change must
+        // not both report it. NO KEY UPDATE, so an engine step inserting
+        // rows that reference the image (image_bases) is not blocked by it
+        // while this waits for the engine's lock on the pending change.
+        // SQLite has one writer at a time.
         let sql = match tx {
-            Tx::Pg(_) => "SELECT current_digest FROM images WHERE name = $1 FOR UPDATE",
+            Tx::Pg(_) => "SELECT current_digest FROM images WHERE name = $1 FOR NO KEY UPDATE",
             Tx::Sqlite(_) => "SELECT current_digest FROM images WHERE name = $1",
         };
         let current: Option<Option<String>> = on_tx!(&mut tx, c => sqlx::query_scalar(sql).bind(o.image).fetch_optional(&mut *c).await?);

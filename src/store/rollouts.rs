@@ -264,22 +264,82 @@ impl Store {
         &self,
         job_id: i64,
     ) -> Result<Option<RolloutImage>, StoreError> {
-        Ok(
-            on_pool!(self, p => sqlx::query_as("SELECT * FROM rollout_images WHERE job_id = $1 OR deploy_job_id = $1 ORDER BY rollout_id DESC LIMIT 1")
-            .bind(job_id).fetch_optional(p).await?),
-        )
+        // Two indexed lookups: an OR over two columns scans the table.
+        for sql in [
+            "SELECT * FROM rollout_images WHERE job_id = $1",
+            "SELECT * FROM rollout_images WHERE deploy_job_id = $1",
+        ] {
+            let r: Option<RolloutImage> =
+                on_pool!(self, p => sqlx::query_as(sql).bind(job_id).fetch_optional(p).await?);
+            if r.is_some() {
+                return Ok(r);
+            }
+        }
+        Ok(None)
     }
 
-    /// `rollout_image_for_job` inside a transaction.
+    /// The rollout image a rebuild job (`deploy` false) or deploy job
+    /// belongs to, inside a transaction.
     pub async fn rollout_image_for_job_in(
         &self,
         tx: &mut Tx,
         job_id: i64,
+        deploy: bool,
     ) -> Result<Option<RolloutImage>, StoreError> {
-        Ok(
-            on_tx!(tx, c => sqlx::query_as("SELECT * FROM rollout_images WHERE job_id = $1 OR deploy_job_id = $1 ORDER BY rollout_id DESC LIMIT 1")
-            .bind(job_id).fetch_optional(&mut *c).await?),
-        )
+        let sql = if deploy {
+            "SELECT * FROM rollout_images WHERE deploy_job_id = $1"
+        } else {
+            "SELECT * FROM rollout_images WHERE job_id = $1"
+        };
+        Ok(on_tx!(tx, c => sqlx::query_as(sql).bind(job_id).fetch_optional(&mut *c).await?))
+    }
+
+    /// The rows of a rollout for these images, inside a transaction.
+    pub async fn rollout_images_named_in(
+        &self,
+        tx: &mut Tx,
+        rollout_id: i64,
+        images: &[&str],
+    ) -> Result<Vec<RolloutImage>, StoreError> {
+        let mut out = Vec::with_capacity(images.len());
+        for chunk in images.chunks(500) {
+            let rows: Vec<RolloutImage> = on_tx!(tx, c => {
+                let mut qb = sqlx::QueryBuilder::new("SELECT * FROM rollout_images WHERE rollout_id = ");
+                qb.push_bind(rollout_id).push(" AND image IN (");
+                let mut sep = qb.separated(", ");
+                for i in chunk {
+                    sep.push_bind(*i);
+                }
+                qb.push(")");
+                qb.build_query_as().fetch_all(&mut *c).await?
+            });
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
+    /// How many of a rollout's images are in each state; None when one is
+    /// not finished (answered from the (rollout_id, state) index).
+    pub async fn rollout_counts_if_finished_in(
+        &self,
+        tx: &mut Tx,
+        rollout_id: i64,
+    ) -> Result<Option<Vec<(ImageState, i64)>>, StoreError> {
+        let unfinished: Option<i32> = on_tx!(tx, c => sqlx::query_scalar(
+            "SELECT 1 FROM rollout_images WHERE rollout_id = $1
+               AND state IN ('waiting', 'queued', 'building', 'built', 'verifying', 'awaiting_approval', 'deploying') LIMIT 1")
+            .bind(rollout_id).fetch_optional(&mut *c).await?);
+        if unfinished.is_some() {
+            return Ok(None);
+        }
+        let rows: Vec<(String, i64)> = on_tx!(tx, c => sqlx::query_as(
+            "SELECT state, COUNT(*) FROM rollout_images WHERE rollout_id = $1 GROUP BY state")
+            .bind(rollout_id).fetch_all(&mut *c).await?);
+        Ok(Some(
+            rows.into_iter()
+                .filter_map(|(s, n)| ImageState::parse(&s).map(|s| (s, n)))
+                .collect(),
+        ))
     }
 
     /// One image's row of a rollout, inside a transaction.

@@ -6,7 +6,7 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,9 +14,8 @@ use lineaged::dispatch::webhook;
 use lineaged::registry::manifest::{BASE_DIGEST, BASE_NAME};
 use lineaged::store::{DigestSource, OpenOptions, Store, now_millis};
 use serde_json::Value;
+use support::fleet::{SECRET, Serve, free_port, until};
 use support::registry::{RegistryOptions, TestRegistry};
-
-const SECRET: &str = "crash-secret";
 
 #[derive(Default)]
 struct Ci {
@@ -104,55 +103,6 @@ async fn ci_receiver(reg: Arc<TestRegistry>, ci: Arc<Ci>) -> String {
     addr
 }
 
-struct Serve {
-    child: Child,
-}
-
-impl Drop for Serve {
-    // A failing test must not leave a daemon running.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Serve {
-    fn start(cfg: &std::path::Path) -> Serve {
-        let child = Command::new(env!("CARGO_BIN_EXE_lineaged"))
-            .args(["serve", "-c"])
-            .arg(cfg)
-            .env("LINEAGED_NODE_ID", "crash-test-node")
-            .env("T_CI_SECRET", SECRET)
-            .env("LINEAGED_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Serve { child }
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "clean shutdown: {status:?}");
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct World {
     reg: Arc<TestRegistry>,
     ci: Arc<Ci>,
@@ -234,24 +184,12 @@ images:
     }
 }
 
-async fn until<F, Fut>(what: &str, within: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_rollout_then_restart_completes_without_duplicates() {
     let w = world(false).await;
     let a = w.reg.addr.clone();
     let base = format!("{a}/base/os:1");
-    let serve = Serve::start(&w.cfg);
+    let serve = Serve::start(&w.cfg, "crash-test-node");
     let store = connect_when(&w.db_url, "daemon never observed the base", |s: Store| {
         let base = base.clone();
         async move {
@@ -282,7 +220,7 @@ async fn kill_9_mid_rollout_then_restart_completes_without_duplicates() {
     .await;
     serve.kill9();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let serve = Serve::start(&w.cfg);
+    let serve = Serve::start(&w.cfg, "crash-test-node");
     // Kill once more while the bottom is being triggered or built.
     let ci = w.ci.clone();
     until("bottom triggered", Duration::from_secs(60), || {
@@ -292,7 +230,7 @@ async fn kill_9_mid_rollout_then_restart_completes_without_duplicates() {
     })
     .await;
     serve.kill9();
-    let serve = Serve::start(&w.cfg);
+    let serve = Serve::start(&w.cfg, "crash-test-node");
     until("rollout finished", Duration::from_secs(60), || {
         let store = store.clone();
         async move {
@@ -341,7 +279,7 @@ async fn kill_9_mid_rollout_then_restart_completes_without_duplicates() {
 async fn reconcile_rebuilds_an_image_that_went_stale_while_nobody_planned_it() {
     let w = world(true).await;
     let a = w.reg.addr.clone();
-    let serve = Serve::start(&w.cfg);
+    let serve = Serve::start(&w.cfg, "crash-test-node");
     let left = format!("{a}/team/left:1");
     let base = format!("{a}/base/os:1");
     let store = connect_when(
@@ -383,7 +321,7 @@ async fn reconcile_rebuilds_an_image_that_went_stale_while_nobody_planned_it() {
         .await
         .unwrap();
     assert!(store.rollouts(5).await.unwrap().is_empty());
-    let serve = Serve::start(&w.cfg);
+    let serve = Serve::start(&w.cfg, "crash-test-node");
     until(
         "reconcile rollout finished",
         Duration::from_secs(60),
@@ -418,7 +356,7 @@ async fn reconcile_rebuilds_an_image_that_went_stale_while_nobody_planned_it() {
 async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_on_errors() {
     let w = world(false).await;
     let a = w.reg.addr.clone();
-    let mut serve = Serve::start(&w.cfg);
+    let mut serve = Serve::start(&w.cfg, "crash-test-node");
     let extra = format!("{a}/team/extra:1");
     let base = format!("{a}/base/os:1");
     let store = connect_when(&w.db_url, "daemon did not start", |s: Store| {

@@ -89,13 +89,7 @@ async fn a_crash_after_a_trigger_reruns_nothing_that_was_done() {
             "{backend}: first rollout"
         );
         w.push_base("base/b").await;
-        let t = w.full("team/t");
-        let ci = w.ci.clone();
-        until("T triggered", Duration::from_secs(30), || {
-            let (ci, t) = (ci.clone(), t.clone());
-            async move { ci.ids("rebuild").contains_key(&t) }
-        })
-        .await;
+        w.until_triggered("team/t").await;
         serve.kill9();
         let serve = Serve::start(&w.cfg, "node-1");
         let states = rollouts_finished(&store, 2, Duration::from_secs(60)).await;
@@ -271,12 +265,7 @@ async fn builds_pushed_while_the_daemon_was_dead_complete_from_the_registry() {
         let serve = Serve::start(&w.cfg, "node-1");
         let store = w.store_when_observed().await;
         w.push_base("base/a").await;
-        let (ci, p) = (w.ci.clone(), w.full("team/p"));
-        until("P triggered", Duration::from_secs(30), || {
-            let (ci, p) = (ci.clone(), p.clone());
-            async move { ci.ids("rebuild").contains_key(&p) }
-        })
-        .await;
+        w.until_triggered("team/p").await;
         serve.kill9();
         // P's build lands in the registry while nobody watches.
         tokio::time::sleep(Duration::from_millis(1200)).await;

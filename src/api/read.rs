@@ -13,7 +13,7 @@ use super::auth::authorize;
 use super::{ApiError, AppState, P, Q};
 use crate::config::Role;
 use crate::registry::ImageRef;
-use crate::rollout::RolloutState;
+use crate::rollout::{Cause, ChangeCause, JoinedData, RolloutState};
 use crate::store::{EventRecord, ImageFilter, ImageStatus, JobRecord, JobState, RolloutImage};
 
 const MAX_LIMIT: i64 = 1000;
@@ -125,31 +125,22 @@ async fn cause_chain(
     let rid = entry.rollout_id;
     let causes = s.store.rollout_causes(rid).await?;
     // What moved (newest change per image), who asked, what reconcile found.
-    let mut moved: std::collections::HashMap<String, (Value, i64)> = Default::default();
+    let mut moved: std::collections::HashMap<String, (ChangeCause, i64)> = Default::default();
     let mut requested: std::collections::HashMap<String, (String, i64)> = Default::default();
     let mut reconciled: std::collections::HashSet<String> = Default::default();
     for e in &causes {
-        let data: Value = serde_json::from_str(&e.data).unwrap_or_default();
-        match e.kind.as_str() {
-            "rollout_started" | "rollout_joined" => {
-                if let Some(img) = data["cause"]["image"].as_str() {
-                    moved.insert(img.to_string(), (data["cause"].clone(), e.at));
-                }
+        // The type the engine wrote (rollout::JoinedData), read back.
+        let Some(joined) = JoinedData::parse(&e.data) else {
+            continue;
+        };
+        match joined.cause {
+            Cause::Change(c) => {
+                moved.insert(c.image.clone(), (c, e.at));
             }
-            "rollout_requested" => {
-                if let Some(img) = data["cause"]["requested"].as_str() {
-                    let by = data["cause"]["by"].as_str().unwrap_or("").to_string();
-                    requested.insert(img.to_string(), (by, e.at));
-                }
+            Cause::Requested { requested: img, by } => {
+                requested.insert(img, (by, e.at));
             }
-            "rollout_reconciled" => {
-                for img in data["reconcile"].as_array().into_iter().flatten() {
-                    if let Some(i) = img.as_str() {
-                        reconciled.insert(i.to_string());
-                    }
-                }
-            }
-            _ => {}
+            Cause::Reconcile { reconcile } => reconciled.extend(reconcile),
         }
     }
     let mut steps = Vec::new();
@@ -176,11 +167,7 @@ async fn cause_chain(
         let parents = s.lineage.parents(&cur);
         if let Some(p) = parents.iter().find(|p| moved.contains_key(&p.to_string())) {
             let (c, at) = &moved[&p.to_string()];
-            let (old, new, src) = (
-                c["old"].as_str().unwrap_or(""),
-                c["new"].as_str().unwrap_or(""),
-                c["source"].as_str().unwrap_or(""),
-            );
+            let (old, new, src) = (c.old.as_str(), c.new.as_str(), c.source.as_str());
             steps.push(json!({ "image": name, "because_parent": p.to_string() }));
             steps.push(json!({ "image": p.to_string(), "moved": { "from": old, "to": new, "at": at, "source": src } }));
             text.push_str(&format!(

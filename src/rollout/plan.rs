@@ -77,30 +77,46 @@ impl Engine {
             coalesced: change.coalesced,
         });
         let again = format!("{} moved again", change.image);
+        self.join(tx, cause, Some(&change.image), &plan, &again, None, now)
+            .await
+            .map(|_| ())
+    }
+
+    /// Opens (or joins) the running rollout for `cause`, merges the planned
+    /// waves into it, records why (`kind`, or `rollout_started` /
+    /// `rollout_joined`, with `{images, cause}`) and advances it. Returns
+    /// the rollout's id.
+    #[allow(clippy::too_many_arguments)]
+    async fn join(
+        &self,
+        tx: &mut Tx,
+        cause: Cause,
+        image: Option<&str>,
+        plan: &crate::lineage::Plan,
+        again: &str,
+        kind: Option<&str>,
+        now: Millis,
+    ) -> Result<i64, StoreError> {
         let (rollout, created) = self
             .store
             .open_rollout_in(tx, &cause.to_json(), now)
             .await?;
-        self.merge_plan(tx, rollout, &plan.waves, &again, now)
+        self.merge_plan(tx, rollout, &plan.waves, again, now)
             .await?;
-        let kind = if created {
+        let kind = kind.unwrap_or(if created {
             "rollout_started"
         } else {
             "rollout_joined"
-        };
+        });
         let data = JoinedData {
             images: plan.image_count(),
             cause,
         };
-        self.event(
-            tx,
-            kind,
-            (Some(&change.image), Some(rollout), None),
-            serde_json::to_value(&data).unwrap_or_default(),
-            now,
-        )
-        .await?;
-        self.advance(tx, rollout, now).await
+        let data = serde_json::to_value(&data).unwrap_or_default();
+        self.event(tx, kind, (image, Some(rollout), None), data, now)
+            .await?;
+        self.advance(tx, rollout, now).await?;
+        Ok(rollout)
     }
 
     /// Adds planned waves to a rollout (see [`machine::rejoin`]): an image
@@ -193,26 +209,19 @@ impl Engine {
             requested: image.to_string(),
             by: by.to_string(),
         };
-        let (rollout, _) = self
-            .store
-            .open_rollout_in(&mut tx, &cause.to_json(), now)
-            .await?;
         let again = format!("rebuild requested by {by}");
-        self.merge_plan(&mut tx, rollout, &plan.waves, &again, now)
+        let name = image.to_string();
+        let rollout = self
+            .join(
+                &mut tx,
+                cause,
+                Some(&name),
+                &plan,
+                &again,
+                Some("rollout_requested"),
+                now,
+            )
             .await?;
-        let data = JoinedData {
-            images: plan.image_count(),
-            cause,
-        };
-        self.event(
-            &mut tx,
-            "rollout_requested",
-            (Some(&image.to_string()), Some(rollout), None),
-            serde_json::to_value(&data).unwrap_or_default(),
-            now,
-        )
-        .await?;
-        self.advance(&mut tx, rollout, now).await?;
         tx.commit().await?;
         self.store.wake_local();
         tracing::info!(image = %image, by, rollout, images = plan.image_count(), "rebuild requested");
@@ -245,31 +254,18 @@ impl Engine {
         let cause = Cause::Reconcile {
             reconcile: todo.iter().map(ToString::to_string).collect(),
         };
-        let (rollout, _) = self
-            .store
-            .open_rollout_in(&mut tx, &cause.to_json(), now)
+        let again = "reconcile: built on an outdated base";
+        let rollout = self
+            .join(
+                &mut tx,
+                cause,
+                None,
+                &plan,
+                again,
+                Some("rollout_reconciled"),
+                now,
+            )
             .await?;
-        self.merge_plan(
-            &mut tx,
-            rollout,
-            &plan.waves,
-            "reconcile: built on an outdated base",
-            now,
-        )
-        .await?;
-        let data = JoinedData {
-            images: plan.image_count(),
-            cause,
-        };
-        self.event(
-            &mut tx,
-            "rollout_reconciled",
-            (None, Some(rollout), None),
-            serde_json::to_value(&data).unwrap_or_default(),
-            now,
-        )
-        .await?;
-        self.advance(&mut tx, rollout, now).await?;
         tx.commit().await?;
         self.store.wake_local();
         tracing::info!(

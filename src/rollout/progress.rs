@@ -294,6 +294,8 @@ impl Engine {
         let token = new_token();
         let payload = DeployPayload::new(&r.image, &digest, r.rollout_id, deploy, token);
         let mut job = NewJob::new(JobKind::Deploy.as_str(), now);
+        // Before rebuilds: finishing an image beats starting another.
+        job.priority = -1;
         job.unique_key = Some(JobKind::Deploy.unique_key(&r.image));
         job.image = Some(r.image.clone());
         job.rollout_id = Some(r.rollout_id);

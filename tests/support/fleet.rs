@@ -446,6 +446,20 @@ images:
         format!("{}/{repo}:1", self.reg.addr)
     }
 
+    /// Waits until the CI received a rebuild trigger of `repo`.
+    pub async fn until_triggered(&self, repo: &str) {
+        let (ci, image) = (self.ci.clone(), self.full(repo));
+        until(
+            &format!("{repo} triggered"),
+            Duration::from_secs(30),
+            || {
+                let (ci, image) = (ci.clone(), image.clone());
+                async move { ci.ids("rebuild").contains_key(&image) }
+            },
+        )
+        .await;
+    }
+
     /// Pushes a new version of a base; returns its digest.
     pub async fn push_base(&self, base: &str) -> String {
         self.reg

@@ -41,12 +41,15 @@ async fn receiver(r: Arc<Receiver>) -> String {
         .expect("bind");
     let addr = l.local_addr().expect("addr").to_string();
     let http = reqwest::Client::new();
+    // 64 CI runners: callbacks go out 64 at a time and are retried like
+    // `curl --retry` (lineaged answers 503 while it cannot ask the registry).
+    let runners = Arc::new(tokio::sync::Semaphore::new(64));
     let deploys = r.clone();
     let app = axum::Router::new()
         .route(
             "/build",
             axum::routing::post(move |body: axum::body::Bytes| {
-                let (r, http) = (r.clone(), http.clone());
+                let (r, http, runners) = (r.clone(), http.clone(), runners.clone());
                 async move {
                     let now = Instant::now();
                     r.count.fetch_add(1, Ordering::Relaxed);
@@ -59,11 +62,18 @@ async fn receiver(r: Arc<Receiver>) -> String {
                     if r.callback {
                         let url = v["callback_url"].as_str().unwrap_or_default().to_string();
                         tokio::spawn(async move {
-                            let _ = http
-                                .post(url)
-                                .json(&serde_json::json!({"status": "succeeded"}))
-                                .send()
-                                .await;
+                            let _runner = runners.acquire_owned().await;
+                            for _ in 0..100 {
+                                let r = http
+                                    .post(&url)
+                                    .json(&serde_json::json!({"status": "succeeded"}))
+                                    .send()
+                                    .await;
+                                if r.is_ok_and(|r| !r.status().is_server_error()) {
+                                    return;
+                                }
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
                         });
                     }
                     "ok"

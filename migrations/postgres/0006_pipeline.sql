@@ -53,6 +53,9 @@ CREATE TABLE changes (
     image        TEXT NOT NULL REFERENCES images (name),
     old_digest   TEXT NOT NULL,
     new_digest   TEXT NOT NULL,
+    -- The tag's top-level digest when new_digest tracks platforms (what a
+    -- deploy of the rebuilt image rolls out).
+    top_digest   TEXT,
     source       TEXT NOT NULL,
     observed_at  BIGINT NOT NULL,
     due_at       BIGINT NOT NULL,

@@ -170,6 +170,7 @@ async fn check_built(
     let o = Observation {
         image,
         digest: &tracked,
+        top_digest: Some(&res.digest),
         platform: &platform,
         source: DigestSource::Callback,
         settle_ms: 0,

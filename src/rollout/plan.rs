@@ -322,8 +322,14 @@ impl Engine {
         if !built_on_trigger {
             return Ok(false);
         }
+        // The top-level digest: what a deploy rolls out (the tracked value
+        // may list platform digests).
+        let digest = change
+            .top_digest
+            .clone()
+            .unwrap_or_else(|| change.new_digest.clone());
         let outcome = machine::Outcome::Built {
-            digest: Some(change.new_digest.clone()),
+            digest: Some(digest),
         };
         self.apply_outcome(tx, ri, &outcome, Some(&job), now)
             .await?;
@@ -343,7 +349,9 @@ impl Engine {
             .await?
             .iter()
             .any(|ri| {
-                ri.built_digest.as_deref() == Some(change.new_digest.as_str())
+                let built = ri.built_digest.as_deref();
+                built == Some(change.new_digest.as_str())
+                    || (built.is_some() && built == change.top_digest.as_deref())
                     || matches!(ri.state, ImageState::Queued | ImageState::Building)
             }))
     }

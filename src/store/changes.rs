@@ -14,6 +14,8 @@ pub struct Observation<'a> {
     pub image: &'a str,
     /// The tracked value (top-level digest, or platform digests).
     pub digest: &'a str,
+    /// The tag's top-level digest, when known.
+    pub top_digest: Option<&'a str>,
     pub platform: &'a str,
     pub source: DigestSource,
     /// How long a change must hold before it is due (the settle window).
@@ -37,6 +39,8 @@ pub struct ChangeRecord {
     pub image: String,
     pub old_digest: String,
     pub new_digest: String,
+    /// The tag's top-level digest, when the observation knew it.
+    pub top_digest: Option<String>,
     pub source: String,
     pub observed_at: Millis,
     pub due_at: Millis,
@@ -108,12 +112,12 @@ impl Store {
             // Coalesce into the image's pending change: the first old
             // digest stays, the newest digest wins, the window restarts.
             on_tx!(&mut tx, c => sqlx::query(
-                "INSERT INTO changes (image, old_digest, new_digest, source, observed_at, due_at, state)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'pending')
+                "INSERT INTO changes (image, old_digest, new_digest, top_digest, source, observed_at, due_at, state)
+                 VALUES ($1, $2, $3, $7, $4, $5, $6, 'pending')
                  ON CONFLICT (image) WHERE state = 'pending' DO UPDATE SET
-                     new_digest = excluded.new_digest, source = excluded.source, observed_at = excluded.observed_at,
-                     due_at = excluded.due_at, coalesced = changes.coalesced + 1")
-                .bind(o.image).bind(old).bind(o.digest).bind(o.source.as_str()).bind(now).bind(now + o.settle_ms.max(0))
+                     new_digest = excluded.new_digest, top_digest = excluded.top_digest, source = excluded.source,
+                     observed_at = excluded.observed_at, due_at = excluded.due_at, coalesced = changes.coalesced + 1")
+                .bind(o.image).bind(old).bind(o.digest).bind(o.source.as_str()).bind(now).bind(now + o.settle_ms.max(0)).bind(o.top_digest)
                 .execute(&mut *c).await?.rows_affected());
         }
         if let DigestUpdate::Changed { old } = &update {

@@ -189,6 +189,7 @@ impl Store {
         let o = super::Observation {
             image,
             digest,
+            top_digest: None,
             platform,
             source,
             settle_ms: 0,

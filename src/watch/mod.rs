@@ -556,6 +556,7 @@ async fn check(
     let observation = Observation {
         image: &name,
         digest: &tracked,
+        top_digest: Some(&res.digest),
         platform: &platform,
         source,
         settle_ms: image.settle.as_millis() as i64,

@@ -18,6 +18,10 @@ CREATE INDEX rollout_images_state ON rollout_images (rollout_id, state);
 -- One running rollout at a time, enforced by the database: two replicas
 -- planning one change at once cannot open two. Older duplicates (possible
 -- before this index) are cancelled; reconcile picks up what they left.
+UPDATE jobs SET state = 'cancelled', last_error = 'duplicate running rollout closed by migration 0006'
+ WHERE state IN ('pending', 'running')
+   AND rollout_id IN (SELECT id FROM rollouts WHERE state = 'running'
+                       AND id < (SELECT MAX(id) FROM rollouts WHERE state = 'running'));
 UPDATE rollout_images SET state = 'cancelled', reason = 'duplicate running rollout closed by migration 0006'
  WHERE state IN ('waiting', 'queued', 'building')
    AND rollout_id IN (SELECT id FROM rollouts WHERE state = 'running'

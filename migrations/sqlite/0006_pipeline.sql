@@ -38,6 +38,10 @@ CREATE INDEX rollout_images_image ON rollout_images (image, rollout_id);
 
 -- One running rollout at a time, enforced by the database. Older duplicates
 -- are cancelled; reconcile picks up what they left.
+UPDATE jobs SET state = 'cancelled', last_error = 'duplicate running rollout closed by migration 0006'
+ WHERE state IN ('pending', 'running')
+   AND rollout_id IN (SELECT id FROM rollouts WHERE state = 'running'
+                       AND id < (SELECT MAX(id) FROM rollouts WHERE state = 'running'));
 UPDATE rollout_images SET state = 'cancelled', reason = 'duplicate running rollout closed by migration 0006'
  WHERE state IN ('waiting', 'queued', 'building')
    AND rollout_id IN (SELECT id FROM rollouts WHERE state = 'running'

@@ -71,9 +71,16 @@ pub fn step_in(
 ) -> Vec<Action> {
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by(|&a, &b| (rows[a].wave, &rows[a].image).cmp(&(rows[b].wave, &rows[b].image)));
+    // (state, job, rerun): a row to be rerun (a newer base arrived while it
+    // was deploying) is no base for its children until it is rebuilt.
     let mut state: HashMap<&str, (ImageState, Option<i64>)> = rows
         .iter()
         .map(|r| (r.image.as_str(), (r.state, r.job_id)))
+        .collect();
+    let rerun: std::collections::HashSet<&str> = rows
+        .iter()
+        .filter(|r| r.rerun)
+        .map(|r| r.image.as_str())
         .collect();
     let mut actions = Vec::new();
     for i in order {
@@ -107,7 +114,7 @@ pub fn step_in(
                         ));
                         break;
                     }
-                    ready &= ps.provides_base();
+                    ready &= ps.provides_base() && !rerun.contains(p.as_str());
                 }
                 if let Some(reason) = blocker {
                     actions.push(Action::Block {
@@ -263,10 +270,12 @@ pub fn apply(row: &mut RolloutImage, outcome: &Outcome) -> bool {
     }
     row.build_deadline = None;
     if std::mem::take(&mut row.rerun) {
-        // A newer base arrived meanwhile: build once more on it.
+        // A newer base arrived meanwhile: build once more on it (a new
+        // build, with its own attempts).
         row.state = ImageState::Waiting;
         row.job_id = None;
         row.deploy_job_id = None;
+        row.build_attempts = 0;
     }
     true
 }
@@ -445,6 +454,14 @@ mod tests {
             names(&step(&rows, &diamond())),
             vec!["cancel Gone", "deploy_failed W", "finish partially_failed"]
         );
+    }
+
+    #[test]
+    fn a_parent_due_for_a_rerun_is_no_base() {
+        let mut p = row("P", 1, ImageState::Deploying);
+        p.rerun = true;
+        let rows = vec![p, row("W", 2, ImageState::Waiting)];
+        assert!(names(&step(&rows, &diamond())).is_empty());
     }
 
     #[test]

@@ -174,6 +174,7 @@ impl Engine {
                         ri.job_id = None;
                         ri.deploy_job_id = None;
                         ri.build_deadline = None;
+                        ri.build_attempts = 0;
                     }
                 }
                 ri.wave = ri.wave.max(wave_no);

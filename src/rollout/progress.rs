@@ -215,6 +215,21 @@ impl Engine {
             }
         }
         let jobs: Vec<NewJob> = to_enqueue.iter().map(|(_, _, j)| j.clone()).collect();
+        // A trigger is a new job with its own webhook-id: a stale pending
+        // job of the same image and kind (left by an earlier rollout) is
+        // withdrawn, never merged into.
+        let keys: Vec<&str> = jobs
+            .iter()
+            .filter_map(|j| j.unique_key.as_deref())
+            .collect();
+        let stale = self.store.cancel_stale_pending_in(tx, &keys, now).await?;
+        if stale > 0 {
+            tracing::warn!(
+                rollout,
+                jobs = stale,
+                "withdrew stale pending jobs before new triggers"
+            );
+        }
         let enqueued = self.store.enqueue_many_in(tx, &jobs, now).await?;
         for ((image, kind, _), e) in to_enqueue.iter().zip(&enqueued) {
             if let Some(r) = rows.get_mut(image) {
@@ -317,8 +332,19 @@ impl Engine {
         job: Option<&JobRecord>,
         now: Millis,
     ) -> Result<ImageState, StoreError> {
+        // The job of the stage this result ends; it may still be queued (a
+        // build seen in the registry before its trigger was marked
+        // delivered, a deploy past its deadline): withdrawn, so it is not
+        // sent again after the stage ended.
+        let stage_job = match outcome {
+            Outcome::Built { .. } | Outcome::BuildFailed { .. } => ri.job_id,
+            Outcome::Deployed | Outcome::DeployFailed { .. } => ri.deploy_job_id,
+        };
         if !machine::apply(&mut ri, outcome) {
             return Ok(ri.state);
+        }
+        if let Some(j) = stage_job {
+            self.store.cancel_job_in(tx, j, now).await?;
         }
         // Counted before the commit: a rollback (rare) over-counts one.
         let (stage, result) = match outcome {
@@ -535,8 +561,8 @@ impl Engine {
     /// (a new job: CI sees a new webhook-id, it is a new build) up to
     /// `MAX_BUILD_ATTEMPTS`, then fails; a deploy fails.
     pub async fn expire_builds(&self) -> Result<usize, StoreError> {
+        let mut n = self.fail_orphans().await?;
         let overdue = self.store.overdue_builds(now_millis()).await?;
-        let mut n = 0;
         for candidate in overdue {
             let _g = self.lock.lock().await;
             let now = now_millis();
@@ -597,6 +623,57 @@ impl Engine {
                 self.apply_outcome(&mut tx, ri, &outcome, job.as_ref(), now)
                     .await?;
             }
+            tx.commit().await?;
+            self.store.wake_local();
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Rows waiting on a job that ended outside the engine (a lease rescue
+    /// that used up the job's attempts): the build or deploy fails with the
+    /// job's last error instead of waiting for ever.
+    async fn fail_orphans(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for (candidate, error) in self.store.orphaned_rows().await? {
+            let _g = self.lock.lock().await;
+            let now = now_millis();
+            let mut tx = self.store.begin_engine().await?;
+            let Some(ri) = self
+                .store
+                .rollout_image_in(&mut tx, candidate.rollout_id, &candidate.image)
+                .await?
+            else {
+                continue;
+            };
+            let error = error.unwrap_or_else(|| "job ended without a result".into());
+            let (job, outcome) = match ri.state {
+                ImageState::Queued => (
+                    ri.job_id,
+                    Outcome::BuildFailed {
+                        reason: format!("trigger failed: {error}"),
+                    },
+                ),
+                ImageState::Deploying => (
+                    ri.deploy_job_id,
+                    Outcome::DeployFailed {
+                        reason: format!("deploy failed: {error}"),
+                    },
+                ),
+                _ => continue,
+            };
+            let Some(job) = job else { continue };
+            let Some(job) = self.store.job_in(&mut tx, job).await? else {
+                continue;
+            };
+            if !matches!(
+                job.state(),
+                Some(JobState::Dead | JobState::Failed | JobState::Cancelled)
+            ) {
+                continue;
+            }
+            self.apply_outcome(&mut tx, ri, &outcome, Some(&job), now)
+                .await?;
             tx.commit().await?;
             self.store.wake_local();
             n += 1;

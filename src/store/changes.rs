@@ -98,12 +98,6 @@ impl Store {
                 .bind(o.image).bind(o.digest).bind(now).bind(changed_at)
                 .execute(&mut *c).await?;
         });
-        if let Some(base) = &o.base
-            && !matches!(update, DigestUpdate::Unchanged)
-        {
-            self.record_annotation_in(&mut tx, o.image, base, now)
-                .await?;
-        }
         // A callback's digest is lineaged's own build: the engine learns of
         // it through the job's result, so it is no change to plan.
         if let DigestUpdate::Changed { old } = &update
@@ -119,6 +113,15 @@ impl Store {
                      observed_at = excluded.observed_at, due_at = excluded.due_at, coalesced = changes.coalesced + 1")
                 .bind(o.image).bind(old).bind(o.digest).bind(o.source.as_str()).bind(now).bind(now + o.settle_ms.max(0)).bind(o.top_digest)
                 .execute(&mut *c).await?.rows_affected());
+        }
+        // After the outbox row: an engine step holding that row's lock may
+        // be writing this image's bases; taking the base rows first here
+        // would deadlock with it.
+        if let Some(base) = &o.base
+            && !matches!(update, DigestUpdate::Unchanged)
+        {
+            self.record_annotation_in(&mut tx, o.image, base, now)
+                .await?;
         }
         if let DigestUpdate::Changed { old } = &update {
             let event = super::NewEvent {

@@ -191,9 +191,40 @@ impl Store {
         )
     }
 
-    /// Withdraws a job that no worker has claimed yet; false when it was
-    /// claimed (or ended) meanwhile. On Postgres the row lock makes this
-    /// exact: a claim committing first wins and this returns false.
+    /// Cancels pending jobs with these unique keys: called before a new
+    /// trigger is enqueued, so it never coalesces into an older job (whose
+    /// idempotency key a receiver may already have seen with another
+    /// payload). Returns how many it cancelled.
+    pub async fn cancel_stale_pending_in(
+        &self,
+        tx: &mut Tx,
+        keys: &[&str],
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for chunk in keys.chunks(500) {
+            n += on_tx!(tx, c => {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "UPDATE jobs SET state = 'cancelled', last_error = 'superseded by a newer trigger', finished_at = ",
+                );
+                qb.push_bind(now).push(", updated_at = ").push_bind(now);
+                qb.push(" WHERE state = 'pending' AND unique_key IN (");
+                let mut sep = qb.separated(", ");
+                for k in chunk {
+                    sep.push_bind(*k);
+                }
+                qb.push(")");
+                qb.build().execute(&mut *c).await?.rows_affected()
+            });
+        }
+        Ok(n)
+    }
+
+    /// Withdraws a job that no worker has ever claimed; false when it was
+    /// claimed (now or before: a job back to pending after a failed or
+    /// interrupted attempt may have reached its receiver) or ended. On
+    /// Postgres the row lock makes this exact: a claim committing first wins
+    /// and this returns false.
     pub async fn withdraw_pending_job_in(
         &self,
         tx: &mut Tx,
@@ -202,7 +233,7 @@ impl Store {
         now: Millis,
     ) -> Result<bool, StoreError> {
         let n = on_tx!(tx, c => sqlx::query(
-            "UPDATE jobs SET state = 'cancelled', last_error = $3, finished_at = $2, updated_at = $2 WHERE id = $1 AND state = 'pending'")
+            "UPDATE jobs SET state = 'cancelled', last_error = $3, finished_at = $2, updated_at = $2 WHERE id = $1 AND state = 'pending' AND attempt = 0")
             .bind(id).bind(now).bind(reason).execute(&mut *c).await?.rows_affected());
         Ok(n == 1)
     }
@@ -266,8 +297,8 @@ impl Store {
     ) -> Result<Option<RolloutImage>, StoreError> {
         // Two indexed lookups: an OR over two columns scans the table.
         for sql in [
-            "SELECT * FROM rollout_images WHERE job_id = $1",
-            "SELECT * FROM rollout_images WHERE deploy_job_id = $1",
+            "SELECT * FROM rollout_images WHERE job_id = $1 ORDER BY rollout_id DESC LIMIT 1",
+            "SELECT * FROM rollout_images WHERE deploy_job_id = $1 ORDER BY rollout_id DESC LIMIT 1",
         ] {
             let r: Option<RolloutImage> =
                 on_pool!(self, p => sqlx::query_as(sql).bind(job_id).fetch_optional(p).await?);
@@ -398,6 +429,29 @@ impl Store {
             on_pool!(self, p => sqlx::query_as("SELECT * FROM rollout_images WHERE rollout_id = $1 ORDER BY wave, image")
             .bind(rollout_id).fetch_all(p).await?),
         )
+    }
+
+    /// Rows waiting on a job that ended without the engine hearing of it (a
+    /// lease rescue that used up the attempts marks the job dead): queued
+    /// on a dead, failed or cancelled rebuild job, or deploying on such a
+    /// deploy job. With the job's last error.
+    pub async fn orphaned_rows(&self) -> Result<Vec<(RolloutImage, Option<String>)>, StoreError> {
+        let mut out = Vec::new();
+        for (state, col) in [("queued", "job_id"), ("deploying", "deploy_job_id")] {
+            let sql = format!(
+                "SELECT ri.rollout_id, ri.image, j.last_error FROM rollout_images ri JOIN jobs j ON j.id = ri.{col}
+                  WHERE ri.state = '{state}' AND j.state IN ('dead', 'failed', 'cancelled') LIMIT 1000"
+            );
+            let keys: Vec<(i64, String, Option<String>)> =
+                on_pool!(self, p => sqlx::query_as(&sql).fetch_all(p).await?);
+            for (rollout, image, error) in keys {
+                let row: Option<RolloutImage> = on_pool!(self, p => sqlx::query_as(
+                    "SELECT * FROM rollout_images WHERE rollout_id = $1 AND image = $2")
+                    .bind(rollout).bind(&image).fetch_optional(p).await?);
+                out.extend(row.map(|r| (r, error)));
+            }
+        }
+        Ok(out)
     }
 
     /// Builds and deploys past their deadline (no result reported in time).

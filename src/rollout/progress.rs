@@ -332,19 +332,8 @@ impl Engine {
         job: Option<&JobRecord>,
         now: Millis,
     ) -> Result<ImageState, StoreError> {
-        // The job of the stage this result ends; it may still be queued (a
-        // build seen in the registry before its trigger was marked
-        // delivered, a deploy past its deadline): withdrawn, so it is not
-        // sent again after the stage ended.
-        let stage_job = match outcome {
-            Outcome::Built { .. } | Outcome::BuildFailed { .. } => ri.job_id,
-            Outcome::Deployed | Outcome::DeployFailed { .. } => ri.deploy_job_id,
-        };
         if !machine::apply(&mut ri, outcome) {
             return Ok(ri.state);
-        }
-        if let Some(j) = stage_job {
-            self.store.cancel_job_in(tx, j, now).await?;
         }
         // Counted before the commit: a rollback (rare) over-counts one.
         let (stage, result) = match outcome {

@@ -130,6 +130,8 @@ impl Dispatcher {
     #[tracing::instrument(skip_all, fields(job = job.id, kind = %job.kind, image = job.image.as_deref().unwrap_or("")))]
     async fn deliver(&self, job: JobRecord) {
         let started = std::time::Instant::now();
+        // Whether a 2xx means done (a deploy to a backend with `ack: sync`).
+        let mut sync = false;
         let outcome = match JobPayload::decode(&job.kind, &job.payload) {
             Err(e) => Delivery::Failed(Failure::Permanent {
                 error: e.to_string(),
@@ -153,11 +155,9 @@ impl Dispatcher {
                         job.id,
                         payload.callback_token()
                     );
+                    sync = payload.kind() == JobKind::Deploy && b.ack == Ack::Sync;
                     let body = webhook::body(&job, &payload, &callback);
-                    match self.post_webhook(&job, &body, b).await {
-                        Delivery::Accepted(status) => Delivery::Accepted(status),
-                        failed => failed,
-                    }
+                    self.post_webhook(&job, &body, b).await
                 }
             },
         };
@@ -172,11 +172,6 @@ impl Dispatcher {
         let took_ms = started.elapsed().as_millis() as u64;
         match outcome {
             Delivery::Accepted(status) => {
-                let sync = JobKind::parse(&job.kind) == Some(JobKind::Deploy)
-                    && JobPayload::decode(&job.kind, &job.payload)
-                        .ok()
-                        .and_then(|p| self.cfg.backends.get(p.backend()).map(|b| b.ack))
-                        == Some(Ack::Sync);
                 let d = Delivered {
                     status,
                     duration_ms: took_ms,

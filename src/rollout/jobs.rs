@@ -2,8 +2,6 @@
 //! engine and read by the dispatcher and the callback handler. Nothing else
 //! decodes a payload.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Build, Deploy};
@@ -68,13 +66,9 @@ pub struct DeployPayload {
     /// The built digest to roll out.
     pub digest: String,
     pub rollout_id: i64,
-    pub backend: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub app: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub environment: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub inputs: BTreeMap<String, String>,
+    /// The image's `deploy:` section (backend, app, environment, inputs).
+    #[serde(flatten)]
+    pub deploy: Deploy,
     pub callback_token: String,
 }
 
@@ -90,10 +84,7 @@ impl DeployPayload {
             image: image.to_string(),
             digest: digest.to_string(),
             rollout_id,
-            backend: deploy.backend.clone(),
-            app: deploy.app.clone(),
-            environment: deploy.environment.clone(),
-            inputs: deploy.inputs.clone(),
+            deploy: deploy.clone(),
             callback_token: token,
         }
     }
@@ -145,7 +136,7 @@ impl JobPayload {
     pub fn backend(&self) -> &str {
         match self {
             JobPayload::Rebuild(p) => &p.backend,
-            JobPayload::Deploy(p) => &p.backend,
+            JobPayload::Deploy(p) => &p.deploy.backend,
         }
     }
 
@@ -166,19 +157,18 @@ pub fn new_token() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn payloads_round_trip_and_bad_ones_say_why() {
-        let p = DeployPayload {
-            image: "r/a:1".into(),
-            digest: "sha256:1".into(),
-            rollout_id: 3,
+        let deploy = Deploy {
             backend: "hook".into(),
             app: Some("api".into()),
             environment: None,
             inputs: BTreeMap::new(),
-            callback_token: "t".into(),
+            timeout: std::time::Duration::ZERO,
         };
+        let p = DeployPayload::new("r/a:1", "sha256:1", 3, &deploy, "t".into());
         let text = serde_json::to_string(&p).unwrap();
         let back = JobPayload::decode("deploy", &text).unwrap();
         assert_eq!(back.kind(), JobKind::Deploy);

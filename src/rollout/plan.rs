@@ -338,12 +338,10 @@ impl Engine {
     }
 
     /// Whether a new digest of a managed image is lineaged's own doing: a
-    /// build CI reported (callback), one it recorded, or one it is waiting
-    /// for (queued or building: CI may push before it calls back).
+    /// build it recorded, or one it is waiting for (queued or building: CI
+    /// may push before it calls back). Digests CI reports by callback never
+    /// reach the outbox.
     async fn is_own_build(&self, tx: &mut Tx, change: &ChangeRecord) -> Result<bool, StoreError> {
-        if change.source == crate::store::DigestSource::Callback.as_str() {
-            return Ok(true);
-        }
         Ok(self
             .store
             .rollout_entries_for_image_in(tx, &change.image, 3)

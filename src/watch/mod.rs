@@ -524,12 +524,18 @@ async fn check(
         .collect::<Vec<_>>()
         .join(",");
     let name = image.name.to_string();
-    let stored = match store.image_state(&name).await {
-        Ok(s) => s.and_then(|s| s.current_digest),
-        Err(e) => {
-            tracing::error!(image = %name, error = %e, "cannot read the stored digest");
-            return Ok(None);
+    // Only a managed image has base annotations to read: external images
+    // cost no extra query per check.
+    let stored = if image.is_managed() {
+        match store.image_state(&name).await {
+            Ok(s) => s.and_then(|s| s.current_digest),
+            Err(e) => {
+                tracing::error!(image = %name, error = %e, "cannot read the stored digest");
+                return Ok(None);
+            }
         }
+    } else {
+        None
     };
     // Read before recording, so the engine that plans the change already
     // knows what the new digest was built on.

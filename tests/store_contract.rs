@@ -405,6 +405,64 @@ async fn leader_lease_fails_over_within_the_ttl(db: &TestDb) {
     );
 }
 
+/// A poll that asked the registry before a CI callback recorded the new
+/// digest answers with the old one: it must not move the digest back (that
+/// would be planned as an outside change). A digest never seen is news.
+async fn a_stale_answer_never_moves_a_digest_back(db: &TestDb) {
+    use lineaged::store::Observation;
+    let s = db.store().await;
+    let cfg =
+        lineaged::config::load_str("t.yaml", "images:\n  - name: r.example.com/a:1\n", &|_| {
+            None
+        })
+        .unwrap();
+    s.sync_config(&cfg.images, T0).await.unwrap();
+    let img = "r.example.com/a:1";
+    let obs = |digest: &'static str, asked_at: i64| Observation {
+        image: img,
+        digest,
+        top_digest: None,
+        asked_at,
+        platform: "",
+        source: DigestSource::Poll,
+        settle_ms: 0,
+        base: None,
+    };
+    assert_eq!(
+        s.observe(&obs("sha256:0", T0), T0 + 1).await.unwrap(),
+        DigestUpdate::Baseline
+    );
+    // The callback asks at T0+10 and records sha256:1 at T0+20.
+    let mut cb = obs("sha256:1", T0 + 10);
+    cb.source = DigestSource::Callback;
+    assert!(matches!(
+        s.observe(&cb, T0 + 20).await.unwrap(),
+        DigestUpdate::Changed { .. }
+    ));
+    // A poll that asked at T0+15 commits the old answer afterwards.
+    assert_eq!(
+        s.observe(&obs("sha256:0", T0 + 15), T0 + 25).await.unwrap(),
+        DigestUpdate::Unchanged
+    );
+    let st = s.image_state(img).await.unwrap().unwrap();
+    assert_eq!(st.current_digest.as_deref(), Some("sha256:1"));
+    assert_eq!(
+        s.digest_history(img, 10).await.unwrap().len(),
+        3,
+        "kept as history"
+    );
+    // A digest never seen before is news, even from an early question.
+    assert!(matches!(
+        s.observe(&obs("sha256:2", T0 + 15), T0 + 30).await.unwrap(),
+        DigestUpdate::Changed { .. }
+    ));
+    // Asked after the change, the old digest is a real change back.
+    assert!(matches!(
+        s.observe(&obs("sha256:1", T0 + 40), T0 + 41).await.unwrap(),
+        DigestUpdate::Changed { .. }
+    ));
+}
+
 async fn config_sync_upserts_and_deactivates(db: &TestDb) {
     let s = db.store().await;
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/lineage.d");
@@ -638,6 +696,7 @@ contract!(
     operators_retry_and_cancel,
     leader_lease_fails_over_within_the_ttl,
     config_sync_upserts_and_deactivates,
+    a_stale_answer_never_moves_a_digest_back,
     digests_baseline_then_changes_with_history,
     events_append_in_order,
     an_idle_worker_is_woken_by_an_enqueue,

@@ -139,6 +139,7 @@ async fn check_built(
             .map(str::to_string)
             .ok_or_else(|| ApiError::Conflict("no digest reported and no registry to ask".into()));
     };
+    let asked_at = now_millis();
     let res = match client.resolve(&reference, &platforms).await {
         Ok(r) => r,
         Err(e) if e.retryable() => {
@@ -171,6 +172,7 @@ async fn check_built(
         image,
         digest: &tracked,
         top_digest: Some(&res.digest),
+        asked_at,
         platform: &platform,
         source: DigestSource::Callback,
         settle_ms: 0,

@@ -16,6 +16,9 @@ pub struct Observation<'a> {
     pub digest: &'a str,
     /// The tag's top-level digest, when known.
     pub top_digest: Option<&'a str>,
+    /// When the registry was asked: an answer older than the image's last
+    /// recorded change is history only (see `observe`).
+    pub asked_at: Millis,
     pub platform: &'a str,
     pub source: DigestSource,
     /// How long a change must hold before it is due (the settle window).
@@ -74,10 +77,36 @@ impl Store {
         // while this waits for the engine's lock on the pending change.
         // SQLite has one writer at a time.
         let sql = match tx {
-            Tx::Pg(_) => "SELECT current_digest FROM images WHERE name = $1 FOR NO KEY UPDATE",
-            Tx::Sqlite(_) => "SELECT current_digest FROM images WHERE name = $1",
+            Tx::Pg(_) => {
+                "SELECT current_digest, last_changed_at FROM images WHERE name = $1 FOR NO KEY UPDATE"
+            }
+            Tx::Sqlite(_) => "SELECT current_digest, last_changed_at FROM images WHERE name = $1",
         };
-        let current: Option<Option<String>> = on_tx!(&mut tx, c => sqlx::query_scalar(sql).bind(o.image).fetch_optional(&mut *c).await?);
+        let row: Option<(Option<String>, Option<Millis>)> =
+            on_tx!(&mut tx, c => sqlx::query_as(sql).bind(o.image).fetch_optional(&mut *c).await?);
+        // Two observers race (a poll and a CI callback): a registry answer
+        // given before the last recorded change, naming a digest the image
+        // had before it, is stale and must not move the digest back (a
+        // "change" to the previous digest would be planned as an outside
+        // change). It stays in the history. A digest never seen before is
+        // news, whenever it was asked.
+        let stale = match &row {
+            Some((Some(cur), Some(changed))) if cur != o.digest && *changed >= o.asked_at => {
+                let seen: Option<i32> = on_tx!(&mut tx, c => sqlx::query_scalar(
+                    "SELECT 1 FROM digest_observations WHERE image = $1 AND digest = $2 AND observed_at < $3 LIMIT 1")
+                    .bind(o.image).bind(o.digest).bind(*changed).fetch_optional(&mut *c).await?);
+                seen.is_some()
+            }
+            _ => false,
+        };
+        if stale {
+            on_tx!(&mut tx, c => sqlx::query("INSERT INTO digest_observations (image, digest, platform, source, observed_at) VALUES ($1, $2, $3, $4, $5)")
+                .bind(o.image).bind(o.digest).bind(o.platform).bind(o.source.as_str()).bind(now)
+                .execute(&mut *c).await?.rows_affected());
+            tx.commit().await?;
+            return Ok(DigestUpdate::Unchanged);
+        }
+        let current = row.map(|(d, _)| d);
         let Some(current) = current else {
             return Err(StoreError::Corrupt(format!(
                 "image {} is not in the store; sync the config first",

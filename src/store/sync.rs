@@ -190,6 +190,8 @@ impl Store {
             image,
             digest,
             top_digest: None,
+            // No race to guard against: the caller's value is the newest.
+            asked_at: Millis::MAX,
             platform,
             source,
             settle_ms: 0,

@@ -514,6 +514,7 @@ async fn check(
     source: DigestSource,
     seen: &mut Option<String>,
 ) -> Result<Option<DigestChanged>, RegistryError> {
+    let asked_at = now_millis();
     let res = client.resolve(&image.name, &image.platforms).await?;
     *seen = Some(res.digest.clone());
     let tracked = res.tracked();
@@ -563,6 +564,7 @@ async fn check(
         image: &name,
         digest: &tracked,
         top_digest: Some(&res.digest),
+        asked_at,
         platform: &platform,
         source,
         settle_ms: image.settle.as_millis() as i64,

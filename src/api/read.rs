@@ -441,8 +441,14 @@ pub struct JobView {
     #[schema(value_type = Object)]
     result: Value,
     enqueue_count: i32,
-    /// Sent to CI as `webhook-id`; the same on every retry.
+    /// Sent to CI as `webhook-id` (or `LINEAGED_IDEMPOTENCY_KEY`); the same
+    /// on every retry.
     idempotency_key: String,
+    /// The CI run the trigger started (its id as that CI names it), when
+    /// the CI said.
+    run_id: Option<String>,
+    /// A link to that run.
+    run_url: Option<String>,
     reasons: Vec<String>,
     #[schema(value_type = Object)]
     payload: Value,
@@ -467,6 +473,8 @@ fn job_view(j: &JobRecord) -> JobView {
         attempt: j.attempt,
         max_attempts: j.max_attempts,
         run_at: j.run_at,
+        run_id: j.run_id.clone(),
+        run_url: j.run_url.clone(),
         created_at: j.created_at,
         updated_at: j.updated_at,
         finished_at: j.finished_at,

@@ -15,6 +15,7 @@ mod resolve_cmd;
 mod serve_cmd;
 mod status_cmd;
 mod store_cmd;
+mod trigger_cmd;
 
 pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
@@ -57,6 +58,16 @@ pub enum Command {
                   wrong token, error), 2 bad usage."
     )]
     Status(StatusArgs),
+    /// Send (or print with --dry-run) the CI request a rebuild of IMAGE would make
+    #[command(
+        long_about = "Send (or print with --dry-run) the exact CI request a rebuild of IMAGE \
+                  would make: the URL, headers (credentials masked as ***) and body, with the \
+                  parents' current digests read from their registries (--offline: null).\n\n\
+                  A sent trigger is not tracked: its job and rollout ids are 0 and its callback \
+                  is refused.\n\nExit codes: 0 printed or accepted, 1 refused or failed \
+                  (the error says whether the daemon would retry), 2 bad usage."
+    )]
+    Trigger(TriggerArgs),
     /// Write a synthetic lineage of N images (for benchmarks)
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -78,6 +89,21 @@ pub struct PlanArgs {
     pub changed: Vec<ImageRef>,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TriggerArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The managed image to rebuild, e.g. registry.example.com/app:1
+    #[arg(value_name = "IMAGE", value_parser = parse_ref)]
+    pub image: ImageRef,
+    /// Print the request; send nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask registries for the parents' digests
+    #[arg(long)]
+    pub offline: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -179,6 +205,7 @@ pub fn main() -> ExitCode {
         Command::Migrate(a) => store_cmd::migrate(&a),
         Command::Resolve(a) => resolve_cmd::resolve(&a),
         Command::Status(a) => status_cmd::status(&a),
+        Command::Trigger(a) => trigger_cmd::trigger(&a),
         Command::Generate(a) => generate(&a),
     }
 }

@@ -31,6 +31,22 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://lineaged.db";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(2 * 60 * 60);
 
+/// What every trigger carries, whatever the CI: GitHub inputs and
+/// `client_payload` keys as written here, environment-style variables as
+/// `LINEAGED_` + upper case. `build.inputs` may not use these names.
+pub const LINEAGED_FIELDS: [&str; 6] = [
+    "image",
+    "parents",
+    "job_id",
+    "rollout_id",
+    "callback_url",
+    "idempotency_key",
+];
+/// GitHub's cap on `workflow_dispatch` inputs.
+pub const GITHUB_MAX_INPUTS: usize = 25;
+/// GitHub's cap on top-level `client_payload` properties.
+pub const GITHUB_MAX_PAYLOAD_KEYS: usize = 10;
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -217,16 +233,18 @@ pub enum BackendKind {
     Jenkins,
     AzurePipelines,
     Buildkite,
+    Tekton,
 }
 
 impl BackendKind {
-    pub const ALL: [(&'static str, BackendKind); 6] = [
+    pub const ALL: [(&'static str, BackendKind); 7] = [
         ("webhook", BackendKind::Webhook),
         ("github_actions", BackendKind::GithubActions),
         ("gitlab", BackendKind::Gitlab),
         ("jenkins", BackendKind::Jenkins),
         ("azure_pipelines", BackendKind::AzurePipelines),
         ("buildkite", BackendKind::Buildkite),
+        ("tekton", BackendKind::Tekton),
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -258,6 +276,47 @@ pub struct Backend {
     pub build_timeout: Option<Duration>,
     /// How a deploy through this backend is known to be done.
     pub ack: Ack,
+    /// Which API of the kind to call (an image's `build.mode` overrides).
+    pub mode: Option<Mode>,
+}
+
+/// Which of a CI system's trigger APIs to call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// GitHub: `POST …/actions/workflows/{workflow}/dispatches` (default).
+    WorkflowDispatch,
+    /// GitHub: `POST /repos/{owner}/{repo}/dispatches`.
+    RepositoryDispatch,
+    /// GitLab: `POST …/trigger/pipeline` with a trigger token (default).
+    Trigger,
+    /// GitLab: `POST …/pipeline` with an access token.
+    Api,
+}
+
+impl Mode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::WorkflowDispatch => "workflow_dispatch",
+            Mode::RepositoryDispatch => "repository_dispatch",
+            Mode::Trigger => "trigger",
+            Mode::Api => "api",
+        }
+    }
+
+    /// The modes a kind offers, its default first; empty for kinds with one API.
+    pub fn of(kind: BackendKind) -> &'static [Mode] {
+        match kind {
+            BackendKind::GithubActions => &[Mode::WorkflowDispatch, Mode::RepositoryDispatch],
+            BackendKind::Gitlab => &[Mode::Trigger, Mode::Api],
+            _ => &[],
+        }
+    }
+
+    /// Parses a mode valid for `kind`.
+    pub fn parse(kind: BackendKind, s: &str) -> Option<Mode> {
+        Mode::of(kind).iter().copied().find(|m| m.as_str() == s)
+    }
 }
 
 /// How a deploy delivered to a webhook backend is known to be done.
@@ -296,6 +355,15 @@ impl Image {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Build {
     pub backend: String,
+    /// Overrides the backend's `mode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// GitHub `owner/name`; overrides the backend's `repository`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// GitLab project (id or path) or Azure DevOps project; overrides the backend's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workflow: Option<String>,
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]

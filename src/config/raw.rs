@@ -137,6 +137,9 @@ pub struct RawBackend {
     /// Deploys through a webhook: `callback` (default; done when the
     /// receiver reports) or `sync` (done on a 2xx).
     pub ack: Option<S>,
+    /// github_actions: `workflow_dispatch` (default) or
+    /// `repository_dispatch`; gitlab: `trigger` (default) or `api`.
+    pub mode: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +159,9 @@ pub struct RawImage {
 #[serde(deny_unknown_fields)]
 pub struct RawBuild {
     pub backend: S,
+    pub mode: Option<S>,
+    pub repository: Option<S>,
+    pub project: Option<S>,
     pub workflow: Option<S>,
     #[serde(rename = "ref")]
     pub git_ref: Option<S>,

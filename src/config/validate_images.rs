@@ -202,15 +202,90 @@ fn build(
             );
         }
     };
+    let mode = match &b.mode {
+        Some(m) => super::validate_parts::parse_mode(ctx, f, backend.kind, m),
+        None => backend.mode,
+    }
+    .or_else(|| Mode::of(backend.kind).first().copied());
+    let repository = ctx.opt_text(f, &b.repository);
+    let project = ctx.opt_text(f, &b.project);
+    if let Some(r) = &b.repository
+        && r.value.split('/').filter(|p| !p.is_empty()).count() != 2
+    {
+        ctx.err(
+            f,
+            r.referenced,
+            format!("repository must be `owner/name`, got `{}`", r.value),
+        );
+    }
     match backend.kind {
-        BackendKind::GithubActions => need(ctx, b.workflow.is_some(), "workflow"),
+        BackendKind::GithubActions => {
+            need(
+                ctx,
+                repository.is_some() || backend.repository.is_some(),
+                "repository (owner/name, here or on the backend)",
+            );
+            if mode == Some(Mode::WorkflowDispatch) {
+                need(ctx, b.workflow.is_some(), "workflow (file name or id)");
+            }
+        }
         BackendKind::Jenkins => need(ctx, b.job.is_some(), "job"),
-        BackendKind::AzurePipelines | BackendKind::Buildkite => need(
+        BackendKind::Gitlab => need(
+            ctx,
+            project.is_some() || backend.project.is_some(),
+            "project (here or on the backend)",
+        ),
+        BackendKind::AzurePipelines => {
+            need(
+                ctx,
+                project.is_some() || backend.project.is_some(),
+                "project (here or on the backend)",
+            );
+            need(
+                ctx,
+                b.pipeline.is_some() || backend.pipeline.is_some(),
+                "pipeline (its id)",
+            );
+        }
+        BackendKind::Buildkite => need(
             ctx,
             b.pipeline.is_some() || backend.pipeline.is_some(),
-            "pipeline",
+            "pipeline (its slug)",
         ),
-        BackendKind::Webhook | BackendKind::Gitlab => {}
+        BackendKind::Webhook | BackendKind::Tekton => {}
+    }
+    for (k, v) in &b.inputs {
+        let lower = k.to_ascii_lowercase();
+        if LINEAGED_FIELDS.contains(&lower.as_str()) || lower.starts_with("lineaged_") {
+            ctx.err(
+                f,
+                v.referenced,
+                format!("build input `{k}` is reserved: lineaged sends it itself"),
+            );
+        }
+    }
+    let limit = match (backend.kind, mode) {
+        (BackendKind::GithubActions, Some(Mode::WorkflowDispatch)) => {
+            Some((GITHUB_MAX_INPUTS, "workflow_dispatch takes at most"))
+        }
+        (BackendKind::GithubActions, Some(Mode::RepositoryDispatch)) => Some((
+            GITHUB_MAX_PAYLOAD_KEYS,
+            "repository_dispatch's client_payload takes at most",
+        )),
+        _ => None,
+    };
+    if let Some((max, what)) = limit
+        && LINEAGED_FIELDS.len() + b.inputs.len() > max
+    {
+        ctx.err(
+            f,
+            b.backend.referenced,
+            format!(
+                "build of {name}: {what} {max} inputs; lineaged sends {} and `inputs` adds {}",
+                LINEAGED_FIELDS.len(),
+                b.inputs.len()
+            ),
+        );
     }
     let build_timeout = ctx.duration(f, &b.build_timeout);
     let mut inputs = BTreeMap::new();
@@ -221,6 +296,9 @@ fn build(
     }
     Some(Build {
         backend: backend.name.clone(),
+        mode,
+        repository,
+        project,
         workflow: ctx.opt_text(f, &b.workflow),
         git_ref: ctx.opt_text(f, &b.git_ref),
         job: ctx.opt_text(f, &b.job),
@@ -242,6 +320,17 @@ fn deploy(
     backends: &BTreeMap<String, Backend>,
 ) -> Option<Deploy> {
     let backend = known_backend(ctx, f, &d.backend, backends)?;
+    if backend.kind != BackendKind::Webhook {
+        ctx.err(
+            f,
+            d.backend.referenced,
+            format!(
+                "deploy through backend `{}` (kind {}): deploys go to webhook backends",
+                backend.name,
+                backend.kind.as_str()
+            ),
+        );
+    }
     let mut inputs = BTreeMap::new();
     for (k, v) in &d.inputs {
         if let Some(v) = ctx.text(f, v) {

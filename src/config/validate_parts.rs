@@ -275,31 +275,29 @@ pub(super) fn backends(
             }
         };
         match kind {
-            BackendKind::Webhook => need(b.url.is_some(), "url"),
-            BackendKind::GithubActions => {
-                need(
-                    b.repository
-                        .as_ref()
-                        .is_some_and(|r| r.value.split('/').count() == 2),
-                    "repository (owner/name)",
-                );
-                need(has_token, "token_env or token_file");
+            BackendKind::Webhook | BackendKind::Jenkins | BackendKind::Tekton => {
+                need(b.url.is_some(), "url")
             }
-            BackendKind::Gitlab => {
-                need(b.project.is_some(), "project");
-                need(has_token, "token_env or token_file");
-            }
-            BackendKind::Jenkins => need(b.url.is_some(), "url"),
-            BackendKind::AzurePipelines => {
-                need(b.organization.is_some(), "organization");
-                need(b.project.is_some(), "project");
-                need(has_token, "token_env or token_file");
-            }
-            BackendKind::Buildkite => {
+            BackendKind::GithubActions => need(has_token, "token_env or token_file"),
+            BackendKind::Gitlab => need(has_token, "token_env or token_file"),
+            BackendKind::AzurePipelines | BackendKind::Buildkite => {
                 need(b.organization.is_some(), "organization");
                 need(has_token, "token_env or token_file");
             }
         }
+        if let Some(r) = &b.repository
+            && r.value.split('/').filter(|p| !p.is_empty()).count() != 2
+        {
+            ctx.err(
+                f,
+                r.referenced,
+                format!(
+                    "backend `{name}`: repository must be `owner/name`, got `{}`",
+                    r.value
+                ),
+            );
+        }
+        let mode = b.mode.as_ref().and_then(|m| parse_mode(ctx, f, kind, m));
         let concurrency = match b.concurrency {
             Some(c) if c.value == 0 => {
                 ctx.err(f, c.referenced, "concurrency must be at least 1");
@@ -339,10 +337,30 @@ pub(super) fn backends(
             timeout: timeout.unwrap_or(std::time::Duration::from_secs(30)),
             build_timeout,
             ack,
+            mode,
         };
         out.insert(name, backend);
     }
     out
+}
+
+/// A `mode` valid for the backend kind, or an error listing the valid ones.
+pub(super) fn parse_mode(ctx: &mut Ctx, f: usize, kind: BackendKind, m: &S) -> Option<Mode> {
+    let found = Mode::parse(kind, &m.value);
+    if found.is_none() {
+        let valid: Vec<&str> = Mode::of(kind).iter().map(|m| m.as_str()).collect();
+        let msg = if valid.is_empty() {
+            format!("kind {} has no `mode`", kind.as_str())
+        } else {
+            format!(
+                "mode must be one of {}, got `{}`",
+                valid.join(", "),
+                m.value
+            )
+        };
+        ctx.err(f, m.referenced, msg);
+    }
+    found
 }
 
 pub(super) fn policy(ctx: &mut Ctx, raw: Option<(usize, Spanned<RawPolicy>)>) -> Policy {

@@ -1,8 +1,22 @@
 //! The dispatcher: claims rebuild and deploy jobs and delivers them to their
-//! backends, routing by job kind, retrying with backoff; the same
-//! `webhook-id` (the job's idempotency key) on every attempt.
+//! backends, routing by job kind and backend kind, retrying with backoff;
+//! the job's idempotency key travels on every attempt.
+//!
+//! One file per CI system builds its [`request::CiRequest`] from a
+//! [`request::Trigger`] and reads the run it started from the answer.
 
+pub mod azure;
+pub mod buildkite;
+pub mod github;
+pub mod gitlab;
+pub mod jenkins;
+pub mod request;
+pub mod tekton;
 pub mod webhook;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+pub use request::{CiRequest, CiRun, DispatchError, Trigger};
+use reqwest::header::HeaderMap;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,9 +26,9 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Ack, BackendKind, Config};
+use crate::config::{Ack, Backend, BackendKind, Config};
 use crate::rollout::{Delivered, Engine, JobKind, JobPayload};
-use crate::store::{Failure, JobRecord, JobState, Store, now_millis};
+use crate::store::{JobRecord, JobState, Store, now_millis};
 
 const LEASE: Duration = Duration::from_secs(120);
 
@@ -31,11 +45,66 @@ pub struct Dispatcher {
     callback_base: String,
 }
 
-/// What one delivery attempt came to.
-enum Delivery {
-    /// CI answered 2xx with this status.
-    Accepted(u16),
-    Failed(Failure),
+/// `User-Agent` on every request (GitHub requires one).
+pub const USER_AGENT: &str = concat!("lineaged/", env!("CARGO_PKG_VERSION"));
+
+/// Path-segment encoding: everything but unreserved characters, so
+/// `group/project` becomes `group%2Fproject`.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// One URL path segment, percent-encoded.
+pub fn segment(s: &str) -> String {
+    utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+/// An id from JSON (a number or a string) as text.
+pub(crate) fn id_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The rebuild request for `b`'s kind.
+pub fn rebuild_request(b: &Backend, t: &Trigger) -> Result<CiRequest, DispatchError> {
+    match b.kind {
+        BackendKind::Webhook => webhook::request(b, t.idempotency_key, &webhook::rebuild_body(t)),
+        BackendKind::GithubActions => github::request(b, t),
+        BackendKind::Gitlab => gitlab::request(b, t),
+        BackendKind::Jenkins => jenkins::request(b, t),
+        BackendKind::AzurePipelines => azure::request(b, t),
+        BackendKind::Buildkite => buildkite::request(b, t),
+        BackendKind::Tekton => tekton::request(b, t),
+    }
+}
+
+/// The run an accepted trigger started, read the kind's way.
+pub(crate) fn run_of(kind: BackendKind, headers: &HeaderMap, body: &Value) -> CiRun {
+    match kind {
+        BackendKind::Webhook => webhook::run(body),
+        BackendKind::GithubActions => github::run(body),
+        BackendKind::Gitlab => gitlab::run(body),
+        BackendKind::Jenkins => jenkins::run(headers),
+        BackendKind::AzurePipelines => azure::run(body),
+        BackendKind::Buildkite => buildkite::run(body),
+        BackendKind::Tekton => tekton::run(body),
+    }
+}
+
+/// The HTTP client for triggers. Redirects are not followed: a POST must
+/// not turn into a GET somewhere else (Jenkins' 303 for an already queued
+/// build is read as accepted).
+pub fn http_client() -> reqwest::Client {
+    crate::init_tls();
+    reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_default()
 }
 
 impl Dispatcher {
@@ -46,11 +115,7 @@ impl Dispatcher {
         worker: String,
         callback_base: String,
     ) -> Dispatcher {
-        crate::init_tls();
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("lineaged/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
+        let http = http_client();
         let permits = cfg
             .backends
             .iter()
@@ -133,16 +198,12 @@ impl Dispatcher {
         // Whether a 2xx means done (a deploy to a backend with `ack: sync`).
         let mut sync = false;
         let outcome = match JobPayload::decode(&job.kind, &job.payload) {
-            Err(e) => Delivery::Failed(Failure::Permanent {
-                error: e.to_string(),
-            }),
+            Err(e) => Err(DispatchError::Invalid(e.to_string())),
             Ok(payload) => match self.cfg.backends.get(payload.backend()) {
-                None => Delivery::Failed(Failure::Permanent {
-                    error: format!("backend `{}` is no longer configured", payload.backend()),
-                }),
-                Some(b) if b.kind != BackendKind::Webhook => Delivery::Failed(Failure::Permanent {
-                    error: format!("backend kind {} is not implemented yet", b.kind.as_str()),
-                }),
+                None => Err(DispatchError::Invalid(format!(
+                    "backend `{}` is no longer configured",
+                    payload.backend()
+                ))),
                 Some(b) => {
                     let permit = self.permits.get(payload.backend()).cloned();
                     let _p = match permit {
@@ -156,30 +217,68 @@ impl Dispatcher {
                         payload.callback_token()
                     );
                     sync = payload.kind() == JobKind::Deploy && b.ack == Ack::Sync;
-                    let body = webhook::body(&job, &payload, &callback);
-                    self.post_webhook(&job, &body, b).await
+                    let req = match &payload {
+                        JobPayload::Rebuild(p) => {
+                            let reasons = job.reasons();
+                            let t = Trigger {
+                                image: &p.image,
+                                parents: &p.parents,
+                                job_id: job.id,
+                                rollout_id: p.rollout_id,
+                                callback_url: callback,
+                                idempotency_key: &job.idempotency_key,
+                                attempt: job.attempt,
+                                reason: reason_text(&reasons),
+                                build: &p.build,
+                            };
+                            rebuild_request(b, &t)
+                        }
+                        JobPayload::Deploy(p) if b.kind == BackendKind::Webhook => {
+                            webhook::request(
+                                b,
+                                &job.idempotency_key,
+                                &webhook::deploy_body(&job, p, &callback),
+                            )
+                        }
+                        JobPayload::Deploy(_) => Err(DispatchError::Invalid(format!(
+                            "deploys go to webhook backends, not {}",
+                            b.kind.as_str()
+                        ))),
+                    };
+                    match req {
+                        Ok(req) => request::send(&self.http, &req, b.timeout).await,
+                        Err(e) => Err(e),
+                    }
                 }
             },
         };
         crate::metrics::metrics().dispatched(
             match &outcome {
-                Delivery::Accepted(_) => "accepted",
-                Delivery::Failed(Failure::Retry { .. }) => "retry",
-                Delivery::Failed(Failure::Permanent { .. }) => "failed",
+                Ok(_) => "accepted",
+                Err(e) if e.retryable() => "retry",
+                Err(_) => "failed",
             },
             started.elapsed().as_secs_f64(),
         );
         let took_ms = started.elapsed().as_millis() as u64;
         match outcome {
-            Delivery::Accepted(status) => {
+            Ok(run) => {
+                tracing::info!(
+                    status = run.status,
+                    run_id = run.id.as_deref(),
+                    run_url = run.url.as_deref(),
+                    "trigger accepted"
+                );
                 let d = Delivered {
-                    status,
+                    status: run.status,
                     duration_ms: took_ms,
                     done: sync,
+                    run_id: run.id,
+                    run_url: run.url,
                 };
                 // Completing the job and moving the image is one
                 // transaction: a crash leaves both undone (the trigger is
-                // re-sent with the same webhook-id) or both done.
+                // re-sent with the same idempotency key) or both done.
                 match retry_db("record the delivery", || {
                     self.engine.on_delivered(&job, &self.worker, &d)
                 })
@@ -189,77 +288,35 @@ impl Dispatcher {
                     Err(e) => tracing::warn!(error = %e, "delivered, but the lease was lost"),
                 }
             }
-            Delivery::Failed(f) => match retry_db("record the failure", || {
-                self.engine.on_delivery_failed(&job, &self.worker, &f)
-            })
-            .await
-            {
-                Ok(JobState::Pending) => {
-                    tracing::warn!(attempt = job.attempt, error = ?f, "delivery failed; will retry")
-                }
-                Ok(state) => tracing::warn!(?state, error = ?f, "delivery failed for good"),
-                Err(e) => tracing::warn!(error = %e, "cannot record the failure"),
-            },
-        }
-    }
-
-    async fn post_webhook(
-        &self,
-        job: &JobRecord,
-        body: &Value,
-        b: &crate::config::Backend,
-    ) -> Delivery {
-        let Some(url) = &b.url else {
-            return Delivery::Failed(Failure::Permanent {
-                error: "webhook backend has no url".into(),
-            });
-        };
-        let body = serde_json::to_vec(body).unwrap_or_default();
-        let ts = now_millis() / 1000;
-        let mut req = self
-            .http
-            .post(url)
-            .timeout(b.timeout)
-            .header("content-type", "application/json")
-            .header("webhook-id", &job.idempotency_key)
-            .header("webhook-timestamp", ts.to_string());
-        if let Some(secret) = &b.secret {
-            let key = webhook::signing_key(secret.expose());
-            req = req.header(
-                "webhook-signature",
-                webhook::sign(&key, &job.idempotency_key, ts, &body),
-            );
-        }
-        match req.body(body).send().await {
-            Ok(r) if r.status().is_success() => Delivery::Accepted(r.status().as_u16()),
-            Ok(r) => {
-                let status = r.status().as_u16();
-                let retry_after = r
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|s| s.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
-                let text: String = r
-                    .text()
-                    .await
-                    .unwrap_or_default()
-                    .chars()
-                    .take(300)
-                    .collect();
-                let error = format!("HTTP {status}: {text}");
-                if status == 408 || status == 429 || status >= 500 {
-                    Delivery::Failed(Failure::Retry { error, retry_after })
-                } else {
-                    Delivery::Failed(Failure::Permanent { error })
+            Err(e) => {
+                let label = e.metric_label();
+                let f = e.into_failure();
+                match retry_db("record the failure", || {
+                    self.engine.on_delivery_failed(&job, &self.worker, &f)
+                })
+                .await
+                {
+                    Ok(JobState::Pending) => {
+                        tracing::warn!(attempt = job.attempt, error = ?f, label, "delivery failed; will retry")
+                    }
+                    Ok(state) => {
+                        tracing::warn!(?state, error = ?f, label, "delivery failed for good")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot record the failure"),
                 }
             }
-            Err(e) => Delivery::Failed(Failure::Retry {
-                error: format!("request failed: {}", e.without_url()),
-                retry_after: None,
-            }),
         }
     }
+}
+
+/// The reasons a job carries, as one short phrase for commit messages.
+fn reason_text(reasons: &[String]) -> String {
+    let text = match reasons {
+        [] => "base changed".to_string(),
+        [one] => one.clone(),
+        [first, rest @ ..] => format!("{first} and {} more", rest.len()),
+    };
+    text.chars().take(200).collect()
 }
 
 /// Retries a store write through a database hiccup (SQLite busy, a Postgres

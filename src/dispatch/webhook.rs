@@ -7,41 +7,82 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::rollout::JobPayload;
+use super::request::{Body, CiRequest, CiRun, DispatchError, Trigger};
+use crate::config::{Backend, BackendKind};
+use crate::rollout::DeployPayload;
 use crate::store::JobRecord;
 
-/// The JSON body of a delivery: what the receiver needs for the job's kind.
-///
-/// - rebuild: `{type, kind, job_id, image, parents: [{name, digest}],
-///   rollout_id, callback_url, build, attempt}`
-/// - deploy: `{kind, job_id, image, digest (the built digest), app,
-///   environment, inputs, rollout_id, callback_url, attempt}`
-pub fn body(job: &JobRecord, payload: &JobPayload, callback_url: &str) -> Value {
-    match payload {
-        JobPayload::Rebuild(p) => json!({
-            "type": "rebuild",
-            "kind": "rebuild",
-            "job_id": job.id,
-            "image": p.image,
-            "parents": p.parents,
-            "rollout_id": p.rollout_id,
-            "callback_url": callback_url,
-            "build": p.build,
-            "attempt": job.attempt,
-        }),
-        JobPayload::Deploy(p) => json!({
-            "type": "deploy",
-            "kind": "deploy",
-            "job_id": job.id,
-            "image": p.image,
-            "digest": p.digest,
-            "app": p.deploy.app,
-            "environment": p.deploy.environment,
-            "inputs": p.deploy.inputs,
-            "rollout_id": p.rollout_id,
-            "callback_url": callback_url,
-            "attempt": job.attempt,
-        }),
+/// The JSON body of a rebuild delivery (also Tekton's):
+/// `{type, kind, job_id, image, parents: [{name, digest}], rollout_id,
+/// callback_url, idempotency_key, build, attempt}`.
+pub fn rebuild_body(t: &Trigger) -> Value {
+    json!({
+        "type": "rebuild",
+        "kind": "rebuild",
+        "job_id": t.job_id,
+        "image": t.image,
+        "parents": t.parents,
+        "rollout_id": t.rollout_id,
+        "callback_url": t.callback_url,
+        "idempotency_key": t.idempotency_key,
+        "build": t.build,
+        "attempt": t.attempt,
+    })
+}
+
+/// The JSON body of a deploy delivery: `{type, kind, job_id, image, digest
+/// (the built digest), app, environment, inputs, rollout_id, callback_url,
+/// attempt}`.
+pub fn deploy_body(job: &JobRecord, p: &DeployPayload, callback_url: &str) -> Value {
+    json!({
+        "type": "deploy",
+        "kind": "deploy",
+        "job_id": job.id,
+        "image": p.image,
+        "digest": p.digest,
+        "app": p.deploy.app,
+        "environment": p.deploy.environment,
+        "inputs": p.deploy.inputs,
+        "rollout_id": p.rollout_id,
+        "callback_url": callback_url,
+        "attempt": job.attempt,
+    })
+}
+
+/// A signed delivery of `body` to the backend's `url`: `webhook-id` is the
+/// job's idempotency key on every attempt.
+pub fn request(b: &Backend, id: &str, body: &Value) -> Result<CiRequest, DispatchError> {
+    let url = b
+        .url
+        .clone()
+        .ok_or_else(|| DispatchError::Invalid("webhook backend has no url".into()))?;
+    let body = serde_json::to_vec(body).unwrap_or_default();
+    let ts = crate::store::now_millis() / 1000;
+    let mut r = CiRequest::new(BackendKind::Webhook, url, Body::Json(body.clone()))
+        .header("webhook-id", id)
+        .header("webhook-timestamp", ts.to_string());
+    if let Some(secret) = &b.secret {
+        let key = signing_key(secret.expose());
+        r = r.header("webhook-signature", sign(&key, id, ts, &body));
+        r.secrets.push(secret.expose().to_string());
+    }
+    Ok(r)
+}
+
+/// A receiver may answer with the run it started: `{"id", "url"}` (or
+/// `run_id`/`run_url`); anything else records nothing.
+pub fn run(body: &Value) -> CiRun {
+    CiRun {
+        id: body
+            .get("run_id")
+            .or_else(|| body.get("id"))
+            .map(super::id_text),
+        url: body
+            .get("run_url")
+            .or_else(|| body.get("url"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        ..CiRun::default()
     }
 }
 

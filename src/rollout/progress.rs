@@ -23,6 +23,9 @@ pub struct Delivered {
     pub duration_ms: u64,
     /// The receiver's answer means done (a deploy backend with `ack: sync`).
     pub done: bool,
+    /// The CI run the trigger started, when the answer named it.
+    pub run_id: Option<String>,
+    pub run_url: Option<String>,
 }
 
 impl Engine {
@@ -406,10 +409,15 @@ impl Engine {
         self.store
             .complete_in(&mut tx, job.id, worker, Some(&result), now)
             .await?;
+        if d.run_id.is_some() || d.run_url.is_some() {
+            self.store
+                .set_run_in(&mut tx, job.id, d.run_id.as_deref(), d.run_url.as_deref())
+                .await?;
+        }
         self.event(
             &mut tx,
             "job_dispatched", (job.image.as_deref(), job.rollout_id, Some(job.id)),
-            json!({ "kind": job.kind, "attempt": job.attempt, "status": d.status, "duration_ms": d.duration_ms }),
+            json!({ "kind": job.kind, "attempt": job.attempt, "status": d.status, "duration_ms": d.duration_ms, "run_id": d.run_id, "run_url": d.run_url }),
             now)
         .await?;
         let kind = JobKind::parse(&job.kind);

@@ -106,6 +106,9 @@ pub struct JobRecord {
     pub locked_until: Option<Millis>,
     pub last_error: Option<String>,
     pub result: Option<String>,
+    /// The CI run the trigger started, when the CI named it.
+    pub run_id: Option<String>,
+    pub run_url: Option<String>,
     pub created_at: Millis,
     pub updated_at: Millis,
     pub finished_at: Option<Millis>,
@@ -389,6 +392,20 @@ impl Store {
         } else {
             Err(StoreError::LeaseLost(id))
         }
+    }
+
+    /// Records the CI run a delivered job started.
+    pub async fn set_run_in(
+        &self,
+        tx: &mut Tx,
+        id: i64,
+        run_id: Option<&str>,
+        run_url: Option<&str>,
+    ) -> Result<(), StoreError> {
+        on_tx!(tx, c => sqlx::query("UPDATE jobs SET run_id = $2, run_url = $3 WHERE id = $1")
+            .bind(id).bind(run_id).bind(run_url)
+            .execute(&mut *c).await?.rows_affected());
+        Ok(())
     }
 
     /// Marks several held jobs succeeded in one statement (a worker finishing

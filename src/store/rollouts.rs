@@ -35,6 +35,10 @@ pub struct RolloutImage {
     pub build_attempts: i32,
     /// The deploy job, once the image is deploying.
     pub deploy_job_id: Option<i64>,
+    /// The CI run of the rebuild job, when its CI named one (read from the
+    /// job; only the rollout listing fills it).
+    #[sqlx(default)]
+    pub run_url: Option<String>,
 }
 
 impl RolloutImage {
@@ -53,6 +57,7 @@ impl RolloutImage {
             updated_at: now,
             build_attempts: 0,
             deploy_job_id: None,
+            run_url: None,
         }
     }
 
@@ -426,7 +431,7 @@ impl Store {
 
     pub async fn rollout_images(&self, rollout_id: i64) -> Result<Vec<RolloutImage>, StoreError> {
         Ok(
-            on_pool!(self, p => sqlx::query_as("SELECT * FROM rollout_images WHERE rollout_id = $1 ORDER BY wave, image")
+            on_pool!(self, p => sqlx::query_as("SELECT ri.*, j.run_url FROM rollout_images ri LEFT JOIN jobs j ON j.id = ri.job_id WHERE ri.rollout_id = $1 ORDER BY ri.wave, ri.image")
             .bind(rollout_id).fetch_all(p).await?),
         )
     }

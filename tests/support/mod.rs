@@ -1,6 +1,7 @@
 //! Test support: a fresh database per test, on either backend.
 #![allow(dead_code)]
 
+pub mod ci_peer;
 pub mod fleet;
 pub mod registry;
 

@@ -50,6 +50,7 @@ fn help_on_every_command_and_usage_errors_exit_2() {
         &["migrate"],
         &["resolve"],
         &["status"],
+        &["trigger"],
     ] {
         let mut args = cmd.to_vec();
         args.push("--help");
@@ -185,7 +186,7 @@ fn secrets_never_appear_in_output() {
     let o = lineaged(&["check", "-c", &cfg]);
     assert_eq!(o.status.code(), Some(1));
     let all = format!("{}{}", stdout(&o), stderr(&o));
-    assert!(all.contains("needs `workflow`"), "{all}");
+    assert!(all.contains("needs `workflow (file name or id)`"), "{all}");
     assert!(!all.contains("s3cr3t-value"), "{all}");
 }
 
@@ -370,4 +371,107 @@ fn graph_formats_and_dot_is_accepted_by_graphviz() {
         "dot rejected:\n{dot}\n{}",
         String::from_utf8_lossy(&g.stderr)
     );
+}
+
+/// What each CI kind needs is checked at its line: a workflow_dispatch
+/// image without `workflow`, a repository that is not owner/name, a mode
+/// the kind lacks, reserved or too many inputs, a deploy through a CI kind.
+#[test]
+fn ci_kinds_are_checked_at_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "ci.yaml",
+        r#"backends:
+  gh: { kind: github_actions, token_env: LINEAGED_TEST_TOKEN, mode: repository_dispatch }
+  gl: { kind: gitlab, url: "https://gitlab.example.com", token_env: LINEAGED_TEST_TOKEN, mode: pipelines }
+  jk: { kind: jenkins }
+  tk: { kind: tekton, url: "http://el.example.com" }
+images:
+  - name: registry.example.com/a:1
+    build: { backend: gh, mode: workflow_dispatch, repository: acme/a }
+  - name: registry.example.com/b:1
+    build: { backend: gh, repository: acme }
+  - name: registry.example.com/c:1
+    build: { backend: gl, inputs: { image: x, LINEAGED_JOB_ID: "1" } }
+  - name: registry.example.com/d:1
+    build: { backend: gh, repository: acme/d, inputs: { a: "1", b: "2", c: "3", d: "4", e: "5" } }
+  - name: registry.example.com/e:1
+    build: { backend: tk }
+    deploy: { backend: tk }
+"#,
+    );
+    let o = lineaged(&["check", "-c", &cfg]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    for e in [
+        format!("{cfg}:3:96: mode must be one of trigger, api, got `pipelines`"),
+        format!("{cfg}:4:7: backend `jk` (kind jenkins) needs `url`"),
+        format!("{cfg}:8:23: build of registry.example.com/a:1 on backend `gh` (kind github_actions) needs `workflow (file name or id)`"),
+        format!("{cfg}:10:39: repository must be `owner/name`, got `acme`"),
+        format!("{cfg}:12:23: build of registry.example.com/c:1 on backend `gl` (kind gitlab) needs `project (here or on the backend)`"),
+        format!("{cfg}:12:44: build input `image` is reserved: lineaged sends it itself"),
+        format!("{cfg}:12:64: build input `LINEAGED_JOB_ID` is reserved"),
+        format!("{cfg}:14:23: build of registry.example.com/d:1: repository_dispatch's client_payload takes at most 10 inputs; lineaged sends 6 and `inputs` adds 5"),
+        format!("{cfg}:17:24: deploy through backend `tk` (kind tekton): deploys go to webhook backends"),
+    ] {
+        assert!(err.contains(e.as_str()), "missing {e:?} in:\n{err}");
+    }
+}
+
+/// `lineaged trigger --dry-run` prints each kind's exact request, the
+/// credential masked, and exits 0 without sending anything.
+#[test]
+fn trigger_dry_run_prints_each_kinds_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "ci.yaml",
+        r#"backends:
+  gh: { kind: github_actions, repository: acme/images, token_env: LINEAGED_TEST_TOKEN }
+  gl: { kind: gitlab, project: acme/images, token_env: LINEAGED_TEST_TOKEN }
+  jk: { kind: jenkins, url: "https://jenkins.example.com", username: robot, token_env: LINEAGED_TEST_TOKEN }
+  az: { kind: azure_pipelines, organization: acme, project: images, token_env: LINEAGED_TEST_TOKEN }
+  bk: { kind: buildkite, organization: acme, token_env: LINEAGED_TEST_TOKEN }
+  tk: { kind: tekton, url: "http://el.example.com:8080", secret_env: LINEAGED_TEST_TOKEN }
+api: { public_url: "https://lineaged.example.com" }
+images:
+  - name: registry.example.com/base:1
+  - name: registry.example.com/gh:1
+    from: [registry.example.com/base:1]
+    build: { backend: gh, workflow: build.yml }
+  - name: registry.example.com/gl:1
+    build: { backend: gl, ref: main }
+  - name: registry.example.com/jk:1
+    build: { backend: jk, job: team/gl }
+  - name: registry.example.com/az:1
+    build: { backend: az, pipeline: "7" }
+  - name: registry.example.com/bk:1
+    build: { backend: bk, pipeline: images }
+  - name: registry.example.com/tk:1
+    build: { backend: tk }
+"#,
+    );
+    let want = [
+        ("gh", "POST https://api.github.com/repos/acme/images/actions/workflows/build.yml/dispatches", "authorization: ***"),
+        ("gl", "POST https://gitlab.com/api/v4/projects/acme%2Fimages/trigger/pipeline", "token=***"),
+        ("jk", "POST https://jenkins.example.com/job/team/job/gl/buildWithParameters", "authorization: ***"),
+        ("az", "POST https://dev.azure.com/acme/images/_apis/pipelines/7/runs?api-version=7.1", "authorization: ***"),
+        ("bk", "POST https://api.buildkite.com/v2/organizations/acme/pipelines/images/builds", "authorization: ***"),
+        ("tk", "POST http://el.example.com:8080", "x-hub-signature-256: sha256="),
+    ];
+    for (name, line, credential) in want {
+        let image = format!("registry.example.com/{name}:1");
+        let o = lineaged(&["trigger", "-c", &cfg, &image, "--dry-run", "--offline"]);
+        let out = stdout(&o);
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
+        assert!(out.contains(&format!("{line}\n")), "{name}:\n{out}");
+        assert!(out.to_lowercase().contains(&credential.to_lowercase()), "{name}:\n{out}");
+        assert!(out.contains("https://lineaged.example.com/api/v1/jobs/0/result"), "{name}:\n{out}");
+        assert!(!out.contains("s3cr3t-value"), "{name}: the token leaked:\n{out}");
+        assert!(stderr(&o).contains("dry run: nothing sent"), "{name}");
+    }
+    let o = lineaged(&["trigger", "-c", &cfg, "registry.example.com/base:1", "--dry-run"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("has no `build:`"), "{}", stderr(&o));
 }

@@ -18,6 +18,19 @@ use serde_json::Value;
 use super::registry::TestRegistry;
 
 pub const SECRET: &str = "fleet-ci-secret";
+pub const TOKEN: &str = "fleet-ci-token-7d1e";
+
+/// The CI systems the peer speaks: the backend and build YAML of each,
+/// with the peer's base URL substituted for `{ci}`.
+pub const CI_KINDS: [(&str, &str, &str); 7] = [
+    ("webhook", r#"{ kind: webhook, url: "{ci}/build", secret_env: T_CI_SECRET }"#, "{ backend: ci }"),
+    ("github_actions", r#"{ kind: github_actions, api_url: "{ci}/gh", repository: acme/images, token_env: T_CI_TOKEN }"#, "{ backend: ci, workflow: rebuild.yml }"),
+    ("gitlab", r#"{ kind: gitlab, url: "{ci}/gl", project: acme/images, token_env: T_CI_TOKEN }"#, "{ backend: ci }"),
+    ("jenkins", r#"{ kind: jenkins, url: "{ci}/jk", username: robot, token_env: T_CI_TOKEN }"#, "{ backend: ci, job: images/rebuild }"),
+    ("azure_pipelines", r#"{ kind: azure_pipelines, api_url: "{ci}/az", organization: acme, project: images, pipeline: "7", token_env: T_CI_TOKEN }"#, "{ backend: ci }"),
+    ("buildkite", r#"{ kind: buildkite, api_url: "{ci}/bk", organization: acme, token_env: T_CI_TOKEN }"#, "{ backend: ci, pipeline: rebuild }"),
+    ("tekton", r#"{ kind: tekton, url: "{ci}/tk", secret_env: T_CI_SECRET }"#, "{ backend: ci }"),
+];
 
 /// One trigger as the CI received it.
 #[derive(Debug, Clone)]
@@ -40,6 +53,8 @@ pub struct Ci {
     pub build_time: Mutex<Duration>,
     /// Statuses the deploy receiver answers first (then 202).
     pub deploy_answers: Mutex<std::collections::VecDeque<u16>>,
+    /// Statuses a CI API answers a rebuild trigger first (then its success).
+    pub build_answers: Mutex<std::collections::VecDeque<u16>>,
     reg: Arc<TestRegistry>,
 }
 
@@ -79,6 +94,7 @@ impl Ci {
             silent: AtomicBool::new(false),
             build_time: Mutex::new(Duration::from_millis(200)),
             deploy_answers: Mutex::default(),
+            build_answers: Mutex::default(),
             reg,
         });
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -112,11 +128,133 @@ impl Ci {
                 }
             }
         };
+        let api = {
+            let ci = ci.clone();
+            move |method: axum::http::Method,
+                  uri: axum::http::Uri,
+                  headers: HeaderMap,
+                  body: axum::body::Bytes| {
+                let ci = ci.clone();
+                async move { ci.ci_api(method, uri, headers, body) }
+            }
+        };
         let app = axum::Router::new()
             .route("/build", axum::routing::post(handler.clone()))
-            .route("/deploy", axum::routing::post(handler));
+            .route("/deploy", axum::routing::post(handler))
+            .fallback(api);
         tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
         (ci, format!("http://{addr}"))
+    }
+
+    /// A CI system's trigger API (see [`CI_KINDS`]): checks what that API
+    /// requires, reads the lineaged fields out of the kind's request and
+    /// answers as the API documents.
+    fn ci_api(
+        self: &Arc<Self>,
+        method: axum::http::Method,
+        uri: axum::http::Uri,
+        headers: axum::http::HeaderMap,
+        body: axum::body::Bytes,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let path = uri.path().to_string();
+        let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let bearer = format!("Bearer {TOKEN}");
+        let basic = |user: &str| {
+            use base64::Engine as _;
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{TOKEN}")))
+        };
+        let json = || serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
+        let strings = |v: &Value| -> HashMap<String, String> {
+            v.as_object()
+                .map(|o| o.iter().filter_map(|(k, v)| Some((k.to_ascii_lowercase().trim_start_matches("lineaged_").to_string(), v.as_str()?.to_string()))).collect())
+                .unwrap_or_default()
+        };
+        let form = || -> HashMap<String, String> {
+            let text = String::from_utf8_lossy(&body).to_string();
+            reqwest::Url::parse(&format!("http://x/?{text}"))
+                .unwrap()
+                .query_pairs()
+                .map(|(k, v)| {
+                    let k = k.trim_start_matches("variables[").trim_end_matches(']');
+                    (k.to_ascii_lowercase().trim_start_matches("lineaged_").to_string(), v.into_owned())
+                })
+                .collect()
+        };
+        let prefix = path.split('/').nth(1).unwrap_or("").to_string();
+        let (fields, ok): (HashMap<String, String>, (u16, Value)) = match (prefix.as_str(), method.as_str()) {
+            ("gh", "POST") => {
+                assert!(path.ends_with("/repos/acme/images/actions/workflows/rebuild.yml/dispatches"), "{path}");
+                assert_eq!(h("authorization"), bearer);
+                assert_eq!(h("x-github-api-version"), "2022-11-28");
+                let v = json();
+                assert_eq!(v["return_run_details"], true);
+                (strings(&v["inputs"]), (200, serde_json::json!({"workflow_run_id": 1, "run_url": "http://gh/api/runs/1", "html_url": "http://gh/acme/images/actions/runs/1"})))
+            }
+            ("gl", "POST") => {
+                assert_eq!(path, "/gl/api/v4/projects/acme%2Fimages/trigger/pipeline");
+                let f = form();
+                assert_eq!(f.get("token").map(String::as_str), Some(TOKEN));
+                (f, (201, serde_json::json!({"id": 257, "web_url": "http://gl/acme/images/-/pipelines/257", "status": "created"})))
+            }
+            ("jk", "POST") => {
+                assert_eq!(path, "/jk/job/images/job/rebuild/buildWithParameters");
+                assert_eq!(h("authorization"), basic("robot"));
+                (form(), (201, Value::Null))
+            }
+            ("az", "POST") => {
+                assert_eq!(path, "/az/acme/images/_apis/pipelines/7/runs");
+                assert_eq!(uri.query(), Some("api-version=7.1"));
+                assert_eq!(h("authorization"), basic(""));
+                let v = json();
+                (strings(&v["templateParameters"]), (200, serde_json::json!({"id": 345, "state": "inProgress", "_links": {"web": {"href": "http://az/acme/images/_build/results?buildId=345"}}})))
+            }
+            ("bk", "POST") => {
+                assert_eq!(path, "/bk/v2/organizations/acme/pipelines/rebuild/builds");
+                assert_eq!(h("authorization"), bearer);
+                let v = json();
+                assert_eq!(v["commit"], "HEAD");
+                (strings(&v["env"]), (201, serde_json::json!({"id": "f62a", "number": 1, "web_url": "http://bk/acme/rebuild/builds/1"})))
+            }
+            ("tk", "POST") => {
+                let sig = lineaged::dispatch::tekton::signature(SECRET.as_bytes(), &body);
+                assert_eq!(h("x-hub-signature-256"), sig, "Tekton's GitHub interceptor check");
+                let v = json();
+                let mut f = strings(&v);
+                f.insert("parents".into(), v["parents"].to_string());
+                f.insert("job_id".into(), v["job_id"].to_string());
+                (f, (202, serde_json::json!({"eventListenerUID": "ea71", "eventID": "14a6"})))
+            }
+            _ => return (axum::http::StatusCode::NOT_FOUND, format!("no CI API at {method} {path}")).into_response(),
+        };
+        if let Some(code) = self.build_answers.lock().unwrap().pop_front() {
+            let message = match code {
+                401 => r#"{"message":"Bad credentials"}"#,
+                404 => r#"{"message":"Not Found"}"#,
+                _ => r#"{"message":"try later"}"#,
+            };
+            self.triggers.lock().unwrap().push(Trigger {
+                kind: format!("rebuild answered {code}"),
+                image: fields.get("image").cloned().unwrap_or_default(),
+                webhook_id: fields.get("idempotency_key").cloned().unwrap_or_default(),
+                parents: Vec::new(),
+            });
+            return (axum::http::StatusCode::from_u16(code).unwrap(), message).into_response();
+        }
+        let id = fields["idempotency_key"].clone();
+        let parents: Value = serde_json::from_str(&fields["parents"]).unwrap();
+        let v = serde_json::json!({
+            "kind": "rebuild",
+            "image": fields["image"],
+            "parents": parents,
+            "callback_url": fields["callback_url"],
+        });
+        self.received(id, v);
+        let mut r = (axum::http::StatusCode::from_u16(ok.0).unwrap(), axum::Json(ok.1)).into_response();
+        if prefix == "jk" {
+            r.headers_mut().insert("location", "http://jk/queue/item/1151/".parse().unwrap());
+        }
+        r
     }
 
     fn received(self: &Arc<Self>, id: String, v: Value) {
@@ -207,6 +345,7 @@ impl Serve {
             .arg(cfg)
             .env("LINEAGED_NODE_ID", node)
             .env("T_CI_SECRET", SECRET)
+            .env("T_CI_TOKEN", TOKEN)
             .env("LINEAGED_LOG", "warn")
             .env("LINEAGED_RECONCILE_INTERVAL", "1s")
             .stdout(Stdio::null())
@@ -337,6 +476,12 @@ impl World {
     /// `db_url`: the database every replica shares. `deploy`: managed
     /// images whose repo is listed get `deploy:` through the webhook.
     pub async fn new(lineage: Lineage, db_url: &str, deploy: &[&str]) -> World {
+        World::with_ci(lineage, db_url, deploy, "webhook").await
+    }
+
+    /// The same, rebuilding through the CI kind named (see [`CI_KINDS`]).
+    pub async fn with_ci(lineage: Lineage, db_url: &str, deploy: &[&str], kind: &str) -> World {
+        let (_, backend, build) = CI_KINDS.iter().find(|(k, _, _)| *k == kind).unwrap();
         let reg = Arc::new(TestRegistry::start(Default::default()).await);
         let a = reg.addr.clone();
         let mut digests: HashMap<String, String> = HashMap::new();
@@ -380,12 +525,13 @@ registries:
   - host: "{a}"
     insecure: true
 backends:
-  ci: {{ kind: webhook, url: "{ci_url}/build", secret_env: T_CI_SECRET }}
+  ci: {backend}
   deployer: {{ kind: webhook, url: "{ci_url}/deploy", secret_env: T_CI_SECRET }}
 api: {{ public_read: true }}
 images:
 "#,
-            port = free_port()
+            port = free_port(),
+            backend = backend.replace("{ci}", &ci_url),
         );
         for b in &lineage.bases {
             yaml.push_str(&format!("  - name: \"{a}/{b}:1\"\n"));
@@ -393,7 +539,7 @@ images:
         for (n, ps) in &lineage.managed {
             let from: Vec<String> = ps.iter().map(|p| format!("\"{a}/{p}:1\"")).collect();
             yaml.push_str(&format!(
-                "  - name: \"{a}/{n}:1\"\n    from: [{}]\n    build: {{ backend: ci }}\n",
+                "  - name: \"{a}/{n}:1\"\n    from: [{}]\n    build: {build}\n",
                 from.join(", ")
             ));
             if deploy.contains(&n.as_str()) {

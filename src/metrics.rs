@@ -76,7 +76,7 @@ impl Histogram {
 struct Inner {
     polls: BTreeMap<(String, &'static str), u64>,
     digest_changes: BTreeMap<&'static str, u64>,
-    dispatches: BTreeMap<&'static str, u64>,
+    dispatches: BTreeMap<(&'static str, &'static str), u64>,
     dispatch_seconds: Histogram,
     rollouts_finished: BTreeMap<String, u64>,
     rollout_seconds: Histogram,
@@ -127,9 +127,10 @@ impl Metrics {
     }
 
     /// A trigger delivery ended (`accepted`, `retry`, `failed`) after `secs`.
-    pub fn dispatched(&self, result: &'static str, secs: f64) {
+    /// One delivery to a backend of `kind` (webhook, github_actions, …).
+    pub fn dispatched(&self, kind: &'static str, result: &'static str, secs: f64) {
         self.with(|m| {
-            *m.dispatches.entry(result).or_default() += 1;
+            *m.dispatches.entry((kind, result)).or_default() += 1;
             m.dispatch_seconds.observe(secs);
         });
     }
@@ -172,11 +173,11 @@ impl Metrics {
             for (src, n) in &m.digest_changes {
                 let _ = writeln!(out, "lineaged_digest_changes_total{{source=\"{src}\"}} {n}");
             }
-            header(out, "lineaged_dispatches_total", "counter", "Job deliveries (rebuild triggers and deploys), by result.");
-            for (res, n) in &m.dispatches {
-                let _ = writeln!(out, "lineaged_dispatches_total{{result=\"{res}\"}} {n}");
+            header(out, "lineaged_dispatches_total", "counter", "Job deliveries (rebuild triggers and deploys), by backend kind and result.");
+            for ((kind, res), n) in &m.dispatches {
+                let _ = writeln!(out, "lineaged_dispatches_total{{kind=\"{kind}\",result=\"{res}\"}} {n}");
             }
-            header(out, "lineaged_dispatch_duration_seconds", "histogram", "Time to deliver one rebuild trigger to CI.");
+            header(out, "lineaged_dispatch_duration_seconds", "histogram", "Time to deliver one trigger (or deploy) to its backend.");
             m.dispatch_seconds.render(out, "lineaged_dispatch_duration_seconds", "");
             header(out, "lineaged_rollouts_finished_total", "counter", "Rollouts finished by this process, by final state.");
             for (st, n) in &m.rollouts_finished {

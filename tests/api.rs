@@ -801,7 +801,7 @@ async fn metrics_pass_promtool_and_never_name_an_image() {
                     .starts_with("text/plain; version=0.0.4")
             );
             let text = resp.text().await.unwrap();
-            if text.contains("lineaged_dispatches_total{result=\"retry\"}") {
+            if text.contains("lineaged_dispatches_total{kind=\"webhook\",result=\"retry\"}") {
                 break text;
             }
             assert!(

@@ -54,25 +54,38 @@ async fn one_rollout_through(kind: &str, busy: bool) {
         let job = i["job_id"].as_i64().unwrap();
         let j = get(format!("{}/jobs/{job}", w.api())).await;
         assert_eq!(j["state"], "succeeded", "{kind}: {j}");
-        assert!(!j.to_string().contains(support::fleet::TOKEN), "{kind}: token in the job");
+        assert!(
+            !j.to_string().contains(support::fleet::TOKEN),
+            "{kind}: token in the job"
+        );
         match kind {
             // The generic webhook receiver here names no run.
             "webhook" => assert_eq!(j["run_url"], Value::Null),
             // Jenkins names a queue item, Tekton an event id.
             "tekton" => assert_eq!(j["run_id"], "14a6", "{kind}"),
             _ => {
-                assert!(j["run_url"].as_str().unwrap().starts_with("http://"), "{kind}: {j}");
-                assert_eq!(i["run_url"], j["run_url"], "{kind}: the rollout shows the run");
+                assert!(
+                    j["run_url"].as_str().unwrap().starts_with("http://"),
+                    "{kind}: {j}"
+                );
+                assert_eq!(
+                    i["run_url"], j["run_url"],
+                    "{kind}: the rollout shows the run"
+                );
             }
         }
     }
     if busy {
         // The 503 was answered, and the same key came back on the retry.
         let t = w.ci.triggers.lock().unwrap().clone();
-        let refused: Vec<_> = t.iter().filter(|t| t.kind == "rebuild answered 503").collect();
+        let refused: Vec<_> = t
+            .iter()
+            .filter(|t| t.kind == "rebuild answered 503")
+            .collect();
         assert_eq!(refused.len(), 1, "{kind}");
         assert!(
-            t.iter().any(|x| x.kind == "rebuild" && x.webhook_id == refused[0].webhook_id),
+            t.iter()
+                .any(|x| x.kind == "rebuild" && x.webhook_id == refused[0].webhook_id),
             "{kind}: retried under the same idempotency key"
         );
     }
@@ -130,22 +143,103 @@ async fn a_permanent_refusal_fails_the_image_once() {
     assert_eq!(t[0].image, w.full("team/t"));
     let rollout = store.rollouts(1).await.unwrap().remove(0);
     let rows = store.rollout_images(rollout.id).await.unwrap();
-    let state = |r: &str| rows.iter().find(|i| i.image == w.full(r)).unwrap().state.to_string();
-    assert_eq!((state("team/t"), state("team/x"), state("team/e")), ("failed".into(), "blocked".into(), "blocked".into()));
-    let job = rows.iter().find(|i| i.image == w.full("team/t")).unwrap().job_id.unwrap();
+    let state = |r: &str| {
+        rows.iter()
+            .find(|i| i.image == w.full(r))
+            .unwrap()
+            .state
+            .to_string()
+    };
+    assert_eq!(
+        (state("team/t"), state("team/x"), state("team/e")),
+        ("failed".into(), "blocked".into(), "blocked".into())
+    );
+    let job = rows
+        .iter()
+        .find(|i| i.image == w.full("team/t"))
+        .unwrap()
+        .job_id
+        .unwrap();
     let j = get(format!("{}/jobs/{job}", w.api())).await;
     assert_eq!(j["state"], "failed", "{j}");
     assert_eq!(j["attempt"], 1, "{j}");
     assert_eq!(j["last_error"], "HTTP 404: Not Found", "{j}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_lineaged"))
-        .args(["status", "--url", &w.api().trim_end_matches("/api/v1").to_string()])
+        .args(["status", "--url", w.api().trim_end_matches("/api/v1")])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("HTTP 404: Not Found"), "status shows the CI's answer:\n{text}");
+    assert!(
+        text.contains("HTTP 404: Not Found"),
+        "status shows the CI's answer:\n{text}"
+    );
     serve.stop();
     db.finish().await;
+}
+
+/// A CI that echoes the credentials it got in a 401: the token reaches
+/// neither the job, the events, `lineaged status` nor the daemon's debug log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_never_show_even_when_the_ci_echoes_them() {
+    use support::fleet::TOKEN;
+    for kind in ["gitlab", "buildkite"] {
+        let db = TestDb::new("sqlite").await;
+        let w = World::with_ci(Lineage::issue(), db.url(), &[], kind).await;
+        w.ci.build_answers.lock().unwrap().push_back(401);
+        let log = w.cfg.with_file_name("daemon.log");
+        let serve = Serve::start_logging(&w.cfg, "ci-node", Some(&log));
+        let store = w.store_when_observed().await;
+        w.push_base("base/b").await;
+        let states = rollouts_finished(&store, 1, Duration::from_secs(60)).await;
+        assert_eq!(states, vec!["failed"], "{kind}");
+        let rollout = store.rollouts(1).await.unwrap().remove(0);
+        let rows = store.rollout_images(rollout.id).await.unwrap();
+        let job = rows
+            .iter()
+            .find(|i| i.image == w.full("team/t"))
+            .unwrap()
+            .job_id
+            .unwrap();
+        let j = get(format!("{}/jobs/{job}", w.api())).await;
+        let error = j["last_error"].as_str().unwrap();
+        assert!(
+            error.starts_with("HTTP 401: Bad credentials"),
+            "{kind}: {error}"
+        );
+        assert!(error.contains("***"), "{kind}: the echo is masked: {error}");
+        let events: String = store
+            .events_after(0, 10_000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| format!("{} {}\n", e.kind, e.data))
+            .collect();
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_lineaged"))
+            .args(["status", "--url", w.api().trim_end_matches("/api/v1")])
+            .output()
+            .unwrap();
+        let status = String::from_utf8_lossy(&status.stdout).to_string();
+        assert!(
+            status.contains("HTTP 401: Bad credentials"),
+            "{kind}: {status}"
+        );
+        serve.stop();
+        let daemon_log = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            daemon_log.contains("delivery failed"),
+            "{kind}: the log is captured"
+        );
+        for (what, text) in [
+            ("job", j.to_string()),
+            ("events", events),
+            ("status", status),
+            ("log", daemon_log),
+        ] {
+            assert!(!text.contains(TOKEN), "{kind}: the token is in the {what}");
+        }
+        db.finish().await;
+    }
 }
 
 /// SIGKILLs at several points of a rollout through GitLab's trigger API
@@ -164,17 +258,24 @@ async fn kills_mid_rollout_through_a_ci_api_double_nothing() {
             w.push_base(base).await;
             for k in 1..=n.min(3) {
                 let ci = w.ci.clone();
-                until(&format!("{backend}: trigger {k}"), Duration::from_secs(60), || {
-                    let ci = ci.clone();
-                    async move { ci.distinct() >= start + k }
-                })
+                until(
+                    &format!("{backend}: trigger {k}"),
+                    Duration::from_secs(60),
+                    || {
+                        let ci = ci.clone();
+                        async move { ci.distinct() >= start + k }
+                    },
+                )
                 .await;
                 tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 100)).await;
                 serve.kill9();
                 serve = Serve::start(&w.cfg, "kill-node");
             }
             let states = rollouts_finished(&store, round + 1, Duration::from_secs(90)).await;
-            assert!(states.iter().all(|s| s == "succeeded"), "{backend}: {states:?}");
+            assert!(
+                states.iter().all(|s| s == "succeeded"),
+                "{backend}: {states:?}"
+            );
         }
         // base/a: P, X, W, E; base/b: T, X, E.
         let ids = w.ci.ids("rebuild");

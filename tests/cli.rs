@@ -407,13 +407,21 @@ images:
     for e in [
         format!("{cfg}:3:96: mode must be one of trigger, api, got `pipelines`"),
         format!("{cfg}:4:7: backend `jk` (kind jenkins) needs `url`"),
-        format!("{cfg}:8:23: build of registry.example.com/a:1 on backend `gh` (kind github_actions) needs `workflow (file name or id)`"),
+        format!(
+            "{cfg}:8:23: build of registry.example.com/a:1 on backend `gh` (kind github_actions) needs `workflow (file name or id)`"
+        ),
         format!("{cfg}:10:39: repository must be `owner/name`, got `acme`"),
-        format!("{cfg}:12:23: build of registry.example.com/c:1 on backend `gl` (kind gitlab) needs `project (here or on the backend)`"),
+        format!(
+            "{cfg}:12:23: build of registry.example.com/c:1 on backend `gl` (kind gitlab) needs `project (here or on the backend)`"
+        ),
         format!("{cfg}:12:44: build input `image` is reserved: lineaged sends it itself"),
         format!("{cfg}:12:64: build input `LINEAGED_JOB_ID` is reserved"),
-        format!("{cfg}:14:23: build of registry.example.com/d:1: repository_dispatch's client_payload takes at most 10 inputs; lineaged sends 6 and `inputs` adds 5"),
-        format!("{cfg}:17:24: deploy through backend `tk` (kind tekton): deploys go to webhook backends"),
+        format!(
+            "{cfg}:14:23: build of registry.example.com/d:1: repository_dispatch's client_payload takes at most 10 inputs; lineaged sends 6 and `inputs` adds 5"
+        ),
+        format!(
+            "{cfg}:17:24: deploy through backend `tk` (kind tekton): deploys go to webhook backends"
+        ),
     ] {
         assert!(err.contains(e.as_str()), "missing {e:?} in:\n{err}");
     }
@@ -453,12 +461,36 @@ images:
 "#,
     );
     let want = [
-        ("gh", "POST https://api.github.com/repos/acme/images/actions/workflows/build.yml/dispatches", "authorization: ***"),
-        ("gl", "POST https://gitlab.com/api/v4/projects/acme%2Fimages/trigger/pipeline", "token=***"),
-        ("jk", "POST https://jenkins.example.com/job/team/job/gl/buildWithParameters", "authorization: ***"),
-        ("az", "POST https://dev.azure.com/acme/images/_apis/pipelines/7/runs?api-version=7.1", "authorization: ***"),
-        ("bk", "POST https://api.buildkite.com/v2/organizations/acme/pipelines/images/builds", "authorization: ***"),
-        ("tk", "POST http://el.example.com:8080", "x-hub-signature-256: sha256="),
+        (
+            "gh",
+            "POST https://api.github.com/repos/acme/images/actions/workflows/build.yml/dispatches",
+            "authorization: ***",
+        ),
+        (
+            "gl",
+            "POST https://gitlab.com/api/v4/projects/acme%2Fimages/trigger/pipeline",
+            "token=***",
+        ),
+        (
+            "jk",
+            "POST https://jenkins.example.com/job/team/job/gl/buildWithParameters",
+            "authorization: ***",
+        ),
+        (
+            "az",
+            "POST https://dev.azure.com/acme/images/_apis/pipelines/7/runs?api-version=7.1",
+            "authorization: ***",
+        ),
+        (
+            "bk",
+            "POST https://api.buildkite.com/v2/organizations/acme/pipelines/images/builds",
+            "authorization: ***",
+        ),
+        (
+            "tk",
+            "POST http://el.example.com:8080",
+            "x-hub-signature-256: sha256=",
+        ),
     ];
     for (name, line, credential) in want {
         let image = format!("registry.example.com/{name}:1");
@@ -466,12 +498,27 @@ images:
         let out = stdout(&o);
         assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
         assert!(out.contains(&format!("{line}\n")), "{name}:\n{out}");
-        assert!(out.to_lowercase().contains(&credential.to_lowercase()), "{name}:\n{out}");
-        assert!(out.contains("https://lineaged.example.com/api/v1/jobs/0/result"), "{name}:\n{out}");
-        assert!(!out.contains("s3cr3t-value"), "{name}: the token leaked:\n{out}");
+        assert!(
+            out.to_lowercase().contains(&credential.to_lowercase()),
+            "{name}:\n{out}"
+        );
+        assert!(
+            out.contains("https://lineaged.example.com/api/v1/jobs/0/result"),
+            "{name}:\n{out}"
+        );
+        assert!(
+            !out.contains("s3cr3t-value"),
+            "{name}: the token leaked:\n{out}"
+        );
         assert!(stderr(&o).contains("dry run: nothing sent"), "{name}");
     }
-    let o = lineaged(&["trigger", "-c", &cfg, "registry.example.com/base:1", "--dry-run"]);
+    let o = lineaged(&[
+        "trigger",
+        "-c",
+        &cfg,
+        "registry.example.com/base:1",
+        "--dry-run",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("has no `build:`"), "{}", stderr(&o));
 }

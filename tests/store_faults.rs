@@ -244,7 +244,7 @@ fn migrate_command_on_fresh_databases_twice() {
             "{}",
             String::from_utf8_lossy(&first.stderr)
         );
-        assert!(String::from_utf8_lossy(&first.stdout).contains("6 migration(s) applied"));
+        assert!(String::from_utf8_lossy(&first.stdout).contains("7 migration(s) applied"));
         let second = run();
         assert_eq!(second.status.code(), Some(0));
         assert!(String::from_utf8_lossy(&second.stdout).contains("0 migration(s) applied"));

@@ -195,6 +195,8 @@ impl Dispatcher {
     #[tracing::instrument(skip_all, fields(job = job.id, kind = %job.kind, image = job.image.as_deref().unwrap_or("")))]
     async fn deliver(&self, job: JobRecord) {
         let started = std::time::Instant::now();
+        // The backend's kind, for the metric label (bounded: seven kinds).
+        let mut kind_label = "unknown";
         // Whether a 2xx means done (a deploy to a backend with `ack: sync`).
         let mut sync = false;
         let outcome = match JobPayload::decode(&job.kind, &job.payload) {
@@ -205,6 +207,7 @@ impl Dispatcher {
                     payload.backend()
                 ))),
                 Some(b) => {
+                    kind_label = b.kind.as_str();
                     let permit = self.permits.get(payload.backend()).cloned();
                     let _p = match permit {
                         Some(s) => s.acquire_owned().await.ok(),
@@ -253,6 +256,7 @@ impl Dispatcher {
             },
         };
         crate::metrics::metrics().dispatched(
+            kind_label,
             match &outcome {
                 Ok(_) => "accepted",
                 Err(e) if e.retryable() => "retry",

@@ -468,7 +468,7 @@ pub fn scrub(e: DispatchError, secrets: &[String]) -> DispatchError {
 }
 
 /// The backend's token, or an error naming what is missing.
-pub fn token<'b>(b: &'b Backend) -> Result<&'b str, DispatchError> {
+pub fn token(b: &Backend) -> Result<&str, DispatchError> {
     b.token
         .as_ref()
         .map(|t| t.expose())

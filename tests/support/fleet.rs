@@ -23,13 +23,41 @@ pub const TOKEN: &str = "fleet-ci-token-7d1e";
 /// The CI systems the peer speaks: the backend and build YAML of each,
 /// with the peer's base URL substituted for `{ci}`.
 pub const CI_KINDS: [(&str, &str, &str); 7] = [
-    ("webhook", r#"{ kind: webhook, url: "{ci}/build", secret_env: T_CI_SECRET }"#, "{ backend: ci }"),
-    ("github_actions", r#"{ kind: github_actions, api_url: "{ci}/gh", repository: acme/images, token_env: T_CI_TOKEN }"#, "{ backend: ci, workflow: rebuild.yml }"),
-    ("gitlab", r#"{ kind: gitlab, url: "{ci}/gl", project: acme/images, token_env: T_CI_TOKEN }"#, "{ backend: ci }"),
-    ("jenkins", r#"{ kind: jenkins, url: "{ci}/jk", username: robot, token_env: T_CI_TOKEN }"#, "{ backend: ci, job: images/rebuild }"),
-    ("azure_pipelines", r#"{ kind: azure_pipelines, api_url: "{ci}/az", organization: acme, project: images, pipeline: "7", token_env: T_CI_TOKEN }"#, "{ backend: ci }"),
-    ("buildkite", r#"{ kind: buildkite, api_url: "{ci}/bk", organization: acme, token_env: T_CI_TOKEN }"#, "{ backend: ci, pipeline: rebuild }"),
-    ("tekton", r#"{ kind: tekton, url: "{ci}/tk", secret_env: T_CI_SECRET }"#, "{ backend: ci }"),
+    (
+        "webhook",
+        r#"{ kind: webhook, url: "{ci}/build", secret_env: T_CI_SECRET }"#,
+        "{ backend: ci }",
+    ),
+    (
+        "github_actions",
+        r#"{ kind: github_actions, api_url: "{ci}/gh", repository: acme/images, token_env: T_CI_TOKEN }"#,
+        "{ backend: ci, workflow: rebuild.yml }",
+    ),
+    (
+        "gitlab",
+        r#"{ kind: gitlab, url: "{ci}/gl", project: acme/images, token_env: T_CI_TOKEN }"#,
+        "{ backend: ci }",
+    ),
+    (
+        "jenkins",
+        r#"{ kind: jenkins, url: "{ci}/jk", username: robot, token_env: T_CI_TOKEN }"#,
+        "{ backend: ci, job: images/rebuild }",
+    ),
+    (
+        "azure_pipelines",
+        r#"{ kind: azure_pipelines, api_url: "{ci}/az", organization: acme, project: images, pipeline: "7", token_env: T_CI_TOKEN }"#,
+        "{ backend: ci }",
+    ),
+    (
+        "buildkite",
+        r#"{ kind: buildkite, api_url: "{ci}/bk", organization: acme, token_env: T_CI_TOKEN }"#,
+        "{ backend: ci, pipeline: rebuild }",
+    ),
+    (
+        "tekton",
+        r#"{ kind: tekton, url: "{ci}/tk", secret_env: T_CI_SECRET }"#,
+        "{ backend: ci }",
+    ),
 ];
 
 /// One trigger as the CI received it.
@@ -158,16 +186,36 @@ impl Ci {
     ) -> axum::response::Response {
         use axum::response::IntoResponse;
         let path = uri.path().to_string();
-        let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let h = |k: &str| {
+            headers
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
         let bearer = format!("Bearer {TOKEN}");
         let basic = |user: &str| {
             use base64::Engine as _;
-            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{TOKEN}")))
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{TOKEN}"))
+            )
         };
         let json = || serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
         let strings = |v: &Value| -> HashMap<String, String> {
             v.as_object()
-                .map(|o| o.iter().filter_map(|(k, v)| Some((k.to_ascii_lowercase().trim_start_matches("lineaged_").to_string(), v.as_str()?.to_string()))).collect())
+                .map(|o| {
+                    o.iter()
+                        .filter_map(|(k, v)| {
+                            Some((
+                                k.to_ascii_lowercase()
+                                    .trim_start_matches("lineaged_")
+                                    .to_string(),
+                                v.as_str()?.to_string(),
+                            ))
+                        })
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let form = || -> HashMap<String, String> {
@@ -177,25 +225,48 @@ impl Ci {
                 .query_pairs()
                 .map(|(k, v)| {
                     let k = k.trim_start_matches("variables[").trim_end_matches(']');
-                    (k.to_ascii_lowercase().trim_start_matches("lineaged_").to_string(), v.into_owned())
+                    (
+                        k.to_ascii_lowercase()
+                            .trim_start_matches("lineaged_")
+                            .to_string(),
+                        v.into_owned(),
+                    )
                 })
                 .collect()
         };
         let prefix = path.split('/').nth(1).unwrap_or("").to_string();
-        let (fields, ok): (HashMap<String, String>, (u16, Value)) = match (prefix.as_str(), method.as_str()) {
+        let (fields, ok): (HashMap<String, String>, (u16, Value)) = match (
+            prefix.as_str(),
+            method.as_str(),
+        ) {
             ("gh", "POST") => {
-                assert!(path.ends_with("/repos/acme/images/actions/workflows/rebuild.yml/dispatches"), "{path}");
+                assert!(
+                    path.ends_with("/repos/acme/images/actions/workflows/rebuild.yml/dispatches"),
+                    "{path}"
+                );
                 assert_eq!(h("authorization"), bearer);
                 assert_eq!(h("x-github-api-version"), "2022-11-28");
                 let v = json();
                 assert_eq!(v["return_run_details"], true);
-                (strings(&v["inputs"]), (200, serde_json::json!({"workflow_run_id": 1, "run_url": "http://gh/api/runs/1", "html_url": "http://gh/acme/images/actions/runs/1"})))
+                (
+                    strings(&v["inputs"]),
+                    (
+                        200,
+                        serde_json::json!({"workflow_run_id": 1, "run_url": "http://gh/api/runs/1", "html_url": "http://gh/acme/images/actions/runs/1"}),
+                    ),
+                )
             }
             ("gl", "POST") => {
                 assert_eq!(path, "/gl/api/v4/projects/acme%2Fimages/trigger/pipeline");
                 let f = form();
                 assert_eq!(f.get("token").map(String::as_str), Some(TOKEN));
-                (f, (201, serde_json::json!({"id": 257, "web_url": "http://gl/acme/images/-/pipelines/257", "status": "created"})))
+                (
+                    f,
+                    (
+                        201,
+                        serde_json::json!({"id": 257, "web_url": "http://gl/acme/images/-/pipelines/257", "status": "created"}),
+                    ),
+                )
             }
             ("jk", "POST") => {
                 assert_eq!(path, "/jk/job/images/job/rebuild/buildWithParameters");
@@ -207,31 +278,61 @@ impl Ci {
                 assert_eq!(uri.query(), Some("api-version=7.1"));
                 assert_eq!(h("authorization"), basic(""));
                 let v = json();
-                (strings(&v["templateParameters"]), (200, serde_json::json!({"id": 345, "state": "inProgress", "_links": {"web": {"href": "http://az/acme/images/_build/results?buildId=345"}}})))
+                (
+                    strings(&v["templateParameters"]),
+                    (
+                        200,
+                        serde_json::json!({"id": 345, "state": "inProgress", "_links": {"web": {"href": "http://az/acme/images/_build/results?buildId=345"}}}),
+                    ),
+                )
             }
             ("bk", "POST") => {
                 assert_eq!(path, "/bk/v2/organizations/acme/pipelines/rebuild/builds");
                 assert_eq!(h("authorization"), bearer);
                 let v = json();
                 assert_eq!(v["commit"], "HEAD");
-                (strings(&v["env"]), (201, serde_json::json!({"id": "f62a", "number": 1, "web_url": "http://bk/acme/rebuild/builds/1"})))
+                (
+                    strings(&v["env"]),
+                    (
+                        201,
+                        serde_json::json!({"id": "f62a", "number": 1, "web_url": "http://bk/acme/rebuild/builds/1"}),
+                    ),
+                )
             }
             ("tk", "POST") => {
                 let sig = lineaged::dispatch::tekton::signature(SECRET.as_bytes(), &body);
-                assert_eq!(h("x-hub-signature-256"), sig, "Tekton's GitHub interceptor check");
+                assert_eq!(
+                    h("x-hub-signature-256"),
+                    sig,
+                    "Tekton's GitHub interceptor check"
+                );
                 let v = json();
                 let mut f = strings(&v);
                 f.insert("parents".into(), v["parents"].to_string());
                 f.insert("job_id".into(), v["job_id"].to_string());
-                (f, (202, serde_json::json!({"eventListenerUID": "ea71", "eventID": "14a6"})))
+                (
+                    f,
+                    (
+                        202,
+                        serde_json::json!({"eventListenerUID": "ea71", "eventID": "14a6"}),
+                    ),
+                )
             }
-            _ => return (axum::http::StatusCode::NOT_FOUND, format!("no CI API at {method} {path}")).into_response(),
+            _ => {
+                return (
+                    axum::http::StatusCode::NOT_FOUND,
+                    format!("no CI API at {method} {path}"),
+                )
+                    .into_response();
+            }
         };
         if let Some(code) = self.build_answers.lock().unwrap().pop_front() {
             let message = match code {
-                401 => r#"{"message":"Bad credentials"}"#,
-                404 => r#"{"message":"Not Found"}"#,
-                _ => r#"{"message":"try later"}"#,
+                // Echoes what it got, credentials included: lineaged must
+                // scrub them from everything it shows.
+                401 => serde_json::json!({ "message": format!("Bad credentials: {} {}", h("authorization"), String::from_utf8_lossy(&body)) }).to_string(),
+                404 => r#"{"message":"Not Found"}"#.to_string(),
+                _ => r#"{"message":"try later"}"#.to_string(),
             };
             self.triggers.lock().unwrap().push(Trigger {
                 kind: format!("rebuild answered {code}"),
@@ -250,9 +351,14 @@ impl Ci {
             "callback_url": fields["callback_url"],
         });
         self.received(id, v);
-        let mut r = (axum::http::StatusCode::from_u16(ok.0).unwrap(), axum::Json(ok.1)).into_response();
+        let mut r = (
+            axum::http::StatusCode::from_u16(ok.0).unwrap(),
+            axum::Json(ok.1),
+        )
+            .into_response();
         if prefix == "jk" {
-            r.headers_mut().insert("location", "http://jk/queue/item/1151/".parse().unwrap());
+            r.headers_mut()
+                .insert("location", "http://jk/queue/item/1151/".parse().unwrap());
         }
         r
     }
@@ -340,18 +446,28 @@ impl Drop for Serve {
 
 impl Serve {
     pub fn start(cfg: &std::path::Path, node: &str) -> Serve {
+        Serve::start_logging(cfg, node, None)
+    }
+
+    /// With `log`, the daemon logs at debug level into that file.
+    pub fn start_logging(
+        cfg: &std::path::Path,
+        node: &str,
+        log: Option<&std::path::Path>,
+    ) -> Serve {
         let child = Command::new(env!("CARGO_BIN_EXE_lineaged"))
             .args(["serve", "-c"])
             .arg(cfg)
             .env("LINEAGED_NODE_ID", node)
             .env("T_CI_SECRET", SECRET)
             .env("T_CI_TOKEN", TOKEN)
-            .env("LINEAGED_LOG", "warn")
+            .env("LINEAGED_LOG", if log.is_some() { "debug" } else { "warn" })
             .env("LINEAGED_RECONCILE_INTERVAL", "1s")
             .stdout(Stdio::null())
-            .stderr(match std::env::var_os("LINEAGED_TEST_DAEMON_LOG") {
-                Some(_) => Stdio::inherit(),
-                None => Stdio::null(),
+            .stderr(match (log, std::env::var_os("LINEAGED_TEST_DAEMON_LOG")) {
+                (Some(path), _) => Stdio::from(std::fs::File::create(path).unwrap()),
+                (None, Some(_)) => Stdio::inherit(),
+                (None, None) => Stdio::null(),
             })
             .spawn()
             .unwrap();

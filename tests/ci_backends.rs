@@ -321,6 +321,41 @@ async fn jenkins_without_a_user_fetches_a_crumb_and_keeps_its_session() {
 }
 
 #[tokio::test]
+async fn jenkins_without_csrf_protection_posts_without_a_crumb() {
+    let (peer, url) = Peer::start().await;
+    peer.no_crumb
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let cfg = config(
+        &format!("{{ kind: jenkins, url: \"{url}\" }}"),
+        "{ backend: ci, job: app }",
+    );
+    peer.script([answer(201, "").with("location", &format!("{url}/queue/item/3/"))]);
+    let run = fire(&cfg).await.1.unwrap();
+    assert_eq!(run.id.as_deref(), Some("3"));
+    let seen = peer.take();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[1].header("jenkins-crumb"), None);
+}
+
+#[tokio::test]
+async fn a_long_echo_cannot_leave_part_of_a_token() {
+    let (peer, url) = Peer::start().await;
+    let cfg = config(
+        &format!(
+            "{{ kind: buildkite, api_url: \"{url}\", organization: acme, token_env: CI_TOKEN }}"
+        ),
+        "{ backend: ci, pipeline: app }",
+    );
+    // The token straddles the 300-character cut of the message.
+    for pad in 280..300 {
+        let body = format!(r#"{{"message":"{}{TOKEN}"}}"#, "x".repeat(pad));
+        peer.script([answer(401, &body)]);
+        let e = fire(&cfg).await.1.unwrap_err().to_string();
+        assert!(!e.contains(&TOKEN[..6]), "pad {pad}: {e}");
+    }
+}
+
+#[tokio::test]
 async fn azure_pipelines_runs_with_template_parameters() {
     let (peer, url) = Peer::start().await;
     let cfg = config(

@@ -32,6 +32,11 @@ async fn one_rollout_through(kind: &str, busy: bool) {
     let store = w.store_when_observed().await;
     w.push_base("base/a").await;
     let states = rollouts_finished(&store, 1, Duration::from_secs(60)).await;
+    assert_eq!(
+        *w.ci.mismatches.lock().unwrap(),
+        Vec::<String>::new(),
+        "{kind}"
+    );
     assert_eq!(states, vec!["succeeded"], "{kind}");
     let ids = w.ci.ids("rebuild");
     let affected = w.lineage.affected("base/a");
@@ -195,12 +200,9 @@ async fn tokens_never_show_even_when_the_ci_echoes_them() {
         assert_eq!(states, vec!["failed"], "{kind}");
         let rollout = store.rollouts(1).await.unwrap().remove(0);
         let rows = store.rollout_images(rollout.id).await.unwrap();
-        let job = rows
-            .iter()
-            .find(|i| i.image == w.full("team/t"))
-            .unwrap()
-            .job_id
-            .unwrap();
+        let row = rows.iter().find(|i| i.image == w.full("team/t")).unwrap();
+        let callback_token = row.callback_token.clone().unwrap();
+        let job = row.job_id.unwrap();
         let j = get(format!("{}/jobs/{job}", w.api())).await;
         let error = j["last_error"].as_str().unwrap();
         assert!(
@@ -237,6 +239,10 @@ async fn tokens_never_show_even_when_the_ci_echoes_them() {
             ("log", daemon_log),
         ] {
             assert!(!text.contains(TOKEN), "{kind}: the token is in the {what}");
+            assert!(
+                !text.contains(&callback_token),
+                "{kind}: the callback token is in the {what}"
+            );
         }
         db.finish().await;
     }

@@ -387,6 +387,8 @@ fn ci_kinds_are_checked_at_their_lines() {
   gl: { kind: gitlab, url: "https://gitlab.example.com", token_env: LINEAGED_TEST_TOKEN, mode: pipelines }
   jk: { kind: jenkins }
   tk: { kind: tekton, url: "http://el.example.com" }
+  jk2: { kind: jenkins, url: "http://jenkins.example.com", username: robot }
+  gh2: { kind: github_actions, repository: /acme/images, token_env: LINEAGED_TEST_TOKEN }
 images:
   - name: registry.example.com/a:1
     build: { backend: gh, mode: workflow_dispatch, repository: acme/a }
@@ -399,6 +401,8 @@ images:
   - name: registry.example.com/e:1
     build: { backend: tk }
     deploy: { backend: tk }
+  - name: registry.example.com/f:1
+    build: { backend: gl, project: a/f, inputs: { "a]b": x } }
 "#,
     );
     let o = lineaged(&["check", "-c", &cfg]);
@@ -408,19 +412,19 @@ images:
         format!("{cfg}:3:96: mode must be one of trigger, api, got `pipelines`"),
         format!("{cfg}:4:7: backend `jk` (kind jenkins) needs `url`"),
         format!(
-            "{cfg}:8:23: build of registry.example.com/a:1 on backend `gh` (kind github_actions) needs `workflow (file name or id)`"
+            "{cfg}:10:23: build of registry.example.com/a:1 on backend `gh` (kind github_actions) needs `workflow (file name or id)`"
         ),
-        format!("{cfg}:10:39: repository must be `owner/name`, got `acme`"),
+        format!("{cfg}:12:39: repository must be `owner/name`, got `acme`"),
         format!(
-            "{cfg}:12:23: build of registry.example.com/c:1 on backend `gl` (kind gitlab) needs `project (here or on the backend)`"
+            "{cfg}:14:23: build of registry.example.com/c:1 on backend `gl` (kind gitlab) needs `project (here or on the backend)`"
         ),
-        format!("{cfg}:12:44: build input `image` is reserved: lineaged sends it itself"),
-        format!("{cfg}:12:64: build input `LINEAGED_JOB_ID` is reserved"),
+        format!("{cfg}:14:44: build input `image` is reserved: lineaged sends it itself"),
+        format!("{cfg}:14:64: build input `LINEAGED_JOB_ID` is reserved"),
         format!(
-            "{cfg}:14:23: build of registry.example.com/d:1: repository_dispatch's client_payload takes at most 10 inputs; lineaged sends 6 and `inputs` adds 5"
+            "{cfg}:16:23: build of registry.example.com/d:1: repository_dispatch's client_payload takes at most 10 inputs; lineaged sends 6 and `inputs` adds 5"
         ),
         format!(
-            "{cfg}:17:24: deploy through backend `tk` (kind tekton): deploys go to webhook backends"
+            "{cfg}:19:24: deploy through backend `tk` (kind tekton): deploys go to webhook backends"
         ),
     ] {
         assert!(err.contains(e.as_str()), "missing {e:?} in:\n{err}");

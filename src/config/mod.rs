@@ -42,6 +42,11 @@ pub const LINEAGED_FIELDS: [&str; 6] = [
     "callback_url",
     "idempotency_key",
 ];
+/// `owner/name`: two non-empty parts, nothing else.
+pub fn is_owner_name(s: &str) -> bool {
+    matches!(s.split_once('/'), Some((o, n)) if !o.is_empty() && !n.is_empty() && !n.contains('/'))
+}
+
 /// GitHub's cap on `workflow_dispatch` inputs.
 pub const GITHUB_MAX_INPUTS: usize = 25;
 /// GitHub's cap on top-level `client_payload` properties.

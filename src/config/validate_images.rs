@@ -210,7 +210,7 @@ fn build(
     let repository = ctx.opt_text(f, &b.repository);
     let project = ctx.opt_text(f, &b.project);
     if let Some(r) = &b.repository
-        && r.value.split('/').filter(|p| !p.is_empty()).count() != 2
+        && !is_owner_name(&r.value)
     {
         ctx.err(
             f,
@@ -254,13 +254,39 @@ fn build(
         ),
         BackendKind::Webhook | BackendKind::Tekton => {}
     }
+    // Inputs become GitHub inputs, GitLab/Azure/Buildkite variables and
+    // Jenkins parameters: names all of them accept.
+    let dash_ok = matches!(
+        backend.kind,
+        BackendKind::GithubActions | BackendKind::Webhook | BackendKind::Tekton
+    );
     for (k, v) in &b.inputs {
         let lower = k.to_ascii_lowercase();
+        let valid = k
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || (dash_ok && c == '-'));
         if LINEAGED_FIELDS.contains(&lower.as_str()) || lower.starts_with("lineaged_") {
             ctx.err(
                 f,
                 v.referenced,
                 format!("build input `{k}` is reserved: lineaged sends it itself"),
+            );
+        } else if !valid {
+            let allowed = if dash_ok {
+                "letters, digits, `_` and `-`"
+            } else {
+                "letters, digits and `_`"
+            };
+            ctx.err(
+                f,
+                v.referenced,
+                format!(
+                    "build input `{k}`: a {} variable name takes {allowed}, starting with a letter or `_`",
+                    backend.kind.as_str()
+                ),
             );
         }
     }

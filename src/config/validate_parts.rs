@@ -275,8 +275,12 @@ pub(super) fn backends(
             }
         };
         match kind {
-            BackendKind::Webhook | BackendKind::Jenkins | BackendKind::Tekton => {
-                need(b.url.is_some(), "url")
+            BackendKind::Webhook | BackendKind::Tekton => need(b.url.is_some(), "url"),
+            BackendKind::Jenkins => {
+                need(b.url.is_some(), "url");
+                if b.username.is_some() {
+                    need(has_token, "token_env or token_file (the user's API token)");
+                }
             }
             BackendKind::GithubActions => need(has_token, "token_env or token_file"),
             BackendKind::Gitlab => need(has_token, "token_env or token_file"),
@@ -286,7 +290,7 @@ pub(super) fn backends(
             }
         }
         if let Some(r) = &b.repository
-            && r.value.split('/').filter(|p| !p.is_empty()).count() != 2
+            && !is_owner_name(&r.value)
         {
             ctx.err(
                 f,

@@ -60,12 +60,13 @@ pub fn request(b: &Backend, t: &Trigger) -> Result<CiRequest, DispatchError> {
     Ok(r)
 }
 
-/// Fetches a CSRF crumb: `(request field, crumb, session cookie)`.
+/// Fetches a CSRF crumb: `(request field, crumb, session cookie)`; `None`
+/// when the server issues none (CSRF protection off: 404).
 pub async fn crumb(
     http: &reqwest::Client,
     url: &str,
     timeout: Duration,
-) -> Result<(String, String, Option<String>), DispatchError> {
+) -> Result<Option<(String, String, Option<String>)>, DispatchError> {
     let r = http
         .get(url)
         .timeout(timeout)
@@ -74,7 +75,10 @@ pub async fn crumb(
         .map_err(|e| DispatchError::Network(format!("crumb: {}", e.without_url())))?;
     let status = r.status().as_u16();
     let headers = r.headers().clone();
-    let body = r.bytes().await.unwrap_or_default();
+    let body = super::request::read_capped(r, 16 * 1024).await;
+    if status == 404 {
+        return Ok(None);
+    }
     if !(200..300).contains(&status) {
         return Err(match super::request::classify(status, &headers, &body) {
             DispatchError::Rejected { status, message } => DispatchError::Rejected {
@@ -98,7 +102,7 @@ pub async fn crumb(
         .filter_map(|c| c.split(';').next())
         .collect();
     let cookie = (!cookie.is_empty()).then(|| cookie.join("; "));
-    Ok((field.to_string(), crumb.to_string(), cookie))
+    Ok(Some((field.to_string(), crumb.to_string(), cookie)))
 }
 
 /// 201 `Location: {url}/queue/item/{n}/`: the queue item.

@@ -249,7 +249,12 @@ impl Dispatcher {
                         ))),
                     };
                     match req {
-                        Ok(req) => request::send(&self.http, &req, b.timeout).await,
+                        Ok(mut req) => {
+                            // The callback token rides in the request too:
+                            // never echoed into an error.
+                            req.secrets.push(payload.callback_token().to_string());
+                            request::send(&self.http, &req, b.timeout).await
+                        }
                         Err(e) => Err(e),
                     }
                 }

@@ -12,8 +12,9 @@ use crate::config::{Backend, BackendKind, Build};
 use crate::rollout::ParentDigest;
 
 /// What every trigger carries, whatever the CI (see
-/// [`crate::config::LINEAGED_FIELDS`]).
-#[derive(Debug, Clone)]
+/// [`crate::config::LINEAGED_FIELDS`]). `Debug` hides the callback URL (it
+/// carries the job's token).
+#[derive(Clone)]
 pub struct Trigger<'a> {
     pub image: &'a str,
     pub parents: &'a [ParentDigest],
@@ -25,6 +26,18 @@ pub struct Trigger<'a> {
     /// Why the image is rebuilt (the job's reasons), for commit messages.
     pub reason: String,
     pub build: &'a Build,
+}
+
+impl fmt::Debug for Trigger<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Trigger")
+            .field("image", &self.image)
+            .field("job_id", &self.job_id)
+            .field("rollout_id", &self.rollout_id)
+            .field("idempotency_key", &self.idempotency_key)
+            .field("callback_url", &"***")
+            .finish_non_exhaustive()
+    }
 }
 
 impl Trigger<'_> {
@@ -104,7 +117,7 @@ impl Trigger<'_> {
 }
 
 /// A header value, masked when printed if it is a credential.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Header {
     pub name: &'static str,
     pub value: String,
@@ -112,7 +125,7 @@ pub struct Header {
 }
 
 /// A request body as sent.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Body {
     /// Serialised once, so a signature covers exactly these bytes.
     Json(Vec<u8>),
@@ -121,8 +134,9 @@ pub enum Body {
     Form(Vec<(String, String, bool)>),
 }
 
-/// A fully built trigger request.
-#[derive(Debug, Clone)]
+/// A fully built trigger request. `Debug` is the masked dry-run rendering:
+/// credentials never print.
+#[derive(Clone)]
 pub struct CiRequest {
     pub kind: BackendKind,
     pub url: String,
@@ -172,42 +186,51 @@ impl CiRequest {
     }
 }
 
-/// The dry-run rendering: method, URL, headers and body, credentials as `***`.
+impl fmt::Debug for CiRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// The dry-run rendering: method, URL, headers and body, credentials (and
+/// anything else in `secrets`, such as the callback token) as `***`.
 impl fmt::Display for CiRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use std::fmt::Write as _;
+        let mut out = String::new();
         if let Some(c) = &self.crumb_url {
-            writeln!(
-                f,
+            let _ = writeln!(
+                out,
                 "GET {c}    (CSRF crumb; its session cookie is sent back)\n"
-            )?;
+            );
         }
-        writeln!(f, "POST {}", self.url)?;
+        let _ = writeln!(out, "POST {}", self.url);
         let ct = match self.body {
             Body::Json(_) => "application/json",
             Body::Form(_) => "application/x-www-form-urlencoded",
         };
-        writeln!(f, "Content-Type: {ct}")?;
+        let _ = writeln!(out, "Content-Type: {ct}");
         for h in &self.headers {
             let v = if h.secret { "***" } else { h.value.as_str() };
-            writeln!(f, "{}: {v}", h.name)?;
+            let _ = writeln!(out, "{}: {v}", h.name);
         }
-        writeln!(f)?;
+        out.push('\n');
         match &self.body {
             Body::Json(b) => {
                 let v: Value = serde_json::from_slice(b).unwrap_or(Value::Null);
-                writeln!(
-                    f,
+                let _ = writeln!(
+                    out,
                     "{}",
                     serde_json::to_string_pretty(&v).unwrap_or_default()
-                )
+                );
             }
             Body::Form(fields) => {
                 for (k, v, secret) in fields {
-                    writeln!(f, "{k}={}", if *secret { "***" } else { v })?;
+                    let _ = writeln!(out, "{k}={}", if *secret { "***" } else { v });
                 }
-                Ok(())
             }
         }
+        f.write_str(&scrub_text(&out, &self.secrets))
     }
 }
 
@@ -283,6 +306,9 @@ impl DispatchError {
     }
 }
 
+/// The longest run id or URL kept from a CI's answer.
+const MAX_RUN_TEXT: usize = 500;
+
 /// The longest wait a rate-limit header may impose on one job.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
@@ -295,12 +321,14 @@ pub async fn send(
 ) -> Result<CiRun, DispatchError> {
     let mut post = http.post(&req.url).timeout(timeout);
     if let Some(crumb_url) = &req.crumb_url {
-        let (field, crumb, cookie) = super::jenkins::crumb(http, crumb_url, timeout)
+        let issued = super::jenkins::crumb(http, crumb_url, timeout)
             .await
             .map_err(|e| scrub(e, &req.secrets))?;
-        post = post.header(field.as_str(), crumb);
-        if let Some(c) = cookie {
-            post = post.header("cookie", c);
+        if let Some((field, crumb, cookie)) = issued {
+            post = post.header(field.as_str(), crumb);
+            if let Some(c) = cookie {
+                post = post.header("cookie", c);
+            }
         }
     }
     for h in &req.headers {
@@ -332,14 +360,34 @@ pub async fn send(
     let queued = req.kind == BackendKind::Jenkins && status == 303;
     if (200..300).contains(&status) || queued {
         let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let mut run = super::run_of(req.kind, &headers, &json);
-        run.status = status;
-        return Ok(run);
+        let run = super::run_of(req.kind, &headers, &json);
+        // What the CI says is stored and shown: bounded, and never a
+        // credential.
+        let clean = |v: Option<String>| {
+            v.map(|v| {
+                scrub_text(&v, &req.secrets)
+                    .chars()
+                    .take(MAX_RUN_TEXT)
+                    .collect::<String>()
+            })
+            .filter(|v| !v.is_empty())
+        };
+        return Ok(CiRun {
+            status,
+            id: clean(run.id),
+            url: clean(run.url),
+        });
     }
-    Err(scrub(classify(status, &headers, &body), &req.secrets))
+    // Scrubbed before the message is shortened, so no cut can leave part
+    // of a credential behind.
+    let body = scrub_text(&String::from_utf8_lossy(&body), &req.secrets);
+    Err(scrub(
+        classify(status, &headers, body.as_bytes()),
+        &req.secrets,
+    ))
 }
 
-async fn read_capped(mut r: reqwest::Response, cap: usize) -> Vec<u8> {
+pub(crate) async fn read_capped(mut r: reqwest::Response, cap: usize) -> Vec<u8> {
     let mut out = Vec::new();
     while let Ok(Some(chunk)) = r.chunk().await {
         let room = cap.saturating_sub(out.len());
@@ -442,12 +490,7 @@ pub fn api_message(body: &[u8]) -> String {
 /// Removes every credential from an error's text: a CI may echo what it
 /// was sent.
 pub fn scrub(e: DispatchError, secrets: &[String]) -> DispatchError {
-    let clean = |s: String| {
-        secrets
-            .iter()
-            .filter(|x| x.len() >= 4)
-            .fold(s, |acc, x| acc.replace(x.as_str(), "***"))
-    };
+    let clean = |s: String| scrub_text(&s, secrets);
     match e {
         DispatchError::Rejected { status, message } => DispatchError::Rejected {
             status,
@@ -465,6 +508,14 @@ pub fn scrub(e: DispatchError, secrets: &[String]) -> DispatchError {
         DispatchError::Network(m) => DispatchError::Network(clean(m)),
         DispatchError::Invalid(m) => DispatchError::Invalid(clean(m)),
     }
+}
+
+/// `text` with every credential (of at least 4 characters) replaced by `***`.
+pub fn scrub_text(text: &str, secrets: &[String]) -> String {
+    secrets
+        .iter()
+        .filter(|x| x.len() >= 4)
+        .fold(text.to_string(), |acc, x| acc.replace(x.as_str(), "***"))
 }
 
 /// The backend's token, or an error naming what is missing.

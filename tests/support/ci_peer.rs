@@ -66,6 +66,8 @@ impl Answer {
 pub struct Peer {
     pub seen: Mutex<Vec<Seen>>,
     pub script: Mutex<VecDeque<Answer>>,
+    /// Jenkins without CSRF protection: the crumb issuer answers 404.
+    pub no_crumb: std::sync::atomic::AtomicBool,
 }
 
 impl Peer {
@@ -90,6 +92,12 @@ impl Peer {
                 });
                 let mut resp = axum::http::Response::builder();
                 if method == Method::GET && raw.ends_with("/crumbIssuer/api/json") {
+                    if p.no_crumb.load(std::sync::atomic::Ordering::Relaxed) {
+                        return resp
+                            .status(404)
+                            .body(axum::body::Body::from("Not Found"))
+                            .unwrap();
+                    }
                     return resp
                         .status(200)
                         .header("content-type", "application/json")

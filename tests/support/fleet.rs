@@ -83,6 +83,8 @@ pub struct Ci {
     pub deploy_answers: Mutex<std::collections::VecDeque<u16>>,
     /// Statuses a CI API answers a rebuild trigger first (then its success).
     pub build_answers: Mutex<std::collections::VecDeque<u16>>,
+    /// Requests that broke their API's contract, and how.
+    pub mismatches: Mutex<Vec<String>>,
     reg: Arc<TestRegistry>,
 }
 
@@ -123,6 +125,7 @@ impl Ci {
             build_time: Mutex::new(Duration::from_millis(200)),
             deploy_answers: Mutex::default(),
             build_answers: Mutex::default(),
+            mismatches: Mutex::default(),
             reg,
         });
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -163,7 +166,26 @@ impl Ci {
                   headers: HeaderMap,
                   body: axum::body::Bytes| {
                 let ci = ci.clone();
-                async move { ci.ci_api(method, uri, headers, body) }
+                async move {
+                    // A request that breaks the API's contract fails the
+                    // assertion in `ci_api`: answer 400 with why (the job
+                    // fails with it) and keep it for the test to report.
+                    let run =
+                        std::panic::AssertUnwindSafe(|| ci.ci_api(method, uri, headers, body));
+                    match std::panic::catch_unwind(run) {
+                        Ok(r) => r,
+                        Err(p) => {
+                            use axum::response::IntoResponse;
+                            let msg = p
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_default();
+                            ci.mismatches.lock().unwrap().push(msg.clone());
+                            (StatusCode::BAD_REQUEST, format!("peer: {msg}")).into_response()
+                        }
+                    }
+                }
             }
         };
         let app = axum::Router::new()

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod dispatch;
 pub mod lineage;
 pub mod metrics;
+pub mod policy;
 pub mod registry;
 pub mod rollout;
 pub mod store;

@@ -526,3 +526,45 @@ images:
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("has no `build:`"), "{}", stderr(&o));
 }
+
+/// Policy mistakes are reported at their lines: a key that is not a PEM
+/// public key, a bad mode and apply_to, `required` beyond the authorities,
+/// a scan rule without a scanner, an unknown severity.
+#[test]
+fn policy_rules_are_checked_at_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = write(dir.path(), "not-a-key.pub", "hello\n");
+    let cfg = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            r#"policy:
+  rules:
+    - images: ["**"]
+      mode: block
+      apply_to: [build]
+      signatures:
+        required: 2
+        authorities:
+          - cosign: {{ public_key_file: "{key}" }}
+    - images: ["registry.example.com/**"]
+      scan: {{ max_severity: severe }}
+    - images: ["x/**"]
+      scan: {{ max_severity: high }}
+"#
+        ),
+    );
+    let o = lineaged(&["check", "-c", &cfg]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    for e in [
+        format!("{cfg}:4:13: mode must be `enforce` or `warn`, got `block`"),
+        format!("{cfg}:5:18: apply_to takes `deploy` and `cascade`, got `build`"),
+        format!("{cfg}:9:40: public key {key} is not a PEM `PUBLIC KEY`"),
+        format!("{cfg}:7:19: required must be between 1 and the number of authorities (1), got 2"),
+        format!("{cfg}:11:29: unknown severity `severe`"),
+        format!("{cfg}:10:7: a scan gate needs policy.scan.command"),
+    ] {
+        assert!(err.contains(e.as_str()), "missing {e:?} in:\n{err}");
+    }
+}

@@ -16,6 +16,7 @@ mod serve_cmd;
 mod status_cmd;
 mod store_cmd;
 mod trigger_cmd;
+mod verify_cmd;
 
 pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
@@ -68,6 +69,14 @@ pub enum Command {
                   (the error says whether the daemon would retry), 2 bad usage."
     )]
     Trigger(TriggerArgs),
+    /// Run the supply-chain gates (trusted registries, signatures, scans) for references
+    #[command(
+        long_about = "Run the supply-chain gates of the config's policy for the given \
+                  references (tags are resolved to digests; rules match the tag's name) and \
+                  print each gate's verdict with its reason.\n\nExit codes: 0 all passed (or \
+                  only warned), 1 any refused or could not be checked, 2 bad usage."
+    )]
+    Verify(VerifyArgs),
     /// Write a synthetic lineage of N images (for benchmarks)
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -104,6 +113,20 @@ pub struct TriggerArgs {
     /// Do not ask registries for the parents' digests
     #[arg(long)]
     pub offline: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Image references (tag or @sha256 digest)
+    #[arg(value_name = "REF", required = true, value_parser = parse_ref)]
+    pub refs: Vec<ImageRef>,
+    /// Which rules to apply: deploy, cascade, or all gates the rule has
+    #[arg(long, default_value = "all", value_parser = ["all", "deploy", "cascade"])]
+    pub purpose: String,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 #[derive(clap::Args, Debug)]
@@ -206,6 +229,7 @@ pub fn main() -> ExitCode {
         Command::Resolve(a) => resolve_cmd::resolve(&a),
         Command::Status(a) => status_cmd::status(&a),
         Command::Trigger(a) => trigger_cmd::trigger(&a),
+        Command::Verify(a) => verify_cmd::verify(&a),
         Command::Generate(a) => generate(&a),
     }
 }

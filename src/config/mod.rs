@@ -11,6 +11,7 @@ mod text;
 mod validate;
 mod validate_images;
 mod validate_parts;
+mod validate_policy;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -402,7 +403,10 @@ pub struct Deploy {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// A vulnerability severity, ordered. Scanners' `UNKNOWN` and Grype's
+/// `Negligible` count as `Low`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Severity {
     None,
     Low,
@@ -411,11 +415,168 @@ pub enum Severity {
     Critical,
 }
 
+impl Severity {
+    pub const ALL: [Severity; 5] = [
+        Severity::None,
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::None => "none",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+
+    /// Config spelling (`none` … `critical`), any case.
+    pub fn parse(s: &str) -> Option<Severity> {
+        let s = s.to_ascii_lowercase();
+        Severity::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+/// The supply-chain policy: which gates an image passes before it is
+/// deployed (`apply_to: deploy`) or used as a parent (`cascade`).
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     pub trusted_registries_only: bool,
-    pub signature_public_key: Option<PathBuf>,
-    pub max_severity: Option<Severity>,
+    /// Rules in order (first match wins); the shorthands
+    /// `require_signature` and `scan.max_severity` come last, for `**`.
+    pub rules: Vec<PolicyRule>,
+    pub scan: ScanSettings,
+    /// SHA-256 over everything that decides a verdict (rules, key bytes,
+    /// scan settings): cached verdicts are keyed by it.
+    pub hash: String,
+}
+
+/// Enforce (refuse) or warn (record, let through).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GateMode {
+    Enforce,
+    Warn,
+}
+
+/// Where a rule's verdict counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ApplyTo {
+    /// Before the image is deployed.
+    pub deploy: bool,
+    /// Before children build on it.
+    pub cascade: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PolicyRule {
+    /// Globs over normalised references: `*` within a path segment, `**`
+    /// across segments.
+    pub images: Vec<String>,
+    pub mode: GateMode,
+    pub apply_to: ApplyTo,
+    pub signatures: Option<SignatureRule>,
+    pub scan: Option<ScanRule>,
+    /// `file:line:col` of the rule (or of the shorthand).
+    #[serde(skip)]
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SignatureRule {
+    /// How many of the authorities must verify.
+    pub required: usize,
+    pub authorities: Vec<Authority>,
+}
+
+/// Who may sign.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Authority {
+    /// A cosign public key (PEM, ECDSA P-256), read at load.
+    Cosign { key_file: PathBuf, key_pem: String },
+    /// A Notary Project trust store and identities.
+    Notation {
+        trust_store: PathBuf,
+        trusted_identities: Vec<String>,
+    },
+}
+
+impl Authority {
+    pub fn name(&self) -> String {
+        match self {
+            Authority::Cosign { key_file, .. } => format!("cosign key {}", key_file.display()),
+            Authority::Notation { trust_store, .. } => {
+                format!("notation trust store {}", trust_store.display())
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ScanRule {
+    /// The highest severity allowed through.
+    pub max_severity: Severity,
+    /// Findings with no fixed version do not count.
+    pub ignore_unfixed: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ScanSettings {
+    /// argv with `{ref}` for `repo@digest`; prints Trivy or Grype JSON.
+    pub command: Option<Vec<String>>,
+    pub timeout: Duration,
+}
+
+impl Default for ScanSettings {
+    fn default() -> ScanSettings {
+        ScanSettings {
+            command: None,
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Policy {
+    /// The first rule whose globs match `image` (normalised), if any.
+    pub fn rule_for(&self, image: &str) -> Option<&PolicyRule> {
+        self.rules
+            .iter()
+            .find(|r| r.images.iter().any(|g| glob_match(g, image)))
+    }
+}
+
+/// Matches a normalised reference against a glob: `*` is any run of
+/// characters except `/`, `**` any run including `/`, `?` one character.
+pub fn glob_match(glob: &str, text: &str) -> bool {
+    fn go(g: &[u8], t: &[u8]) -> bool {
+        match g.first() {
+            None => t.is_empty(),
+            Some(b'*') if g.get(1) == Some(&b'*') => {
+                let rest = &g[2..];
+                (0..=t.len()).any(|i| go(rest, &t[i..]))
+            }
+            Some(b'*') => {
+                let rest = &g[1..];
+                for i in 0..=t.len() {
+                    if go(rest, &t[i..]) {
+                        return true;
+                    }
+                    if t.get(i) == Some(&b'/') {
+                        break;
+                    }
+                }
+                false
+            }
+            Some(b'?') => !t.is_empty() && t[0] != b'/' && go(&g[1..], &t[1..]),
+            Some(c) => t.first() == Some(c) && go(&g[1..], &t[1..]),
+        }
+    }
+    go(glob.as_bytes(), text.as_bytes())
 }
 
 /// One problem found in the configuration, pointing at its source.
@@ -470,4 +631,44 @@ fn render_diagnostics(d: &[Diagnostic]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[cfg(test)]
+mod glob_tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs_over_normalised_references() {
+        let m = |g: &str, t: &str| glob_match(g, t);
+        assert!(m("**", "docker.io/library/python:3.12"));
+        assert!(m(
+            "registry.example.com/apps/**",
+            "registry.example.com/apps/api:1"
+        ));
+        assert!(m(
+            "registry.example.com/apps/**",
+            "registry.example.com/apps/team/api:1"
+        ));
+        assert!(!m(
+            "registry.example.com/apps/*",
+            "registry.example.com/apps/team/api:1"
+        ));
+        assert!(m(
+            "registry.example.com/apps/*",
+            "registry.example.com/apps/api:1"
+        ));
+        assert!(m(
+            "docker.io/library/python:3.1?",
+            "docker.io/library/python:3.12"
+        ));
+        assert!(!m(
+            "docker.io/library/python:*",
+            "docker.io/library/python/x:1"
+        ));
+        assert!(!m(
+            "registry.example.com/apps/**",
+            "registry.example.com/app:1"
+        ));
+        assert!(m("*/apps/**", "127.0.0.1:5000/apps/x:1"));
+    }
 }

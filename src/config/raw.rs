@@ -192,8 +192,12 @@ pub struct RawDeploy {
 pub struct RawPolicy {
     #[serde(default)]
     pub trusted_registries_only: bool,
+    /// Shorthand: every image's deploy needs a signature by this key.
     pub require_signature: Option<RawSignature>,
+    /// `max_severity` (shorthand: every image's deploy), `command`, `timeout`.
     pub scan: Option<RawScan>,
+    #[serde(default)]
+    pub rules: Vec<Spanned<RawRule>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,5 +210,56 @@ pub struct RawSignature {
 #[serde(deny_unknown_fields)]
 pub struct RawScan {
     /// Highest severity allowed to ship: none, low, medium, high, critical.
+    pub max_severity: Option<S>,
+    /// argv; `{ref}` becomes `repo@digest`. Prints Trivy or Grype JSON.
+    pub command: Option<Vec<S>>,
+    pub timeout: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub images: Vec<S>,
+    pub mode: Option<S>,
+    pub apply_to: Option<Vec<S>>,
+    pub signatures: Option<RawSignatures>,
+    pub scan: Option<RawRuleScan>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignatures {
+    pub required: Option<Spanned<usize>>,
+    pub authorities: Vec<Spanned<RawAuthority>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthority {
+    pub cosign: Option<RawCosign>,
+    pub notation: Option<RawNotation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCosign {
+    pub public_key_file: S,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotation {
+    pub trust_store: S,
+    #[serde(default)]
+    pub trusted_identities: Vec<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuleScan {
     pub max_severity: S,
+    #[serde(default)]
+    pub ignore_unfixed: bool,
+    /// Where results come from: `command` (default).
+    pub source: Option<S>,
 }

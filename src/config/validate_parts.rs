@@ -367,58 +367,6 @@ pub(super) fn parse_mode(ctx: &mut Ctx, f: usize, kind: BackendKind, m: &S) -> O
     found
 }
 
-pub(super) fn policy(ctx: &mut Ctx, raw: Option<(usize, Spanned<RawPolicy>)>) -> Policy {
-    let Some((f, p)) = raw else {
-        return Policy::default();
-    };
-    let p = p.value;
-    let signature_public_key = p.require_signature.as_ref().and_then(|s| {
-        let path = ctx.text(f, &s.public_key_file)?;
-        match std::fs::metadata(&path) {
-            Ok(m) if m.is_file() => Some(PathBuf::from(path)),
-            Ok(_) => {
-                ctx.err(
-                    f,
-                    s.public_key_file.referenced,
-                    format!("public key {path} is not a file"),
-                );
-                None
-            }
-            Err(e) => {
-                ctx.err(
-                    f,
-                    s.public_key_file.referenced,
-                    format!("cannot read public key {path}: {e}"),
-                );
-                None
-            }
-        }
-    });
-    let max_severity = p.scan.as_ref().and_then(|s| {
-        let sev = match s.max_severity.value.to_ascii_lowercase().as_str() {
-            "none" => Severity::None,
-            "low" => Severity::Low,
-            "medium" => Severity::Medium,
-            "high" => Severity::High,
-            "critical" => Severity::Critical,
-            other => {
-                ctx.err(
-                    f,
-                    s.max_severity.referenced,
-                    format!("unknown severity `{other}` (none, low, medium, high, critical)"),
-                );
-                return None;
-            }
-        };
-        Some(sev)
-    });
-    Policy {
-        trusted_registries_only: p.trusted_registries_only,
-        signature_public_key,
-        max_severity,
-    }
-}
-
 /// `*`, or `http(s)://host[:port]` with no path, query or credentials.
 fn cors_origin_ok(v: &str) -> bool {
     if v == "*" {

@@ -376,6 +376,65 @@ impl RegistryClient {
         Ok(BaseAnnotations::from_map(&config_labels(&body)))
     }
 
+    /// `GET` a manifest by tag or digest, at most `max` bytes: (body,
+    /// media type, digest). A digest reference must match the body.
+    pub async fn manifest_limited(
+        &self,
+        image: &ImageRef,
+        reference: &str,
+        max: usize,
+    ) -> Result<(Vec<u8>, String, String)> {
+        let want = reference.starts_with("sha256:").then_some(reference);
+        self.get_limited(image, &format!("manifests/{reference}"), max, want)
+            .await
+    }
+
+    /// `GET` a blob, at most `max` bytes, its SHA-256 checked.
+    pub async fn blob(&self, image: &ImageRef, digest: &str, max: usize) -> Result<Vec<u8>> {
+        Ok(self
+            .get_limited(image, &format!("blobs/{digest}"), max, Some(digest))
+            .await?
+            .0)
+    }
+
+    async fn get_limited(
+        &self,
+        image: &ImageRef,
+        path: &str,
+        max: usize,
+        want: Option<&str>,
+    ) -> Result<(Vec<u8>, String, String)> {
+        let registry = image.registry().to_string();
+        let bad = |detail: String| RegistryError::BadResponse {
+            registry: registry.clone(),
+            detail,
+        };
+        let mut resp = self.send(Method::GET, image, path).await?;
+        if resp.content_length().is_some_and(|n| n > max as u64) {
+            return Err(bad(format!("{path} is larger than {max} bytes")));
+        }
+        let media = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| transport(&registry, e))? {
+            if body.len() + chunk.len() > max {
+                return Err(bad(format!("{path} is larger than {max} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let digest = format!("sha256:{:x}", Sha256::digest(&body));
+        if let Some(w) = want
+            && w != digest
+        {
+            return Err(bad(format!("{path} hashes to {digest}, not {w}")));
+        }
+        Ok((body, media, digest))
+    }
+
     /// One request with auth, pacing and status classification.
     async fn send(
         &self,

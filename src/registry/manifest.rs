@@ -31,6 +31,8 @@ pub struct Manifest {
     #[serde(default)]
     pub config: Option<Descriptor>,
     #[serde(default)]
+    pub layers: Vec<Descriptor>,
+    #[serde(default)]
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -40,6 +42,13 @@ pub struct Descriptor {
     #[serde(default)]
     pub media_type: String,
     pub digest: String,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// OCI 1.1: what a referrer is (signature, SBOM, …).
+    #[serde(default)]
+    pub artifact_type: Option<String>,
     #[serde(default)]
     pub platform: Option<DescriptorPlatform>,
 }

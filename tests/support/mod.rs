@@ -4,6 +4,7 @@
 pub mod ci_peer;
 pub mod fleet;
 pub mod registry;
+pub mod signer;
 
 use lineaged::store::{OpenOptions, Store};
 

@@ -1,0 +1,314 @@
+//! Supply-chain gates: before an image is deployed, or used as the parent
+//! of the next wave, it must come from a trusted registry, carry the
+//! signatures its rule asks for, and pass its vulnerability scan.
+//!
+//! [`Gatekeeper::evaluate`] decides for one image digest and purpose. A
+//! gate never passes on an error: registry trouble that may pass is an
+//! `Err` (the job retries with backoff); anything else is a refusal with
+//! its reason and evidence. `mode: warn` turns refusals into warnings.
+
+pub mod cosign;
+pub mod keys;
+pub mod scan;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::config::{Authority, Config, GateMode, PolicyRule};
+use crate::registry::{ImageRef, RegistryClient, RegistryError};
+
+/// Why an image is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Purpose {
+    /// Before it is deployed (`apply_to: deploy`).
+    Deploy,
+    /// Before children build on it (`apply_to: cascade`).
+    Cascade,
+    /// Every gate its rule has (`lineaged verify`).
+    All,
+}
+
+/// A gate's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GateResult {
+    Passed,
+    Refused,
+    /// Refused, but the rule is `mode: warn`: recorded, let through.
+    Warned,
+}
+
+impl GateResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GateResult::Passed => "passed",
+            GateResult::Refused => "refused",
+            GateResult::Warned => "warned",
+        }
+    }
+}
+
+/// One gate's verdict with its reason and evidence.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    /// `trusted_registry`, `signature` or `scan`.
+    pub gate: &'static str,
+    pub result: GateResult,
+    pub reason: String,
+    pub evidence: Value,
+}
+
+/// Every gate that applied to one digest.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Evaluation {
+    pub image: String,
+    pub digest: String,
+    pub purpose: Purpose,
+    /// Where the rule that applied was written, if one did.
+    pub rule: Option<String>,
+    pub verdicts: Vec<Verdict>,
+}
+
+impl Evaluation {
+    /// The first enforced refusal, if any.
+    pub fn refusal(&self) -> Option<&Verdict> {
+        self.verdicts
+            .iter()
+            .find(|v| v.result == GateResult::Refused)
+    }
+
+    /// `gate: reason` of the first refusal: the image's reason in a rollout.
+    pub fn refusal_text(&self) -> Option<String> {
+        self.refusal()
+            .map(|v| format!("{} gate: {}", v.gate, v.reason))
+    }
+}
+
+/// Gates that may pass later (registry outage, rate limit): retry.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot check yet: {0}")]
+pub struct GateError(#[from] pub RegistryError);
+
+impl GateError {
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.0.retry_after()
+    }
+}
+
+/// Which gates apply to an image for a purpose: the registry check under
+/// `trusted_registries_only`, and its first matching rule if it applies.
+pub fn applies(cfg: &Config, image: &ImageRef, purpose: Purpose) -> bool {
+    untrusted(cfg, image) || rule_for(cfg, image, purpose).is_some()
+}
+
+fn untrusted(cfg: &Config, image: &ImageRef) -> bool {
+    cfg.policy.trusted_registries_only && !cfg.registry(image.registry()).is_some_and(|r| r.trusted)
+}
+
+fn rule_for<'c>(cfg: &'c Config, image: &ImageRef, purpose: Purpose) -> Option<&'c PolicyRule> {
+    let rule = cfg.policy.rule_for(&image.to_string())?;
+    let applies = match purpose {
+        Purpose::Deploy => rule.apply_to.deploy,
+        Purpose::Cascade => rule.apply_to.cascade,
+        Purpose::All => true,
+    };
+    applies.then_some(rule)
+}
+
+/// Runs the gates.
+pub struct Gatekeeper {
+    cfg: Arc<Config>,
+    client: Arc<RegistryClient>,
+}
+
+impl Gatekeeper {
+    pub fn new(cfg: Arc<Config>, client: Arc<RegistryClient>) -> Gatekeeper {
+        Gatekeeper { cfg, client }
+    }
+
+    /// The gates for `image` (a tag reference) at `digest`, for `purpose`.
+    #[tracing::instrument(skip_all, fields(image = %image, digest, purpose = ?purpose))]
+    pub async fn evaluate(
+        &self,
+        image: &ImageRef,
+        digest: &str,
+        purpose: Purpose,
+    ) -> Result<Evaluation, GateError> {
+        let mut verdicts = Vec::new();
+        if self.cfg.policy.trusted_registries_only {
+            let trusted = !untrusted(&self.cfg, image);
+            verdicts.push(Verdict {
+                gate: "trusted_registry",
+                result: if trusted {
+                    GateResult::Passed
+                } else {
+                    GateResult::Refused
+                },
+                reason: if trusted {
+                    format!("{} is trusted", image.registry())
+                } else {
+                    format!(
+                        "registry {} is not trusted (policy.trusted_registries_only)",
+                        image.registry()
+                    )
+                },
+                evidence: json!({ "registry": image.registry() }),
+            });
+        }
+        let rule = rule_for(&self.cfg, image, purpose);
+        if let Some(rule) = rule {
+            let warn = rule.mode == GateMode::Warn;
+            let soften = |mut v: Verdict| {
+                if warn && v.result == GateResult::Refused {
+                    v.result = GateResult::Warned;
+                }
+                v
+            };
+            if let Some(sig) = &rule.signatures {
+                verdicts.push(soften(self.signatures(image, digest, sig).await?));
+            }
+            if let Some(s) = &rule.scan {
+                verdicts.push(soften(self.scan(image, digest, s).await));
+            }
+        }
+        Ok(Evaluation {
+            image: image.to_string(),
+            digest: digest.to_string(),
+            purpose,
+            rule: rule.map(|r| r.origin.clone()),
+            verdicts,
+        })
+    }
+
+    async fn signatures(
+        &self,
+        image: &ImageRef,
+        digest: &str,
+        rule: &crate::config::SignatureRule,
+    ) -> Result<Verdict, GateError> {
+        let mut verified = 0;
+        let mut evidence = Vec::new();
+        for a in &rule.authorities {
+            let (ok, detail) = match a {
+                Authority::Cosign { key_pem, .. } => match keys::P256Key::from_pem(key_pem) {
+                    Err(e) => (false, format!("key: {e}")),
+                    Ok(key) => {
+                        let c = cosign::verify(&self.client, image, digest, &key).await?;
+                        (c.verified, c.detail)
+                    }
+                },
+                Authority::Notation { .. } => (
+                    false,
+                    "Notation signatures are not verified by this version (refused, never passed)"
+                        .to_string(),
+                ),
+            };
+            verified += usize::from(ok);
+            evidence.push(json!({ "authority": a.name(), "verified": ok, "detail": detail }));
+        }
+        let passed = verified >= rule.required;
+        let reason = if passed {
+            format!(
+                "{verified} of {} authorities verified (required {})",
+                rule.authorities.len(),
+                rule.required
+            )
+        } else {
+            let why: Vec<String> = evidence
+                .iter()
+                .filter(|e| e["verified"] == false)
+                .map(|e| {
+                    format!(
+                        "{}: {}",
+                        e["authority"].as_str().unwrap_or(""),
+                        e["detail"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            format!(
+                "{verified} of {} required signatures verified: {}",
+                rule.required,
+                why.join("; ")
+            )
+        };
+        Ok(Verdict {
+            gate: "signature",
+            result: if passed {
+                GateResult::Passed
+            } else {
+                GateResult::Refused
+            },
+            reason,
+            evidence: json!({ "required": rule.required, "verified": verified, "authorities": evidence }),
+        })
+    }
+
+    async fn scan(
+        &self,
+        image: &ImageRef,
+        digest: &str,
+        rule: &crate::config::ScanRule,
+    ) -> Verdict {
+        let refuse = |reason: String| Verdict {
+            gate: "scan",
+            result: GateResult::Refused,
+            reason,
+            evidence: Value::Null,
+        };
+        let Some(argv) = &self.cfg.policy.scan.command else {
+            return refuse("no policy.scan.command to scan with".into());
+        };
+        let reference = format!("{}/{}@{digest}", image.registry(), image.repository());
+        let out = match scan::run(argv, &reference, self.cfg.policy.scan.timeout).await {
+            Ok(o) => o,
+            Err(e) => return refuse(e),
+        };
+        let report = match scan::parse(&out) {
+            Ok(r) => r,
+            Err(e) => return refuse(e),
+        };
+        let j = scan::judge(&report, rule);
+        let counts: Vec<String> = j.counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        let counts = if counts.is_empty() {
+            "no findings".to_string()
+        } else {
+            counts.join(", ")
+        };
+        let reason = if j.passed {
+            format!(
+                "{} found {counts}; none over {}",
+                j.scanner,
+                rule.max_severity.as_str()
+            )
+        } else {
+            format!(
+                "{} found {} over {}{} ({counts}); worst: {}",
+                j.scanner,
+                j.over_threshold,
+                rule.max_severity.as_str(),
+                if rule.ignore_unfixed {
+                    " with a fix"
+                } else {
+                    ""
+                },
+                j.top
+                    .first()
+                    .map(|f| format!("{} in {}", f.id, f.package))
+                    .unwrap_or_default()
+            )
+        };
+        Verdict {
+            gate: "scan",
+            result: if j.passed {
+                GateResult::Passed
+            } else {
+                GateResult::Refused
+            },
+            reason,
+            evidence: serde_json::to_value(&j).unwrap_or(Value::Null),
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! Supply-chain gates against the real `docker-registry`: cosign signatures
+//! made by a signer that follows the cosign spec, a scanner stand-in that
+//! prints Trivy and Grype JSON, trusted registries; every refusal with its
+//! reason, `mode: warn`, `required: 2`; `lineaged verify` as a user runs it.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lineaged::config::{Config, load_str};
+use lineaged::policy::{GateResult, Gatekeeper, Purpose};
+use lineaged::registry::{ImageRef, RegistryClient};
+use support::registry::TestRegistry;
+use support::signer::{Layer, Signer, layer, push_signatures};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/scan");
+
+struct Env {
+    reg: TestRegistry,
+    dir: tempfile::TempDir,
+    a: Signer,
+    b: Signer,
+}
+
+impl Env {
+    async fn new() -> Env {
+        let e = Env {
+            reg: TestRegistry::start(Default::default()).await,
+            dir: tempfile::tempdir().unwrap(),
+            a: Signer::new(),
+            b: Signer::new(),
+        };
+        std::fs::write(e.dir.path().join("a.pub"), e.a.public_pem()).unwrap();
+        std::fs::write(e.dir.path().join("b.pub"), e.b.public_pem()).unwrap();
+        e
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_string_lossy().into_owned()
+    }
+
+    /// Pushes `repo:1`; returns its reference and digest.
+    async fn image(&self, repo: &str) -> (ImageRef, String) {
+        let (d, _) = self
+            .reg
+            .push_image(
+                repo,
+                "1",
+                &format!("{repo} {}", rand::random::<u64>()),
+                ("linux", "amd64"),
+                BTreeMap::new(),
+                BTreeMap::new(),
+            )
+            .await;
+        (
+            ImageRef::parse(&format!("{}/{repo}:1", self.reg.addr)).unwrap(),
+            d,
+        )
+    }
+
+    /// A scanner that logs the reference it was given and prints `fixture`.
+    fn scanner(&self, fixture: &str) -> String {
+        let script = self.path("scan.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"$1\" >> {}\ncat {FIXTURES}/{fixture}\n",
+                self.path("scanned.log")
+            ),
+        )
+        .unwrap();
+        script
+    }
+
+    fn config(&self, policy: &str) -> Config {
+        let yaml = format!(
+            "registries:\n  - {{ host: \"{}\", insecure: true }}\npolicy:\n{policy}",
+            self.reg.addr
+        );
+        match load_str("gates.yaml", &yaml, &|_| None) {
+            Ok(c) => c,
+            Err(e) => panic!("{yaml}\n{e}"),
+        }
+    }
+
+    fn gates(&self, cfg: Config) -> Gatekeeper {
+        let cfg = Arc::new(cfg);
+        let client = RegistryClient::new(&cfg.registries, Duration::from_secs(10)).unwrap();
+        Gatekeeper::new(cfg, Arc::new(client))
+    }
+}
+
+fn signature_rule(keys: &[&str], required: usize, mode: &str) -> String {
+    let auth: Vec<String> = keys
+        .iter()
+        .map(|k| format!("          - cosign: {{ public_key_file: \"{k}\" }}\n"))
+        .collect();
+    format!(
+        "  rules:\n    - images: [\"**\"]\n      mode: {mode}\n      signatures:\n        required: {required}\n        authorities:\n{}",
+        auth.concat()
+    )
+}
+
+#[tokio::test]
+async fn cosign_signatures_pass_and_every_bad_one_is_refused_with_its_reason() {
+    let e = Env::new().await;
+    let gates = e.gates(e.config(&signature_rule(&[&e.path("a.pub")], 1, "enforce")));
+    let check = |img: (ImageRef, String)| {
+        let gates = &gates;
+        async move {
+            gates
+                .evaluate(&img.0, &img.1, Purpose::Deploy)
+                .await
+                .unwrap()
+        }
+    };
+
+    let signed = e.image("apps/signed").await;
+    push_signatures(
+        &e.reg,
+        "apps/signed",
+        &signed.1,
+        &[layer(&e.a, &signed.0, &signed.1)],
+    )
+    .await;
+    let ev = check(signed.clone()).await;
+    assert_eq!(ev.refusal(), None, "{ev:?}");
+    assert_eq!(ev.verdicts[0].gate, "signature");
+    assert_eq!(ev.verdicts[0].result, GateResult::Passed);
+
+    let unsigned = e.image("apps/unsigned").await;
+    let ev = check(unsigned.clone()).await;
+    let r = ev.refusal_text().unwrap();
+    assert!(
+        r.contains("no cosign signature") && r.contains(".sig tag"),
+        "{r}"
+    );
+
+    let wrong_key = e.image("apps/wrongkey").await;
+    push_signatures(
+        &e.reg,
+        "apps/wrongkey",
+        &wrong_key.1,
+        &[layer(&e.b, &wrong_key.0, &wrong_key.1)],
+    )
+    .await;
+    let r = check(wrong_key).await.refusal_text().unwrap();
+    assert!(r.contains("does not verify with this key"), "{r}");
+
+    // A valid signature, but over a payload that names another digest.
+    let tampered = e.image("apps/tampered").await;
+    let other = e.image("apps/other").await;
+    push_signatures(
+        &e.reg,
+        "apps/tampered",
+        &tampered.1,
+        &[layer(&e.a, &tampered.0, &other.1)],
+    )
+    .await;
+    let r = check(tampered.clone()).await.refusal_text().unwrap();
+    assert!(
+        r.contains(&format!("payload signs {}, not {}", other.1, tampered.1)),
+        "{r}"
+    );
+
+    // The payload changed after signing.
+    let edited = e.image("apps/edited").await;
+    let mut l = layer(&e.a, &edited.0, &edited.1);
+    l.payload.extend_from_slice(b" ");
+    push_signatures(&e.reg, "apps/edited", &edited.1, &[l]).await;
+    let r = check(edited).await.refusal_text().unwrap();
+    assert!(r.contains("does not verify"), "{r}");
+
+    // Garbage in the signature annotation and in the payload.
+    let garbage = e.image("apps/garbage").await;
+    push_signatures(
+        &e.reg,
+        "apps/garbage",
+        &garbage.1,
+        &[
+            Layer {
+                payload: layer(&e.a, &garbage.0, &garbage.1).payload,
+                signature: "%%% not base64".into(),
+            },
+            Layer {
+                payload: b"{not json".to_vec(),
+                signature: e.a.sign_bytes(b"{not json"),
+            },
+        ],
+    )
+    .await;
+    let r = check(garbage).await.refusal_text().unwrap();
+    assert!(
+        r.contains("layer 0: signature is not base64")
+            && r.contains("layer 1: payload is not JSON"),
+        "{r}"
+    );
+
+    // A signature manifest far larger than any real one.
+    let huge = e.image("apps/huge").await;
+    let mut layers: Vec<Layer> = Vec::new();
+    let big = layer(&e.a, &huge.0, &huge.1);
+    let fat = "A".repeat(300 * 1024);
+    layers.push(Layer {
+        payload: big.payload,
+        signature: format!("{}{fat}", big.signature),
+    });
+    push_signatures(&e.reg, "apps/huge", &huge.1, &layers).await;
+    let r = check(huge).await.refusal_text().unwrap();
+    assert!(r.contains("larger than 262144 bytes"), "{r}");
+}
+
+#[tokio::test]
+async fn required_two_with_one_valid_is_refused_and_warn_mode_lets_it_through() {
+    let e = Env::new().await;
+    let img = e.image("apps/one").await;
+    push_signatures(&e.reg, "apps/one", &img.1, &[layer(&e.a, &img.0, &img.1)]).await;
+    let keys = [e.path("a.pub"), e.path("b.pub")];
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+
+    let two = e.gates(e.config(&signature_rule(&keys, 2, "enforce")));
+    let ev = two.evaluate(&img.0, &img.1, Purpose::Deploy).await.unwrap();
+    let r = ev.refusal_text().unwrap();
+    assert!(
+        r.starts_with("signature gate: 1 of 2 required signatures verified"),
+        "{r}"
+    );
+    assert_eq!(ev.verdicts[0].evidence["verified"], 1);
+
+    let warn = e.gates(e.config(&signature_rule(&keys, 2, "warn")));
+    let ev = warn
+        .evaluate(&img.0, &img.1, Purpose::Deploy)
+        .await
+        .unwrap();
+    assert_eq!(ev.refusal(), None);
+    assert_eq!(ev.verdicts[0].result, GateResult::Warned);
+
+    // Both keys sign: passes.
+    let both = e.image("apps/both").await;
+    push_signatures(
+        &e.reg,
+        "apps/both",
+        &both.1,
+        &[layer(&e.a, &both.0, &both.1), layer(&e.b, &both.0, &both.1)],
+    )
+    .await;
+    assert_eq!(
+        two.evaluate(&both.0, &both.1, Purpose::Deploy)
+            .await
+            .unwrap()
+            .refusal(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn rules_apply_by_glob_and_purpose_and_untrusted_registries_are_refused() {
+    let e = Env::new().await;
+    let img = e.image("apps/web").await;
+    let other = e.image("tools/cli").await;
+    let policy = format!(
+        "  trusted_registries_only: true\n  rules:\n    - images: [\"{}/apps/**\"]\n      apply_to: [cascade]\n      signatures: {{ authorities: [{{ cosign: {{ public_key_file: \"{}\" }} }}] }}\n",
+        e.reg.addr,
+        e.path("a.pub")
+    );
+    let gates = e.gates(e.config(&policy));
+    // Cascade applies to apps/**: unsigned → refused; the registry is not trusted either.
+    let ev = gates
+        .evaluate(&img.0, &img.1, Purpose::Cascade)
+        .await
+        .unwrap();
+    let gates_seen: Vec<(&str, GateResult)> =
+        ev.verdicts.iter().map(|v| (v.gate, v.result)).collect();
+    assert_eq!(
+        gates_seen,
+        vec![
+            ("trusted_registry", GateResult::Refused),
+            ("signature", GateResult::Refused)
+        ]
+    );
+    assert!(
+        ev.refusal_text()
+            .unwrap()
+            .contains(&format!("registry {} is not trusted", e.reg.addr))
+    );
+    // Deploy is not in apply_to: only the registry check.
+    let ev = gates
+        .evaluate(&img.0, &img.1, Purpose::Deploy)
+        .await
+        .unwrap();
+    assert_eq!(ev.verdicts.len(), 1);
+    // tools/** matches no rule.
+    let ev = gates
+        .evaluate(&other.0, &other.1, Purpose::Cascade)
+        .await
+        .unwrap();
+    assert_eq!(ev.rule, None);
+    // Trusted: the registry gate passes.
+    let yaml = format!(
+        "registries:\n  - {{ host: \"{}\", insecure: true, trusted: true }}\npolicy:\n  trusted_registries_only: true\n",
+        e.reg.addr
+    );
+    let cfg = load_str("t.yaml", &yaml, &|_| None).unwrap();
+    let ev = e
+        .gates(cfg)
+        .evaluate(&other.0, &other.1, Purpose::Deploy)
+        .await
+        .unwrap();
+    assert_eq!(ev.verdicts[0].result, GateResult::Passed);
+}
+
+fn scan_policy(e: &Env, fixture: &str, max: &str, ignore_unfixed: bool) -> String {
+    format!(
+        "  scan: {{ command: [\"sh\", \"{}\", \"{{ref}}\"], timeout: 5s }}\n  rules:\n    - images: [\"**\"]\n      scan: {{ max_severity: {max}, ignore_unfixed: {ignore_unfixed} }}\n",
+        e.scanner(fixture)
+    )
+}
+
+#[tokio::test]
+async fn scans_are_judged_from_trivy_and_grype_json() {
+    let e = Env::new().await;
+    let img = e.image("apps/scanned").await;
+    let run = |policy: String| {
+        let gates = e.gates(e.config(&policy));
+        let img = img.clone();
+        async move {
+            gates
+                .evaluate(&img.0, &img.1, Purpose::Deploy)
+                .await
+                .unwrap()
+        }
+    };
+    // Trivy: HIGH (fixed), CRITICAL (will_not_fix), LOW.
+    let ev = run(scan_policy(&e, "trivy.json", "high", false)).await;
+    let r = ev.refusal_text().unwrap();
+    assert!(
+        r.contains("trivy found 1 over high") && r.contains("CVE-2023-45853 in zlib1g"),
+        "{r}"
+    );
+    assert_eq!(ev.verdicts[0].evidence["counts"]["critical"], 1);
+    // The critical has no fix: ignored with ignore_unfixed.
+    let ev = run(scan_policy(&e, "trivy.json", "high", true)).await;
+    assert_eq!(ev.refusal(), None, "{ev:?}");
+    let ev = run(scan_policy(&e, "trivy.json", "medium", true)).await;
+    assert!(
+        ev.refusal_text()
+            .unwrap()
+            .contains("CVE-2024-2511 in libssl3")
+    );
+    // Grype: Medium (fixed), Negligible.
+    assert_eq!(
+        run(scan_policy(&e, "grype.json", "medium", false))
+            .await
+            .refusal(),
+        None
+    );
+    assert!(
+        run(scan_policy(&e, "grype.json", "low", false))
+            .await
+            .refusal()
+            .is_some()
+    );
+    // The scanner got repo@digest.
+    let log = std::fs::read_to_string(e.path("scanned.log")).unwrap();
+    assert_eq!(
+        log.lines().next().unwrap(),
+        format!("{}/apps/scanned@{}", e.reg.addr, img.1)
+    );
+    // A scanner printing garbage, and one that hangs: refused, never passed.
+    let r = run(scan_policy(&e, "../../../Cargo.toml", "high", false))
+        .await
+        .refusal_text()
+        .unwrap();
+    assert!(r.contains("printed no JSON"), "{r}");
+    let hang = e.path("hang.sh");
+    std::fs::write(&hang, "#!/bin/sh\nsleep 30\n").unwrap();
+    let policy = format!(
+        "  scan: {{ command: [\"sh\", \"{hang}\", \"{{ref}}\"], timeout: 1s }}\n  rules:\n    - images: [\"**\"]\n      scan: {{ max_severity: high }}\n"
+    );
+    let started = std::time::Instant::now();
+    let r = run(policy).await.refusal_text().unwrap();
+    assert_eq!(r, "scan gate: scan timed out after 1s");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+fn lineaged(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lineaged"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn lineaged_verify_prints_verdicts_and_exits_by_them() {
+    let e = Env::new().await;
+    let signed = e.image("apps/signed").await;
+    push_signatures(
+        &e.reg,
+        "apps/signed",
+        &signed.1,
+        &[layer(&e.a, &signed.0, &signed.1)],
+    )
+    .await;
+    let unsigned = e.image("apps/unsigned").await;
+    let cfg = e.path("lineaged.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "registries:\n  - {{ host: \"{}\", insecure: true }}\npolicy:\n{}",
+            e.reg.addr,
+            signature_rule(&[&e.path("a.pub")], 1, "enforce")
+        ),
+    )
+    .unwrap();
+    let s = signed.0.to_string();
+    let o = lineaged(&["verify", "-c", &cfg, &s]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.starts_with(&format!("PASSED {s}@{}\n", signed.1)),
+        "{out}"
+    );
+    assert!(
+        out.contains("ok   signature: 1 of 1 authorities verified"),
+        "{out}"
+    );
+    let by_digest = format!("{}/apps/unsigned@{}", e.reg.addr, unsigned.1);
+    let o = lineaged(&["verify", "-c", &cfg, &s, &by_digest]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "REFUSED {}/apps/unsigned:latest@{}",
+            e.reg.addr, unsigned.1
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("FAIL signature: 0 of 1 required signatures verified"),
+        "{out}"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("1 refused"));
+    let o = lineaged(&["verify", "-c", &cfg, "--output", "json", &s]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["verdicts"][0]["result"], "passed");
+    let _ = Path::new(&cfg);
+}

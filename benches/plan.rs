@@ -70,7 +70,14 @@ fn benches(c: &mut Criterion) {
             build: true,
             deploy: i < 100,
         };
-        nodes.insert(name.clone(), Node { parents, stages });
+        nodes.insert(
+            name.clone(),
+            Node {
+                parents,
+                stages,
+                gates: Default::default(),
+            },
+        );
         let mut r = RolloutImage::new(1, &name, if i < 100 { 1 } else { 2 }, 0);
         if i < 100 {
             r.state = ImageState::Built;

@@ -140,6 +140,15 @@ pub async fn start(
         ));
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move { dispatcher.run(token).await }));
+        let gates = Arc::new(crate::policy::worker::GateWorker::new(
+            cfg.clone(),
+            store.clone(),
+            engine.clone(),
+            client.clone(),
+            &opts.watch_options.node_id,
+        ));
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(async move { gates.run(token).await }));
         let (e, token, every) = (engine.clone(), shutdown.clone(), opts.reconcile_interval);
         let w = watch.clone();
         tasks.push(tokio::spawn(async move {

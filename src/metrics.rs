@@ -81,6 +81,7 @@ struct Inner {
     rollouts_finished: BTreeMap<String, u64>,
     rollout_seconds: Histogram,
     stage_results: BTreeMap<(&'static str, &'static str), u64>,
+    gate_results: BTreeMap<(&'static str, &'static str), u64>,
     http: BTreeMap<(String, String, u16), u64>,
     http_seconds: BTreeMap<String, Histogram>,
 }
@@ -100,6 +101,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         rollouts_finished: BTreeMap::new(),
         rollout_seconds: Histogram::new(ROLLOUT_BUCKETS),
         stage_results: BTreeMap::new(),
+        gate_results: BTreeMap::new(),
         http: BTreeMap::new(),
         http_seconds: BTreeMap::new(),
     }),
@@ -148,6 +150,12 @@ impl Metrics {
         self.with(|m| *m.stage_results.entry((stage, result)).or_default() += 1);
     }
 
+    /// One gate's verdict (`gate`: trusted_registry, signature, scan;
+    /// `result`: passed, refused, warned).
+    pub fn gate_result(&self, gate: &'static str, result: &'static str) {
+        self.with(|m| *m.gate_results.entry((gate, result)).or_default() += 1);
+    }
+
     /// `route` is the matched route template (or `unmatched`), never the
     /// raw path.
     pub fn http(&self, method: &str, route: &str, status: u16, secs: f64) {
@@ -185,9 +193,13 @@ impl Metrics {
             }
             header(out, "lineaged_rollout_duration_seconds", "histogram", "Rollout duration from start to finish.");
             m.rollout_seconds.render(out, "lineaged_rollout_duration_seconds", "");
-            header(out, "lineaged_stage_results_total", "counter", "Pipeline stages of images that ended in this process, by stage (build, deploy) and result.");
+            header(out, "lineaged_stage_results_total", "counter", "Pipeline stages of images that ended in this process, by stage (build, verify, deploy) and result.");
             for ((stage, res), n) in &m.stage_results {
                 let _ = writeln!(out, "lineaged_stage_results_total{{stage=\"{stage}\",result=\"{res}\"}} {n}");
+            }
+            header(out, "lineaged_gate_results_total", "counter", "Supply-chain gate verdicts in this process, by gate (trusted_registry, signature, scan) and result (passed, refused, warned).");
+            for ((gate, res), n) in &m.gate_results {
+                let _ = writeln!(out, "lineaged_gate_results_total{{gate=\"{gate}\",result=\"{res}\"}} {n}");
             }
             header(out, "lineaged_http_requests_total", "counter", "API requests, by method, route template and status.");
             for ((method, route, status), n) in &m.http {

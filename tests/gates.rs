@@ -272,8 +272,11 @@ async fn rules_apply_by_glob_and_purpose_and_untrusted_registries_are_refused() 
         .evaluate(&img.0, &img.1, Purpose::Cascade)
         .await
         .unwrap();
-    let gates_seen: Vec<(&str, GateResult)> =
-        ev.verdicts.iter().map(|v| (v.gate, v.result)).collect();
+    let gates_seen: Vec<(&str, GateResult)> = ev
+        .verdicts
+        .iter()
+        .map(|v| (v.gate.as_str(), v.result))
+        .collect();
     assert_eq!(
         gates_seen,
         vec![

@@ -241,6 +241,11 @@ pub struct ImageDetail {
     jobs: Vec<JobView>,
     /// Its entries in the newest rollouts (up to 5).
     rollouts: Vec<RolloutImage>,
+    /// The newest supply-chain gate evaluations of its digests (up to 5):
+    /// `{image, digest, purpose, rule, verdicts: [{gate, result, reason,
+    /// evidence}]}`.
+    #[schema(value_type = Vec<Object>)]
+    gates: Vec<Value>,
 }
 
 /// One image: digest, lineage, staleness, history, registry health, jobs,
@@ -303,12 +308,17 @@ pub async fn image(
         }
     }
     // Independent reads, concurrently (each on its own pool connection).
-    let (history, jobs, rollouts, health) = tokio::try_join!(
+    let (history, jobs, rollouts, health, gates) = tokio::try_join!(
         s.store.digest_history(&name, 10),
         s.store.jobs_for_image(&name, 5),
         s.store.rollout_entries_for_image(&name, 5),
         s.store.registry_health_of(r.registry()),
+        s.store.gate_results_for(&name, 5),
     )?;
+    let gates: Vec<Value> = gates
+        .iter()
+        .filter_map(|g| serde_json::from_str(g).ok())
+        .collect();
     let jobs: Vec<JobView> = jobs.iter().map(job_view).collect();
     let cause = match rollouts.first() {
         Some(e) => cause_chain(&s, &r, e).await?,
@@ -327,6 +337,7 @@ pub async fn image(
         registry: health,
         jobs,
         rollouts,
+        gates,
     }))
 }
 

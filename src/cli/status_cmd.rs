@@ -99,6 +99,24 @@ async fn fetch(args: &StatusArgs) -> Result<Value, String> {
             "failed": count("failed") + count("blocked") + count("refused") + count("deploy_failed"),
         }));
     }
+    // Images a gate refused in the newest rollouts, with the gate's reason.
+    let recent = get("/rollouts?limit=5".into()).await?;
+    let mut refused: Vec<Value> = Vec::new();
+    for r in recent["rollouts"].as_array().into_iter().flatten() {
+        let id = r["id"].as_i64().unwrap_or(0);
+        let d = get(format!("/rollouts/{id}")).await?;
+        for i in d["waves"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|w| w.as_array().into_iter().flatten())
+            .filter(|i| i["state"] == "refused")
+        {
+            refused.push(serde_json::json!({
+                "image": i["image"], "rollout_id": id, "reason": i["reason"], "updated_at": i["updated_at"],
+            }));
+        }
+    }
     let mut jobs: Vec<Value> = Vec::new();
     for list in [&failed, &dead] {
         jobs.extend(list["jobs"].as_array().into_iter().flatten().cloned());
@@ -115,6 +133,7 @@ async fn fetch(args: &StatusArgs) -> Result<Value, String> {
         "failing_images": erroring["images"],
         "running_rollouts": rollouts_detail,
         "failing_jobs": jobs,
+        "refused_images": refused,
         "degraded_registries": degraded,
     }))
 }
@@ -241,6 +260,22 @@ pub fn render(report: &Value) -> String {
                     text(&j["image"]),
                     format!("{}/{}", text(&j["attempt"]), text(&j["max_attempts"])),
                     text(&j["last_error"]),
+                ]
+            })
+            .collect(),
+    );
+    table(
+        &mut out,
+        "Refused by gates (newest rollouts)",
+        &["IMAGE", "ROLLOUT", "WHEN", "REASON"],
+        list("refused_images")
+            .iter()
+            .map(|i| {
+                vec![
+                    text(&i["image"]),
+                    text(&i["rollout_id"]),
+                    ago(&i["updated_at"]),
+                    text(&i["reason"]),
                 ]
             })
             .collect(),

@@ -247,6 +247,9 @@ impl Dispatcher {
                             "deploys go to webhook backends, not {}",
                             b.kind.as_str()
                         ))),
+                        JobPayload::Verify(_) => Err(DispatchError::Invalid(
+                            "verify jobs are run by the gate worker, not delivered".into(),
+                        )),
                     };
                     match req {
                         Ok(mut req) => {

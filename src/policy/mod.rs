@@ -10,17 +10,18 @@
 pub mod cosign;
 pub mod keys;
 pub mod scan;
+pub mod worker;
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::config::{Authority, Config, GateMode, PolicyRule};
 use crate::registry::{ImageRef, RegistryClient, RegistryError};
 
 /// Why an image is checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Purpose {
     /// Before it is deployed (`apply_to: deploy`).
@@ -32,7 +33,7 @@ pub enum Purpose {
 }
 
 /// A gate's verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GateResult {
     Passed,
@@ -52,17 +53,17 @@ impl GateResult {
 }
 
 /// One gate's verdict with its reason and evidence.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
     /// `trusted_registry`, `signature` or `scan`.
-    pub gate: &'static str,
+    pub gate: String,
     pub result: GateResult,
     pub reason: String,
     pub evidence: Value,
 }
 
 /// Every gate that applied to one digest.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
     pub image: String,
     pub digest: String,
@@ -84,6 +85,16 @@ impl Evaluation {
     pub fn refusal_text(&self) -> Option<String> {
         self.refusal()
             .map(|v| format!("{} gate: {}", v.gate, v.reason))
+    }
+}
+
+/// A gate's name as a metric label (bounded).
+pub fn gate_label(gate: &str) -> &'static str {
+    match gate {
+        "trusted_registry" => "trusted_registry",
+        "signature" => "signature",
+        "scan" => "scan",
+        _ => "other",
     }
 }
 
@@ -141,7 +152,7 @@ impl Gatekeeper {
         if self.cfg.policy.trusted_registries_only {
             let trusted = !untrusted(&self.cfg, image);
             verdicts.push(Verdict {
-                gate: "trusted_registry",
+                gate: "trusted_registry".into(),
                 result: if trusted {
                     GateResult::Passed
                 } else {
@@ -235,7 +246,7 @@ impl Gatekeeper {
             )
         };
         Ok(Verdict {
-            gate: "signature",
+            gate: "signature".into(),
             result: if passed {
                 GateResult::Passed
             } else {
@@ -253,7 +264,7 @@ impl Gatekeeper {
         rule: &crate::config::ScanRule,
     ) -> Verdict {
         let refuse = |reason: String| Verdict {
-            gate: "scan",
+            gate: "scan".into(),
             result: GateResult::Refused,
             reason,
             evidence: Value::Null,
@@ -301,7 +312,7 @@ impl Gatekeeper {
             )
         };
         Verdict {
-            gate: "scan",
+            gate: "scan".into(),
             result: if j.passed {
                 GateResult::Passed
             } else {

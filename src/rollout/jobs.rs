@@ -15,15 +15,18 @@ pub enum JobKind {
     Rebuild,
     /// Roll the built digest out to where the image runs.
     Deploy,
+    /// Run the supply-chain gates on a digest (lineaged's own worker).
+    Verify,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 2] = [JobKind::Rebuild, JobKind::Deploy];
+    pub const ALL: [JobKind; 3] = [JobKind::Rebuild, JobKind::Deploy, JobKind::Verify];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             JobKind::Rebuild => "rebuild",
             JobKind::Deploy => "deploy",
+            JobKind::Verify => "verify",
         }
     }
 
@@ -90,11 +93,22 @@ impl DeployPayload {
     }
 }
 
+/// Payload of a `verify` job: the gates for one digest of an image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VerifyPayload {
+    pub image: String,
+    /// The built digest; None for an external image's row or a build that
+    /// reported none (the image's current digest is checked then).
+    pub digest: Option<String>,
+    pub rollout_id: i64,
+}
+
 /// A decoded job payload.
 #[derive(Debug, Clone)]
 pub enum JobPayload {
     Rebuild(RebuildPayload),
     Deploy(DeployPayload),
+    Verify(VerifyPayload),
 }
 
 /// A job whose kind or payload this version cannot read.
@@ -116,6 +130,7 @@ impl JobPayload {
         Ok(match k {
             JobKind::Rebuild => JobPayload::Rebuild(serde_json::from_str(payload).map_err(bad)?),
             JobKind::Deploy => JobPayload::Deploy(serde_json::from_str(payload).map_err(bad)?),
+            JobKind::Verify => JobPayload::Verify(serde_json::from_str(payload).map_err(bad)?),
         })
     }
 
@@ -123,6 +138,7 @@ impl JobPayload {
         match self {
             JobPayload::Rebuild(_) => JobKind::Rebuild,
             JobPayload::Deploy(_) => JobKind::Deploy,
+            JobPayload::Verify(_) => JobKind::Verify,
         }
     }
 
@@ -130,6 +146,8 @@ impl JobPayload {
         match self {
             JobPayload::Rebuild(p) => &p.callback_token,
             JobPayload::Deploy(p) => &p.callback_token,
+            // Gates run inside lineaged: nobody calls back.
+            JobPayload::Verify(_) => "",
         }
     }
 
@@ -137,6 +155,7 @@ impl JobPayload {
         match self {
             JobPayload::Rebuild(p) => &p.backend,
             JobPayload::Deploy(p) => &p.deploy.backend,
+            JobPayload::Verify(_) => "",
         }
     }
 
@@ -144,6 +163,7 @@ impl JobPayload {
         match self {
             JobPayload::Rebuild(p) => serde_json::to_value(p),
             JobPayload::Deploy(p) => serde_json::to_value(p),
+            JobPayload::Verify(p) => serde_json::to_value(p),
         }
         .unwrap_or_default()
     }

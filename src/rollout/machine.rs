@@ -17,6 +17,22 @@ pub struct Stages {
     pub deploy: bool,
 }
 
+/// Which supply-chain gates apply to an image (issue 16).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Gates {
+    /// Before its deploy.
+    pub deploy: bool,
+    /// Before children build on it: they wait while it is verifying and
+    /// are blocked when it is refused.
+    pub cascade: bool,
+}
+
+impl Gates {
+    pub fn any(self) -> bool {
+        self.deploy || self.cascade
+    }
+}
+
 /// One image of the lineage as the machine sees it.
 #[derive(Debug, Clone, Default)]
 pub struct Node {
@@ -24,6 +40,7 @@ pub struct Node {
     /// matter to a step.
     pub parents: Vec<String>,
     pub stages: Stages,
+    pub gates: Gates,
 }
 
 /// The lineage by image name.
@@ -38,6 +55,9 @@ pub enum Action {
     /// waiting → queued: every affected parent provides its base; enqueue
     /// the rebuild job.
     Trigger { image: String },
+    /// built (or an external image's waiting row) → verifying: enqueue the
+    /// verify job that runs the gates on its digest.
+    Verify { image: String },
     /// built → deploying: enqueue the deploy job of the built digest.
     Deploy { image: String },
     /// built → deploy_failed: it must deploy but no built digest is known.
@@ -90,6 +110,7 @@ pub fn step_in(
         }
         let node = nodes.get(&r.image);
         let stages = node.map(|n| n.stages).unwrap_or_default();
+        let gates = node.map(|n| n.gates).unwrap_or_default();
         if node.is_none() && !r.state.is_finished() {
             actions.push(Action::Cancel {
                 image: r.image.clone(),
@@ -107,6 +128,15 @@ pub fn step_in(
                     let Some(&(ps, job)) = state.get(p.as_str()) else {
                         continue;
                     };
+                    // A gate that does not apply to cascading holds no child
+                    // back: a refusal for deploy only, or a check for it.
+                    let cascade = nodes.get(p).is_some_and(|n| n.gates.cascade);
+                    let deploy_only =
+                        !cascade && matches!(ps, ImageState::Refused | ImageState::Verifying);
+                    if deploy_only {
+                        ready &= !rerun.contains(p.as_str());
+                        continue;
+                    }
                     if ps.blocks_children() {
                         blocker = Some(format!(
                             "parent {p} {ps}{}",
@@ -129,6 +159,13 @@ pub fn step_in(
                         image: r.image.clone(),
                     });
                     Some(ImageState::Queued)
+                } else if gates.cascade && r.verified_digest.is_none() {
+                    // An external base its children must not build on
+                    // before it passes.
+                    actions.push(Action::Verify {
+                        image: r.image.clone(),
+                    });
+                    Some(ImageState::Verifying)
                 } else {
                     // Nothing lineaged can build (an external image's row).
                     actions.push(Action::Done {
@@ -136,6 +173,12 @@ pub fn step_in(
                     });
                     Some(ImageState::Done)
                 }
+            }
+            ImageState::Built if needs_gates(r, stages, gates) => {
+                actions.push(Action::Verify {
+                    image: r.image.clone(),
+                });
+                Some(ImageState::Verifying)
             }
             ImageState::Built if stages.deploy && r.built_digest.is_none() => {
                 actions.push(Action::DeployFailed {
@@ -169,6 +212,15 @@ pub fn step_in(
         }
     }
     actions
+}
+
+/// Built, gates apply, and the digest that passed them (if any) is not the
+/// one built: verify first.
+fn needs_gates(r: &RolloutImage, stages: Stages, gates: Gates) -> bool {
+    let wanted = gates.cascade || (gates.deploy && stages.deploy);
+    let verified = r.verified_digest.is_some()
+        && (r.built_digest.is_none() || r.verified_digest == r.built_digest);
+    wanted && !verified
 }
 
 /// The rollout's end from how many images are in each state, or None while
@@ -224,10 +276,24 @@ pub fn rejoin(state: ImageState) -> Rejoin {
 /// A result reported for an image's build or deploy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Built { digest: Option<String> },
-    BuildFailed { reason: String },
+    Built {
+        digest: Option<String>,
+    },
+    BuildFailed {
+        reason: String,
+    },
+    /// The gates passed (or only warned) on this digest.
+    Verified {
+        digest: String,
+    },
+    /// A gate refused.
+    Refused {
+        reason: String,
+    },
     Deployed,
-    DeployFailed { reason: String },
+    DeployFailed {
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -236,6 +302,8 @@ impl Outcome {
         match self {
             Outcome::Built { .. } => "job_succeeded",
             Outcome::BuildFailed { .. } => "job_failed",
+            Outcome::Verified { .. } => "image_verified",
+            Outcome::Refused { .. } => "image_refused",
             Outcome::Deployed => "deploy_succeeded",
             Outcome::DeployFailed { .. } => "deploy_failed",
         }
@@ -248,6 +316,7 @@ impl Outcome {
 pub fn apply(row: &mut RolloutImage, outcome: &Outcome) -> bool {
     let building = matches!(row.state, ImageState::Queued | ImageState::Building);
     let deploying = row.state == ImageState::Deploying;
+    let verifying = row.state == ImageState::Verifying;
     match outcome {
         Outcome::Built { digest } if building => {
             row.built_digest = digest.clone();
@@ -257,6 +326,17 @@ pub fn apply(row: &mut RolloutImage, outcome: &Outcome) -> bool {
         Outcome::BuildFailed { reason } if building => {
             row.reason = Some(reason.clone());
             row.state = ImageState::Failed;
+        }
+        Outcome::Verified { digest } if verifying => {
+            // Back to built: the step sees the gates behind it and moves on
+            // to deploy or done.
+            row.verified_digest = Some(digest.clone());
+            row.reason = None;
+            row.state = ImageState::Built;
+        }
+        Outcome::Refused { reason } if verifying => {
+            row.reason = Some(reason.clone());
+            row.state = ImageState::Refused;
         }
         Outcome::Deployed if deploying => {
             row.reason = None;
@@ -275,6 +355,8 @@ pub fn apply(row: &mut RolloutImage, outcome: &Outcome) -> bool {
         row.state = ImageState::Waiting;
         row.job_id = None;
         row.deploy_job_id = None;
+        row.verify_job_id = None;
+        row.verified_digest = None;
         row.build_attempts = 0;
     }
     true
@@ -292,6 +374,7 @@ mod tests {
                     Node {
                         parents: ps.iter().map(|p| p.to_string()).collect(),
                         stages: *st,
+                        gates: Gates::default(),
                     },
                 )
             })
@@ -334,6 +417,7 @@ mod tests {
                 Action::Block { image, .. } => format!("block {image}"),
                 Action::Trigger { image } => format!("trigger {image}"),
                 Action::Deploy { image } => format!("deploy {image}"),
+                Action::Verify { image } => format!("verify {image}"),
                 Action::DeployFailed { image, .. } => format!("deploy_failed {image}"),
                 Action::Cancel { image, .. } => format!("cancel {image}"),
                 Action::Done { image } => format!("done {image}"),
@@ -393,7 +477,7 @@ mod tests {
                 vec!["block W", "block X", "block E", "finish failed"],
             ),
             (
-                "a refused parent blocks",
+                "a parent refused by a cascade gate blocks",
                 vec![("P", 1, Refused), ("W", 2, Waiting)],
                 vec!["block W", "finish failed"],
             ),
@@ -428,7 +512,8 @@ mod tests {
                 vec!["finish failed"],
             ),
         ];
-        let n = diamond();
+        let mut n = diamond();
+        n.get_mut("P").unwrap().gates.cascade = true;
         for (what, rows, want) in cases {
             let rows: Vec<RolloutImage> = rows.iter().map(|(i, w, s)| row(i, *w, *s)).collect();
             assert_eq!(names(&step(&rows, &n)), want, "{what}");
@@ -577,6 +662,7 @@ mod tests {
                 Node {
                     parents,
                     stages: BUILD,
+                    gates: Gates::default(),
                 },
             );
             rows.push(row(&name, if i < 100 { 1 } else { 2 }, ImageState::Waiting));
@@ -585,5 +671,134 @@ mod tests {
         // Wave 1 triggers; wave 2 waits for its queued parents.
         assert_eq!(a.len(), 100);
         assert!(a.iter().all(|a| matches!(a, Action::Trigger { .. })));
+    }
+
+    /// The diamond with gates: P's gates apply to cascading (its children
+    /// wait for them), W's only to its deploy.
+    fn gated() -> Nodes {
+        let mut n = diamond();
+        n.get_mut("P").unwrap().gates = Gates {
+            deploy: false,
+            cascade: true,
+        };
+        n.get_mut("W").unwrap().gates = Gates {
+            deploy: true,
+            cascade: false,
+        };
+        n.insert(
+            "A".into(),
+            Node {
+                parents: vec![],
+                stages: Stages::default(),
+                gates: Gates {
+                    deploy: false,
+                    cascade: true,
+                },
+            },
+        );
+        n
+    }
+
+    #[test]
+    fn gates_hold_children_only_where_they_apply_to_cascading() {
+        let n = gated();
+        // A built P verifies first; its children wait.
+        let rows = vec![
+            row("P", 1, ImageState::Built),
+            row("X", 2, ImageState::Waiting),
+            row("W", 2, ImageState::Waiting),
+        ];
+        assert_eq!(names(&step(&rows, &n)), vec!["verify P"]);
+        let rows = vec![
+            row("P", 1, ImageState::Verifying),
+            row("W", 2, ImageState::Waiting),
+        ];
+        assert_eq!(names(&step(&rows, &n)), Vec::<String>::new());
+        // P passed: it is done and W builds on it.
+        let mut p = row("P", 1, ImageState::Verifying);
+        assert!(apply(
+            &mut p,
+            &Outcome::Verified {
+                digest: "sha256:P".into()
+            }
+        ));
+        assert_eq!(
+            (p.state, p.verified_digest.as_deref()),
+            (ImageState::Built, Some("sha256:P"))
+        );
+        let rows = vec![p, row("W", 2, ImageState::Waiting)];
+        assert_eq!(names(&step(&rows, &n)), vec!["done P", "trigger W"]);
+        // P refused: W is blocked naming it.
+        let mut p = row("P", 1, ImageState::Verifying);
+        assert!(apply(
+            &mut p,
+            &Outcome::Refused {
+                reason: "signature gate: unsigned".into()
+            }
+        ));
+        let rows = vec![p, row("W", 2, ImageState::Waiting)];
+        let a = step(&rows, &n);
+        assert_eq!(names(&a), vec!["block W", "finish failed"]);
+        assert!(
+            matches!(&a[0], Action::Block { reason, .. } if reason == "parent P refused"),
+            "{a:?}"
+        );
+        // W's gates are for its deploy: verify before deploying; E (its
+        // child) does not wait for them, nor for a refusal.
+        let mut w = row("W", 2, ImageState::Built);
+        w.verified_digest = None;
+        let rows = vec![
+            row("P", 1, ImageState::Done),
+            w,
+            row("X", 2, ImageState::Done),
+            row("E", 3, ImageState::Waiting),
+        ];
+        assert_eq!(names(&step(&rows, &n)), vec!["verify W", "trigger E"]);
+        let rows = vec![
+            row("P", 1, ImageState::Done),
+            row("W", 2, ImageState::Refused),
+            row("X", 2, ImageState::Done),
+            row("E", 3, ImageState::Waiting),
+        ];
+        assert_eq!(names(&step(&rows, &n)), vec!["trigger E"]);
+        // Verified W deploys its built digest.
+        let mut w = row("W", 2, ImageState::Built);
+        w.verified_digest = w.built_digest.clone();
+        assert_eq!(names(&step(&[w.clone()], &n)), vec!["deploy W"]);
+        // A rebuilt digest is verified anew.
+        w.built_digest = Some("sha256:W2".into());
+        assert_eq!(names(&step(&[w], &n)), vec!["verify W"]);
+    }
+
+    #[test]
+    fn an_external_base_with_cascade_gates_is_verified_before_its_children_build() {
+        let n = gated();
+        let rows = vec![
+            row("A", 0, ImageState::Waiting),
+            row("P", 1, ImageState::Waiting),
+        ];
+        assert_eq!(names(&step(&rows, &n)), vec!["verify A"]);
+        let mut a = row("A", 0, ImageState::Verifying);
+        assert!(apply(
+            &mut a,
+            &Outcome::Verified {
+                digest: "sha256:A".into()
+            }
+        ));
+        let rows = vec![a, row("P", 1, ImageState::Waiting)];
+        assert_eq!(names(&step(&rows, &n)), vec!["done A", "trigger P"]);
+        let rows = vec![
+            row("A", 0, ImageState::Refused),
+            row("P", 1, ImageState::Waiting),
+        ];
+        assert_eq!(names(&step(&rows, &n)), vec!["block P", "finish failed"]);
+        // A verdict for a row that is not verifying changes nothing.
+        let mut done = row("A", 0, ImageState::Done);
+        assert!(!apply(
+            &mut done,
+            &Outcome::Refused {
+                reason: "late".into()
+            }
+        ));
     }
 }

@@ -20,12 +20,15 @@ pub mod machine;
 mod plan;
 mod progress;
 mod state;
+mod verify;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use cause::{Cause, ChangeCause, JoinedData};
-pub use jobs::{DeployPayload, JobKind, JobPayload, ParentDigest, PayloadError, RebuildPayload};
+pub use jobs::{
+    DeployPayload, JobKind, JobPayload, ParentDigest, PayloadError, RebuildPayload, VerifyPayload,
+};
 pub use machine::{Outcome, Stages};
 pub use progress::Delivered;
 pub use state::{ImageState, RolloutState};
@@ -94,20 +97,6 @@ impl Engine {
             .enumerate()
             .map(|(i, img)| (img.name.to_string(), i))
             .collect();
-        let nodes = cfg
-            .images
-            .iter()
-            .map(|img| {
-                let node = machine::Node {
-                    parents: img.parents.iter().map(ToString::to_string).collect(),
-                    stages: Stages {
-                        build: img.build.is_some(),
-                        deploy: img.build.is_some() && img.deploy.is_some(),
-                    },
-                };
-                (img.name.to_string(), node)
-            })
-            .collect();
         let mut children: HashMap<String, Vec<String>> = HashMap::new();
         for img in &cfg.images {
             for p in &img.parents {
@@ -117,6 +106,29 @@ impl Engine {
                     .push(img.name.to_string());
             }
         }
+        let nodes = cfg
+            .images
+            .iter()
+            .map(|img| {
+                let stages = Stages {
+                    build: img.build.is_some(),
+                    deploy: img.build.is_some() && img.deploy.is_some(),
+                };
+                let has_children = children.contains_key(&img.name.to_string());
+                let gates = machine::Gates {
+                    deploy: stages.deploy
+                        && crate::policy::applies(&cfg, &img.name, crate::policy::Purpose::Deploy),
+                    cascade: has_children
+                        && crate::policy::applies(&cfg, &img.name, crate::policy::Purpose::Cascade),
+                };
+                let node = machine::Node {
+                    parents: img.parents.iter().map(ToString::to_string).collect(),
+                    stages,
+                    gates,
+                };
+                (img.name.to_string(), node)
+            })
+            .collect();
         Engine {
             cfg,
             store,

@@ -150,6 +150,14 @@ impl Engine {
                         changed.push(image);
                     }
                 }
+                Action::Verify { image } => {
+                    let Some(r) = rows.get_mut(&image) else {
+                        continue;
+                    };
+                    let job = self.verify_job(r, now);
+                    to_enqueue.push((image.clone(), JobKind::Verify, job));
+                    changed.push(image);
+                }
                 Action::Deploy { image } => {
                     let Some(r) = rows.get_mut(&image) else {
                         continue;
@@ -239,6 +247,7 @@ impl Engine {
                 match kind {
                     JobKind::Rebuild => r.job_id = Some(e.id),
                     JobKind::Deploy => r.deploy_job_id = Some(e.id),
+                    JobKind::Verify => r.verify_job_id = Some(e.id),
                 }
             }
         }
@@ -342,6 +351,8 @@ impl Engine {
         let (stage, result) = match outcome {
             Outcome::Built { .. } => ("build", "succeeded"),
             Outcome::BuildFailed { .. } => ("build", "failed"),
+            Outcome::Verified { .. } => ("verify", "succeeded"),
+            Outcome::Refused { .. } => ("verify", "failed"),
             Outcome::Deployed => ("deploy", "succeeded"),
             Outcome::DeployFailed { .. } => ("deploy", "failed"),
         };
@@ -360,7 +371,10 @@ impl Engine {
                 json!({ "digest": digest, "rerun": ri.state == ImageState::Waiting })
             }
             Outcome::Deployed => json!({ "digest": ri.built_digest }),
-            Outcome::BuildFailed { reason } | Outcome::DeployFailed { reason } => {
+            Outcome::Verified { digest } => json!({ "digest": digest }),
+            Outcome::BuildFailed { reason }
+            | Outcome::DeployFailed { reason }
+            | Outcome::Refused { reason } => {
                 json!({ "reason": reason })
             }
         };
@@ -423,7 +437,7 @@ impl Engine {
         let kind = JobKind::parse(&job.kind);
         let ri = self
             .store
-            .rollout_image_for_job_in(&mut tx, job.id, kind == Some(JobKind::Deploy))
+            .rollout_image_for_job_in(&mut tx, job.id, &job.kind)
             .await?;
         match (kind, ri) {
             (Some(JobKind::Rebuild), Some(mut ri))
@@ -490,10 +504,9 @@ impl Engine {
             let error = match failure {
                 Failure::Permanent { error } | Failure::Retry { error, .. } => error.clone(),
             };
-            let deploy = JobKind::parse(&job.kind) == Some(JobKind::Deploy);
             let ri = self
                 .store
-                .rollout_image_for_job_in(&mut tx, job.id, deploy)
+                .rollout_image_for_job_in(&mut tx, job.id, &job.kind)
                 .await?;
             let outcome = match JobKind::parse(&job.kind) {
                 Some(JobKind::Rebuild) => Outcome::BuildFailed {
@@ -527,10 +540,9 @@ impl Engine {
         let Some(job) = self.store.job_in(&mut tx, job_id).await? else {
             return Ok(None);
         };
-        let deploy = JobKind::parse(&job.kind) == Some(JobKind::Deploy);
         let Some(ri) = self
             .store
-            .rollout_image_for_job_in(&mut tx, job_id, deploy)
+            .rollout_image_for_job_in(&mut tx, job_id, &job.kind)
             .await?
         else {
             return Ok(None);
@@ -575,7 +587,11 @@ impl Engine {
             let Some(job_id) = job_id else { continue };
             let Some(ri) = self
                 .store
-                .rollout_image_for_job_in(&mut tx, job_id, deploy)
+                .rollout_image_for_job_in(
+                    &mut tx,
+                    job_id,
+                    if deploy { "deploy" } else { "rebuild" },
+                )
                 .await?
             else {
                 continue;
@@ -655,6 +671,13 @@ impl Engine {
                     ri.deploy_job_id,
                     Outcome::DeployFailed {
                         reason: format!("deploy failed: {error}"),
+                    },
+                ),
+                // A gate never passes on an error.
+                ImageState::Verifying => (
+                    ri.verify_job_id,
+                    Outcome::Refused {
+                        reason: format!("gates could not run: {error}"),
                     },
                 ),
                 _ => continue,
@@ -746,9 +769,10 @@ impl Engine {
 
 /// The job is the one the row is waiting on for its kind (not an older
 /// build's late report).
-fn is_current_job(ri: &RolloutImage, job: &JobRecord) -> bool {
+pub(super) fn is_current_job(ri: &RolloutImage, job: &JobRecord) -> bool {
     match JobKind::parse(&job.kind) {
         Some(JobKind::Deploy) => ri.deploy_job_id == Some(job.id),
+        Some(JobKind::Verify) => ri.verify_job_id == Some(job.id),
         _ => ri.job_id == Some(job.id),
     }
 }

@@ -9,6 +9,7 @@
 //! lets callers hold a backend-neutral transaction ([`Tx`]).
 
 mod changes;
+mod gates;
 mod health;
 mod lease;
 mod queue;

@@ -35,6 +35,10 @@ pub struct RolloutImage {
     pub build_attempts: i32,
     /// The deploy job, once the image is deploying.
     pub deploy_job_id: Option<i64>,
+    /// The verify job (supply-chain gates), once the image is verifying.
+    pub verify_job_id: Option<i64>,
+    /// The digest the gates passed (or only warned on).
+    pub verified_digest: Option<String>,
     /// The CI run of the rebuild job, when its CI named one (read from the
     /// job; only the rollout listing fills it).
     #[sqlx(default)]
@@ -57,6 +61,8 @@ impl RolloutImage {
             updated_at: now,
             build_attempts: 0,
             deploy_job_id: None,
+            verify_job_id: None,
+            verified_digest: None,
             run_url: None,
         }
     }
@@ -66,14 +72,15 @@ impl RolloutImage {
     }
 }
 
-const SAVE: &str = "INSERT INTO rollout_images (rollout_id, image, wave, state, job_id, rerun, build_deadline, built_digest, reason, callback_token, updated_at, build_attempts, deploy_job_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+const SAVE: &str = "INSERT INTO rollout_images (rollout_id, image, wave, state, job_id, rerun, build_deadline, built_digest, reason, callback_token, updated_at, build_attempts, deploy_job_id, verify_job_id, verified_digest)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 ON CONFLICT (rollout_id, image) DO UPDATE SET
     wave = excluded.wave, state = excluded.state, job_id = excluded.job_id, rerun = excluded.rerun,
     build_deadline = excluded.build_deadline, built_digest = excluded.built_digest, reason = excluded.reason,
     callback_token = excluded.callback_token, updated_at = excluded.updated_at, build_attempts = excluded.build_attempts,
-    deploy_job_id = excluded.deploy_job_id";
-const SAVE_VALUES: &str = "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+    deploy_job_id = excluded.deploy_job_id, verify_job_id = excluded.verify_job_id, verified_digest = excluded.verified_digest";
+const SAVE_VALUES: &str =
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
 
 impl Store {
     /// The running rollout (locked on Postgres for this transaction), or a
@@ -157,7 +164,7 @@ impl Store {
         tx: &mut Tx,
         rows: &[RolloutImage],
     ) -> Result<(), StoreError> {
-        const COLS: usize = 13;
+        const COLS: usize = 15;
         for chunk in rows.chunks(500) {
             let values = (0..chunk.len())
                 .map(|r| {
@@ -173,7 +180,7 @@ impl Store {
                 for ri in chunk {
                     q = q.bind(ri.rollout_id).bind(&ri.image).bind(ri.wave).bind(ri.state.as_str()).bind(ri.job_id).bind(ri.rerun)
                         .bind(ri.build_deadline).bind(&ri.built_digest).bind(&ri.reason).bind(&ri.callback_token).bind(ri.updated_at).bind(ri.build_attempts)
-                        .bind(ri.deploy_job_id);
+                        .bind(ri.deploy_job_id).bind(ri.verify_job_id).bind(&ri.verified_digest);
                 }
                 q.execute(&mut *c).await?.rows_affected()
             });
@@ -314,18 +321,18 @@ impl Store {
         Ok(None)
     }
 
-    /// The rollout image a rebuild job (`deploy` false) or deploy job
-    /// belongs to, inside a transaction.
+    /// The rollout image a job belongs to, by its kind (`rebuild`,
+    /// `deploy`, `verify`), inside a transaction.
     pub async fn rollout_image_for_job_in(
         &self,
         tx: &mut Tx,
         job_id: i64,
-        deploy: bool,
+        kind: &str,
     ) -> Result<Option<RolloutImage>, StoreError> {
-        let sql = if deploy {
-            "SELECT * FROM rollout_images WHERE deploy_job_id = $1"
-        } else {
-            "SELECT * FROM rollout_images WHERE job_id = $1"
+        let sql = match kind {
+            "deploy" => "SELECT * FROM rollout_images WHERE deploy_job_id = $1",
+            "verify" => "SELECT * FROM rollout_images WHERE verify_job_id = $1",
+            _ => "SELECT * FROM rollout_images WHERE job_id = $1",
         };
         Ok(on_tx!(tx, c => sqlx::query_as(sql).bind(job_id).fetch_optional(&mut *c).await?))
     }
@@ -442,7 +449,11 @@ impl Store {
     /// deploy job. With the job's last error.
     pub async fn orphaned_rows(&self) -> Result<Vec<(RolloutImage, Option<String>)>, StoreError> {
         let mut out = Vec::new();
-        for (state, col) in [("queued", "job_id"), ("deploying", "deploy_job_id")] {
+        for (state, col) in [
+            ("queued", "job_id"),
+            ("deploying", "deploy_job_id"),
+            ("verifying", "verify_job_id"),
+        ] {
             let sql = format!(
                 "SELECT ri.rollout_id, ri.image, j.last_error FROM rollout_images ri JOIN jobs j ON j.id = ri.{col}
                   WHERE ri.state = '{state}' AND j.state IN ('dead', 'failed', 'cancelled') LIMIT 1000"

@@ -85,6 +85,9 @@ pub struct Ci {
     pub build_answers: Mutex<std::collections::VecDeque<u16>>,
     /// Requests that broke their API's contract, and how.
     pub mismatches: Mutex<Vec<String>>,
+    /// Signs what it builds (cosign, classic tag), except these repos.
+    pub signer: Mutex<Option<Arc<super::signer::Signer>>>,
+    pub unsigned: Mutex<HashSet<String>>,
     reg: Arc<TestRegistry>,
 }
 
@@ -126,6 +129,8 @@ impl Ci {
             deploy_answers: Mutex::default(),
             build_answers: Mutex::default(),
             mismatches: Mutex::default(),
+            signer: Mutex::default(),
+            unsigned: Mutex::default(),
             reg,
         });
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -435,6 +440,14 @@ impl Ci {
                         BTreeMap::new(),
                     )
                     .await;
+                let signer = ci.signer.lock().unwrap().clone();
+                if let Some(signer) = signer
+                    && !ci.unsigned.lock().unwrap().contains(repo)
+                {
+                    let r = lineaged::registry::ImageRef::parse(&image).unwrap();
+                    let l = super::signer::layer(&signer, &r, &digest);
+                    super::signer::push_signatures(&ci.reg, repo, &digest, &[l]).await;
+                }
                 serde_json::json!({ "status": "succeeded", "digest": digest })
             };
             if ci.silent.load(Ordering::Relaxed) {
@@ -619,6 +632,18 @@ impl World {
 
     /// The same, rebuilding through the CI kind named (see [`CI_KINDS`]).
     pub async fn with_ci(lineage: Lineage, db_url: &str, deploy: &[&str], kind: &str) -> World {
+        World::with(lineage, db_url, deploy, kind, "").await
+    }
+
+    /// The same with `extra` appended to the config (a `policy:` section;
+    /// `{registry}` becomes the registry's address).
+    pub async fn with(
+        lineage: Lineage,
+        db_url: &str,
+        deploy: &[&str],
+        kind: &str,
+        extra: &str,
+    ) -> World {
         let (_, backend, build) = CI_KINDS.iter().find(|(k, _, _)| *k == kind).unwrap();
         let reg = Arc::new(TestRegistry::start(Default::default()).await);
         let a = reg.addr.clone();
@@ -686,6 +711,7 @@ images:
                 );
             }
         }
+        yaml.push_str(&extra.replace("{registry}", &a));
         std::fs::write(&cfg, yaml).unwrap();
         World {
             reg,

@@ -1,0 +1,182 @@
+//! The gate worker: claims `verify` jobs, runs the gates (or takes the
+//! cached verdict for the digest under the current policy) and hands the
+//! evaluation to the engine, which records it and moves the image in one
+//! transaction. Gates that cannot run yet (registry outage) are retried
+//! with the queue's backoff; a gate never passes on an error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Evaluation, Gatekeeper, Purpose};
+use crate::config::Config;
+use crate::registry::{ImageRef, RegistryClient};
+use crate::rollout::{Engine, JobKind, JobPayload};
+use crate::store::{Failure, JobRecord, JobState, Store, now_millis};
+
+const LEASE: Duration = Duration::from_secs(15 * 60);
+const KINDS: [&str; 1] = [JobKind::Verify.as_str()];
+/// Gate checks run at once (each is a few registry reads or a scan).
+const PARALLEL: i64 = 8;
+
+pub struct GateWorker {
+    cfg: Arc<Config>,
+    store: Store,
+    engine: Arc<Engine>,
+    gates: Gatekeeper,
+    worker: String,
+}
+
+impl GateWorker {
+    /// `node`: this process's node id; the worker claims as `{node}/gates`.
+    pub fn new(
+        cfg: Arc<Config>,
+        store: Store,
+        engine: Arc<Engine>,
+        client: Arc<RegistryClient>,
+        node: &str,
+    ) -> GateWorker {
+        GateWorker {
+            gates: Gatekeeper::new(cfg.clone(), client),
+            cfg,
+            store,
+            engine,
+            worker: format!("{node}/gates"),
+        }
+    }
+
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut waiter = self.store.job_waiter().await.ok();
+        if let Err(e) = self.store.release_worker(&self.worker, now_millis()).await {
+            tracing::warn!(error = %e, "cannot release this node's old verify jobs; they wait for their leases");
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let room = PARALLEL - tasks.len() as i64;
+            let claimed = if room > 0 {
+                match self
+                    .store
+                    .claim_kinds(&self.worker, &KINDS, room, LEASE, now_millis())
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claim failed; retrying");
+                        Vec::new()
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            let idle = claimed.is_empty();
+            for job in claimed {
+                let me = self.clone();
+                tasks.spawn(async move { me.check(job).await });
+            }
+            while tasks.try_join_next().is_some() {}
+            if idle {
+                let timeout = Duration::from_millis(500);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tasks.join_next(), if !tasks.is_empty() => {}
+                    _ = async {
+                        match waiter.as_mut() {
+                            Some(w) => { w.wait(timeout).await; }
+                            None => tokio::time::sleep(timeout).await,
+                        }
+                    } => {}
+                }
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    #[tracing::instrument(skip_all, fields(job = job.id, image = job.image.as_deref().unwrap_or("")))]
+    async fn check(&self, job: JobRecord) {
+        let outcome = self.evaluate(&job).await;
+        let recorded = match outcome {
+            Ok(ev) => {
+                let refused = ev.refusal_text();
+                let r = self
+                    .engine
+                    .on_verified(&job, &self.worker, &ev, &self.cfg.policy.hash)
+                    .await
+                    .map(|_| ());
+                match &refused {
+                    Some(why) => {
+                        tracing::info!(digest = %ev.digest, reason = %why, "image refused")
+                    }
+                    None => tracing::info!(digest = %ev.digest, "gates passed"),
+                }
+                r
+            }
+            Err(f) => match self.engine.on_verify_failed(&job, &self.worker, &f).await {
+                Ok(JobState::Pending) => {
+                    tracing::warn!(attempt = job.attempt, error = ?f, "gates could not run; will retry");
+                    Ok(())
+                }
+                Ok(state) => {
+                    tracing::warn!(?state, error = ?f, "gates could not run; refused");
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "cannot record the verdict; the job is retried when its lease ends");
+        }
+    }
+
+    /// The evaluation for the job's digest: cached under the current
+    /// policy, else the gates run now.
+    async fn evaluate(&self, job: &JobRecord) -> Result<Evaluation, Failure> {
+        let permanent = |error: String| Failure::Permanent { error };
+        let p = match JobPayload::decode(&job.kind, &job.payload) {
+            Ok(JobPayload::Verify(p)) => p,
+            Ok(_) => return Err(permanent("not a verify job".into())),
+            Err(e) => return Err(permanent(e.to_string())),
+        };
+        let image =
+            ImageRef::parse(&p.image).map_err(|e| permanent(format!("{}: {e}", p.image)))?;
+        let digest = match self.engine.verify_target(&p).await {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                return Err(Failure::Retry {
+                    error: format!("no digest of {} observed yet", p.image),
+                    retry_after: None,
+                });
+            }
+            Err(e) => {
+                return Err(Failure::Retry {
+                    error: e.to_string(),
+                    retry_after: None,
+                });
+            }
+        };
+        match self
+            .store
+            .gate_result(&p.image, &digest, &self.cfg.policy.hash)
+            .await
+        {
+            Ok(Some(text)) => {
+                if let Ok(ev) = serde_json::from_str::<Evaluation>(&text) {
+                    tracing::debug!(%digest, "cached verdict");
+                    return Ok(ev);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read cached verdicts; checking"),
+        }
+        self.gates
+            .evaluate(&image, &digest, Purpose::All)
+            .await
+            .map_err(|e| Failure::Retry {
+                retry_after: e.retry_after(),
+                error: e.to_string(),
+            })
+    }
+}

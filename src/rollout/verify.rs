@@ -1,0 +1,153 @@
+//! The gate stage of the pipeline: `built → verifying → built (verified) →
+//! deploying | done`, or `→ refused`. The verify job is run by the gate
+//! worker (`policy::worker`); its verdict, the job's completion, the cached
+//! evaluation, the gate events and the image's move are one transaction.
+
+use serde_json::json;
+
+use super::jobs::{JobKind, JobPayload, VerifyPayload};
+use super::machine::Outcome;
+use super::progress::is_current_job;
+use super::{Engine, ImageState};
+use crate::policy::{Evaluation, GateResult};
+use crate::store::{
+    Failure, JobRecord, JobState, Millis, NewJob, RolloutImage, StoreError, now_millis,
+};
+
+impl Engine {
+    /// The verify job of `r` (the built digest, or the image's current one
+    /// for an external row); marks `r` verifying.
+    pub(super) fn verify_job(&self, r: &mut RolloutImage, now: Millis) -> NewJob {
+        let payload = VerifyPayload {
+            image: r.image.clone(),
+            digest: r.built_digest.clone(),
+            rollout_id: r.rollout_id,
+        };
+        let mut job = NewJob::new(JobKind::Verify.as_str(), now);
+        // Like deploys: finishing an image beats starting another.
+        job.priority = -1;
+        job.unique_key = Some(JobKind::Verify.unique_key(&r.image));
+        job.image = Some(r.image.clone());
+        job.rollout_id = Some(r.rollout_id);
+        job.reasons = vec![format!("rollout {}: gates", r.rollout_id)];
+        job.payload = JobPayload::Verify(payload).to_value();
+        r.state = ImageState::Verifying;
+        r.reason = None;
+        r.updated_at = now;
+        job
+    }
+
+    /// The gates decided: in one transaction the job completes, the
+    /// evaluation is cached, each verdict becomes an event
+    /// (`gate_passed`, `gate_refused`, `gate_warned`) and the image moves
+    /// on or is refused. Returns the image's state, None when the job
+    /// belongs to no current row (a late or repeated verdict).
+    pub async fn on_verified(
+        &self,
+        job: &JobRecord,
+        worker: &str,
+        ev: &Evaluation,
+        policy_hash: &str,
+    ) -> Result<Option<ImageState>, StoreError> {
+        let _g = self.lock.lock().await;
+        let now = now_millis();
+        let mut tx = self.store.begin_engine().await?;
+        let result = json!({ "digest": ev.digest, "refused": ev.refusal().is_some() });
+        self.store
+            .complete_in(&mut tx, job.id, worker, Some(&result), now)
+            .await?;
+        self.store
+            .save_gate_result_in(&mut tx, ev, policy_hash, now)
+            .await?;
+        let ri = self
+            .store
+            .rollout_image_for_job_in(&mut tx, job.id, JobKind::Verify.as_str())
+            .await?;
+        let Some(ri) = ri.filter(|r| is_current_job(r, job)) else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        for v in &ev.verdicts {
+            let kind = match v.result {
+                GateResult::Passed => "gate_passed",
+                GateResult::Refused => "gate_refused",
+                GateResult::Warned => "gate_warned",
+            };
+            self.event(
+                &mut tx,
+                kind,
+                (Some(&ri.image), Some(ri.rollout_id), Some(job.id)),
+                json!({ "gate": v.gate, "digest": ev.digest, "reason": v.reason, "evidence": v.evidence }),
+                now,
+            )
+            .await?;
+        }
+        let outcome = match ev.refusal_text() {
+            Some(reason) => Outcome::Refused { reason },
+            None => Outcome::Verified {
+                digest: ev.digest.clone(),
+            },
+        };
+        let state = self
+            .apply_outcome(&mut tx, ri, &outcome, Some(job), now)
+            .await?;
+        tx.commit().await?;
+        // Counted after the commit: a verdict that did not land is not one.
+        for v in &ev.verdicts {
+            crate::metrics::metrics()
+                .gate_result(crate::policy::gate_label(&v.gate), v.result.as_str());
+        }
+        self.store.wake_local();
+        Ok(Some(state))
+    }
+
+    /// The gates could not run (registry outage): retried with backoff;
+    /// when the attempts are used up the image is refused: a gate never
+    /// passes on an error. Returns the job's state.
+    pub async fn on_verify_failed(
+        &self,
+        job: &JobRecord,
+        worker: &str,
+        failure: &Failure,
+    ) -> Result<JobState, StoreError> {
+        let _g = self.lock.lock().await;
+        let now = now_millis();
+        let mut tx = self.store.begin_engine().await?;
+        let state = self
+            .store
+            .fail_in(&mut tx, job.id, worker, failure, now)
+            .await?;
+        if matches!(state, JobState::Failed | JobState::Dead) {
+            let error = match failure {
+                Failure::Permanent { error } | Failure::Retry { error, .. } => error.clone(),
+            };
+            let ri = self
+                .store
+                .rollout_image_for_job_in(&mut tx, job.id, JobKind::Verify.as_str())
+                .await?;
+            if let Some(ri) = ri.filter(|r| is_current_job(r, job)) {
+                let outcome = Outcome::Refused {
+                    reason: format!("gates could not run: {error}"),
+                };
+                self.apply_outcome(&mut tx, ri, &outcome, Some(job), now)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        self.store.wake_local();
+        Ok(state)
+    }
+
+    /// The digest a verify job checks: the built one, else the image's
+    /// current digest as last observed.
+    pub async fn verify_target(&self, p: &VerifyPayload) -> Result<Option<String>, StoreError> {
+        if let Some(d) = &p.digest {
+            return Ok(Some(d.clone()));
+        }
+        Ok(self
+            .store
+            .image_state(&p.image)
+            .await?
+            .and_then(|s| s.current_digest))
+    }
+}

@@ -1,0 +1,46 @@
+//! Cached gate verdicts, per image, digest and policy hash.
+
+use super::{Millis, Store, StoreError, Tx, on_pool, on_tx};
+use crate::policy::Evaluation;
+
+impl Store {
+    /// Records (or replaces) the evaluation of a digest under a policy.
+    pub async fn save_gate_result_in(
+        &self,
+        tx: &mut Tx,
+        ev: &Evaluation,
+        policy_hash: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let text = serde_json::to_string(ev).unwrap_or_default();
+        on_tx!(tx, c => sqlx::query(
+            "INSERT INTO gate_results (image, digest, policy_hash, evaluation, refused, created_at) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (image, digest, policy_hash) DO UPDATE SET evaluation = excluded.evaluation, refused = excluded.refused, created_at = excluded.created_at")
+            .bind(&ev.image).bind(&ev.digest).bind(policy_hash).bind(&text).bind(ev.refusal().is_some()).bind(now)
+            .execute(&mut *c).await?.rows_affected());
+        Ok(())
+    }
+
+    /// The cached evaluation (JSON) of a digest under a policy.
+    pub async fn gate_result(
+        &self,
+        image: &str,
+        digest: &str,
+        policy_hash: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(on_pool!(self, p => sqlx::query_scalar(
+            "SELECT evaluation FROM gate_results WHERE image = $1 AND digest = $2 AND policy_hash = $3")
+            .bind(image).bind(digest).bind(policy_hash).fetch_optional(p).await?))
+    }
+
+    /// The newest evaluations of an image (JSON), newest first.
+    pub async fn gate_results_for(
+        &self,
+        image: &str,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(on_pool!(self, p => sqlx::query_scalar(
+            "SELECT evaluation FROM gate_results WHERE image = $1 ORDER BY created_at DESC LIMIT $2")
+            .bind(image).bind(limit).fetch_all(p).await?))
+    }
+}

@@ -1,0 +1,225 @@
+//! Gates in the pipeline, through `lineaged serve`: the CI peer signs what
+//! it builds (cosign, classic) except the repos it is told not to; a rule
+//! asks for the signature before deploy and before children build. An
+//! unsigned rebuilt parent is refused and its children are never built,
+//! the rest finishes; the refusal shows in the API, events, metrics and
+//! `lineaged status`. SIGKILLs while images verify, on both backends, lose
+//! and double nothing.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::TestDb;
+use support::fleet::{Lineage, Serve, World, rollouts_finished, until};
+use support::signer::Signer;
+
+async fn get(url: String) -> Value {
+    let r = reqwest::get(&url).await.unwrap();
+    assert!(r.status().is_success(), "{url}: {}", r.status());
+    r.json().await.unwrap()
+}
+
+/// A world whose managed images (`team/**`) need a signature by the
+/// peer's key before deploy and cascade.
+async fn gated_world(db_url: &str, deploy: &[&str]) -> (World, tempfile::TempDir) {
+    let signer = Arc::new(Signer::new());
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("cosign.pub");
+    std::fs::write(&key, signer.public_pem()).unwrap();
+    let policy = format!(
+        "policy:\n  rules:\n    - images: [\"{{registry}}/team/**\"]\n      apply_to: [deploy, cascade]\n      signatures:\n        authorities:\n          - cosign: {{ public_key_file: \"{}\" }}\n",
+        key.display()
+    );
+    let w = World::with(Lineage::issue(), db_url, deploy, "webhook", &policy).await;
+    *w.ci.signer.lock().unwrap() = Some(signer);
+    (w, keys)
+}
+
+fn state_of(rows: &[lineaged::store::RolloutImage], w: &World, repo: &str) -> String {
+    rows.iter()
+        .find(|r| r.image == w.full(repo))
+        .map(|r| r.state.to_string())
+        .unwrap_or_else(|| "absent".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsigned_rebuilt_parent_is_refused_and_its_children_are_not_built() {
+    for backend in ["sqlite", "postgres"] {
+        let db = TestDb::new(backend).await;
+        let (w, _keys) = gated_world(db.url(), &["team/x"]).await;
+        // W is built unsigned. base/a: P, then X and W, then E (on X and W).
+        w.ci.unsigned.lock().unwrap().insert("team/w".into());
+        let serve = Serve::start(&w.cfg, "gate-node");
+        let store = w.store_when_observed().await;
+        w.push_base("base/a").await;
+        let states = rollouts_finished(&store, 1, Duration::from_secs(60)).await;
+        assert_eq!(states, vec!["partially_failed"], "{backend}");
+        let rollout = store.rollouts(1).await.unwrap().remove(0);
+        let rows = store.rollout_images(rollout.id).await.unwrap();
+        let s = |r: &str| state_of(&rows, &w, r);
+        assert_eq!(
+            (s("team/p"), s("team/x"), s("team/w"), s("team/e")),
+            (
+                "done".into(),
+                "done".into(),
+                "refused".into(),
+                "blocked".into()
+            ),
+            "{backend}"
+        );
+        let wrow = rows.iter().find(|r| r.image == w.full("team/w")).unwrap();
+        let reason = wrow.reason.clone().unwrap();
+        assert!(
+            reason.starts_with("signature gate: 0 of 1 required signatures verified")
+                && reason.contains("no cosign signature"),
+            "{backend}: {reason}"
+        );
+        let erow = rows.iter().find(|r| r.image == w.full("team/e")).unwrap();
+        let why = erow.reason.clone().unwrap();
+        assert!(
+            why.starts_with(&format!("parent {} refused", w.full("team/w"))),
+            "{why}"
+        );
+        // E was never triggered; X (signed) was deployed once.
+        let rebuilt = w.ci.ids("rebuild");
+        assert!(
+            !rebuilt.contains_key(&w.full("team/e")),
+            "{backend}: E built on a refused parent"
+        );
+        assert_eq!(w.ci.ids("deploy").len(), 1, "{backend}");
+        // Events, API, metrics, status.
+        let events = store.events_after(0, 10_000).await.unwrap();
+        let of = |kind: &str, repo: &str| {
+            events
+                .iter()
+                .filter(|e| e.kind == kind && e.image.as_deref() == Some(&w.full(repo)))
+                .count()
+        };
+        assert_eq!(
+            (
+                of("gate_refused", "team/w"),
+                of("gate_passed", "team/p"),
+                of("gate_passed", "team/x")
+            ),
+            (1, 1, 1),
+            "{backend}"
+        );
+        let detail = get(format!(
+            "{}/images/{}",
+            w.api(),
+            urlencode(&w.full("team/w"))
+        ))
+        .await;
+        assert_eq!(
+            detail["gates"][0]["verdicts"][0]["result"], "refused",
+            "{detail}"
+        );
+        assert_eq!(detail["rollouts"][0]["state"], "refused");
+        let metrics = reqwest::get(format!("{}/metrics", w.api().trim_end_matches("/api/v1")))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics
+                .contains("lineaged_gate_results_total{gate=\"signature\",result=\"refused\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("lineaged_gate_results_total{gate=\"signature\",result=\"passed\"} 2"),
+            "{metrics}"
+        );
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lineaged"))
+            .args(["status", "--url", w.api().trim_end_matches("/api/v1")])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Refused by gates (newest rollouts) (1)")
+                && text.contains("no cosign signature"),
+            "{backend}:\n{text}"
+        );
+        serve.stop();
+        db.finish().await;
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// SIGKILLs right after builds land (images verifying), on both backends:
+/// every affected image rebuilt under one key per push, every rollout
+/// succeeds, the deploy goes out once per push, cached verdicts hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kills_while_images_verify_double_nothing() {
+    for backend in ["sqlite", "postgres"] {
+        let db = TestDb::new(backend).await;
+        let (w, _keys) = gated_world(db.url(), &["team/w"]).await;
+        let mut serve = Serve::start(&w.cfg, "gate-node");
+        let store = w.store_when_observed().await;
+        for (round, base) in ["base/a", "base/b", "base/a"].into_iter().enumerate() {
+            let start = w.ci.distinct();
+            let n = w.lineage.affected(base).len();
+            w.push_base(base).await;
+            for k in 1..=n.min(3) {
+                let ci = w.ci.clone();
+                until(
+                    &format!("{backend} round {round}: build {k}"),
+                    Duration::from_secs(60),
+                    || {
+                        let ci = ci.clone();
+                        async move { ci.distinct() >= start + k }
+                    },
+                )
+                .await;
+                // The build's callback lands ~200 ms later: kill around it.
+                tokio::time::sleep(Duration::from_millis(150 + rand::random::<u64>() % 150)).await;
+                serve.kill9();
+                serve = Serve::start(&w.cfg, "gate-node");
+            }
+            let states = rollouts_finished(&store, round + 1, Duration::from_secs(90)).await;
+            assert!(
+                states.iter().all(|s| s == "succeeded"),
+                "{backend} round {round}: {states:?}"
+            );
+        }
+        // base/a twice: P, X, W, E; base/b: T, X, E.
+        let per: std::collections::HashMap<String, usize> =
+            w.ci.ids("rebuild")
+                .iter()
+                .map(|(i, k)| (i.rsplit_once('/').unwrap().1.to_string(), k.len()))
+                .collect();
+        let want: std::collections::HashMap<String, usize> =
+            [("p:1", 2), ("w:1", 2), ("t:1", 1), ("x:1", 3), ("e:1", 3)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+        assert_eq!(per, want, "{backend}: rebuild keys per image");
+        let deploys: usize = w.ci.ids("deploy").values().map(|k| k.len()).sum();
+        assert_eq!(
+            deploys, 2,
+            "{backend}: W deployed once per push that rebuilt it"
+        );
+        // Every verdict recorded is a pass.
+        let events = store.events_after(0, 100_000).await.unwrap();
+        assert_eq!(
+            events.iter().filter(|e| e.kind == "gate_refused").count(),
+            0,
+            "{backend}"
+        );
+        serve.stop();
+        db.finish().await;
+    }
+}

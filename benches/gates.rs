@@ -144,7 +144,7 @@ async fn main() {
                 .await
                 .unwrap()
                 .unwrap();
-            let back: Evaluation = serde_json::from_str(&text).unwrap();
+            let back: Evaluation = serde_json::from_str(&text.0).unwrap();
             assert_eq!(back.digest, ev.digest);
             lat.push(s.elapsed());
         }

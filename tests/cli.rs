@@ -568,3 +568,62 @@ fn policy_rules_are_checked_at_their_lines() {
         assert!(err.contains(e.as_str()), "missing {e:?} in:\n{err}");
     }
 }
+
+/// Keys are parsed at load (an Ed25519 key is refused there, not at every
+/// image), one key may not count twice, Notation-only quorums that can
+/// never pass are refused, globs must be normalised, bounded waits.
+#[test]
+fn policy_keys_and_quorums_are_checked_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let ed = write(
+        dir.path(),
+        "ed.pub",
+        "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n",
+    );
+    // A P-256 key (from RFC 9500's test keys is not needed: any valid point).
+    let p256 = write(
+        dir.path(),
+        "p.pub",
+        "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEQiVI+I+3gv+17KN0RFLHKh5Vj71v\nc75eSOkyMsxFxbFsTNEMTLjVuKFxOelIgsiZJXKZNCX0FBmrfpCkKklCcg==\n-----END PUBLIC KEY-----\n",
+    );
+    std::fs::create_dir(dir.path().join("ca")).unwrap();
+    let ca = dir.path().join("ca").to_string_lossy().into_owned();
+    let cfg = write(
+        dir.path(),
+        "k.yaml",
+        &format!(
+            r#"policy:
+  signature_grace: 10m
+  scan: {{ command: ["trivy", "{{ref}}"], timeout: 1h }}
+  rules:
+    - images: ["python:*"]
+      signatures: {{ authorities: [{{ cosign: {{ public_key_file: "{ed}" }} }}] }}
+    - images: ["r.example.com/a/**"]
+      signatures:
+        required: 2
+        authorities:
+          - cosign: {{ public_key_file: "{p256}" }}
+          - cosign: {{ public_key_file: "{p256}" }}
+    - images: ["r.example.com/b/**"]
+      signatures:
+        required: 2
+        authorities:
+          - cosign: {{ public_key_file: "{p256}" }}
+          - notation: {{ trust_store: "{ca}" }}
+"#
+        ),
+    );
+    let o = lineaged(&["check", "-c", &cfg]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    for e in [
+        "signature_grace must be at most 5m".to_string(),
+        "scan.timeout must be between 1s and 14m".to_string(),
+        "glob `python:*` can match nothing: rules match normalised references".to_string(),
+        format!("public key {ed}: not an ECDSA P-256 public key"),
+        format!("cosign key {p256} is listed twice in one rule"),
+        "required 2, but only 1 cosign authorities can verify in this version".to_string(),
+    ] {
+        assert!(err.contains(e.as_str()), "missing {e:?} in:\n{err}");
+    }
+}

@@ -30,7 +30,7 @@ async fn gated_world(db_url: &str, deploy: &[&str]) -> (World, tempfile::TempDir
     let key = keys.path().join("cosign.pub");
     std::fs::write(&key, signer.public_pem()).unwrap();
     let policy = format!(
-        "policy:\n  rules:\n    - images: [\"{{registry}}/team/**\"]\n      apply_to: [deploy, cascade]\n      signatures:\n        authorities:\n          - cosign: {{ public_key_file: \"{}\" }}\n",
+        "policy:\n  signature_grace: 2s\n  rules:\n    - images: [\"{{registry}}/team/**\"]\n      apply_to: [deploy, cascade]\n      signatures:\n        authorities:\n          - cosign: {{ public_key_file: \"{}\" }}\n",
         key.display()
     );
     let w = World::with(Lineage::issue(), db_url, deploy, "webhook", &policy).await;
@@ -222,4 +222,138 @@ async fn kills_while_images_verify_double_nothing() {
         serve.stop();
         db.finish().await;
     }
+}
+
+/// A digest a gate refused stays refused for children in later rollouts:
+/// W (unsigned) is refused when base/a moves; when base/b moves later, E
+/// (on X and W) is blocked naming W's refused digest, never built on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_digest_is_never_built_on_in_a_later_rollout() {
+    let db = TestDb::new("sqlite").await;
+    let (w, _keys) = gated_world(db.url(), &[]).await;
+    w.ci.unsigned.lock().unwrap().insert("team/w".into());
+    let serve = Serve::start(&w.cfg, "gate-node");
+    let store = w.store_when_observed().await;
+    w.push_base("base/a").await;
+    rollouts_finished(&store, 1, Duration::from_secs(60)).await;
+    let e_builds = |w: &World| {
+        w.ci.ids("rebuild")
+            .get(&w.full("team/e"))
+            .map_or(0, |k| k.len())
+    };
+    assert_eq!(e_builds(&w), 0);
+    // W's tag now points at the refused digest (the watcher sees the push).
+    until(
+        "W's rebuilt digest observed",
+        Duration::from_secs(30),
+        || {
+            let store = store.clone();
+            let name = w.full("team/w");
+            async move { store.digest_history(&name, 10).await.unwrap().len() >= 2 }
+        },
+    )
+    .await;
+    w.push_base("base/b").await;
+    // base/b's rollout (T, X, E) finishes; reconcile may also have tried E
+    // on its own (W moved) in a rollout of its own.
+    let t = w.full("team/t");
+    until("base/b's rollout finished", Duration::from_secs(60), || {
+        let (store, t) = (store.clone(), t.clone());
+        async move {
+            for r in store.rollouts(10).await.unwrap() {
+                let rows = store.rollout_images(r.id).await.unwrap();
+                if r.state != "running" && rows.iter().any(|i| i.image == t) {
+                    return true;
+                }
+            }
+            false
+        }
+    })
+    .await;
+    let mut seen_e = 0;
+    let mut rows = Vec::new();
+    for r in store.rollouts(10).await.unwrap() {
+        let these = store.rollout_images(r.id).await.unwrap();
+        if let Some(e) = these.iter().find(|i| i.image == w.full("team/e")) {
+            seen_e += 1;
+            assert_eq!(e.state.to_string(), "blocked", "rollout {}", r.id);
+            let why = e.reason.clone().unwrap();
+            assert!(
+                why.contains(&w.full("team/w")) && why.contains("refused"),
+                "{why}"
+            );
+        }
+        if these.iter().any(|i| i.image == t) {
+            rows = these;
+        }
+    }
+    assert!(seen_e >= 2, "E was in base/a's and base/b's rollouts");
+    let e = rows.iter().find(|r| r.image == w.full("team/e")).unwrap();
+    let why = e.reason.clone().unwrap();
+    assert!(
+        why.starts_with(&format!("parent {} at sha256:", w.full("team/w")))
+            && why.contains("was refused (signature gate"),
+        "{why}"
+    );
+    assert_eq!(e_builds(&w), 0, "E built on a refused parent");
+    assert_eq!(state_of(&rows, &w, "team/x"), "done");
+    serve.stop();
+    db.finish().await;
+}
+
+/// An external base under a cascade rule is checked before anything
+/// builds on it: unsigned, nothing is rebuilt; signed, the rollout runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsigned_external_base_does_not_cascade() {
+    let signer = Arc::new(Signer::new());
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("cosign.pub");
+    std::fs::write(&key, signer.public_pem()).unwrap();
+    let policy = format!(
+        "policy:\n  signature_grace: 2s\n  rules:\n    - images: [\"{{registry}}/base/**\"]\n      apply_to: [cascade]\n      signatures:\n        authorities:\n          - cosign: {{ public_key_file: \"{}\" }}\n",
+        key.display()
+    );
+    let db = TestDb::new("postgres").await;
+    let w = World::with(Lineage::issue(), db.url(), &[], "webhook", &policy).await;
+    let serve = Serve::start(&w.cfg, "gate-node");
+    let store = w.store_when_observed().await;
+    w.push_base("base/b").await;
+    let states = rollouts_finished(&store, 1, Duration::from_secs(60)).await;
+    assert_eq!(states, vec!["failed"]);
+    assert_eq!(w.ci.count(), 0, "nothing built on an unsigned base");
+    let rollout = store.rollouts(1).await.unwrap().remove(0);
+    let rows = store.rollout_images(rollout.id).await.unwrap();
+    assert_eq!(state_of(&rows, &w, "base/b"), "refused");
+    assert_eq!(state_of(&rows, &w, "team/t"), "blocked");
+    // Signed this time (before the tag moves): T, X and E are rebuilt.
+    let push = |tag: &'static str| {
+        let reg = w.reg.clone();
+        async move {
+            reg.push_image(
+                "base/b",
+                tag,
+                "base/b signed",
+                ("linux", "amd64"),
+                Default::default(),
+                Default::default(),
+            )
+            .await
+            .0
+        }
+    };
+    let d = push("staging").await;
+    let r = lineaged::registry::ImageRef::parse(&w.full("base/b")).unwrap();
+    support::signer::push_signatures(
+        &w.reg,
+        "base/b",
+        &d,
+        &[support::signer::layer(&signer, &r, &d)],
+    )
+    .await;
+    assert_eq!(push("1").await, d);
+    let states = rollouts_finished(&store, 2, Duration::from_secs(60)).await;
+    assert_eq!(states[0], "succeeded", "{states:?}");
+    assert_eq!(w.ci.ids("rebuild").len(), 3);
+    serve.stop();
+    db.finish().await;
 }

@@ -443,13 +443,16 @@ impl Severity {
 
 /// The supply-chain policy: which gates an image passes before it is
 /// deployed (`apply_to: deploy`) or used as a parent (`cascade`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     pub trusted_registries_only: bool,
     /// Rules in order (first match wins); the shorthands
     /// `require_signature` and `scan.max_severity` come last, for `**`.
     pub rules: Vec<PolicyRule>,
     pub scan: ScanSettings,
+    /// A digest with no signature at all is checked again for this long
+    /// after its verification began (CI pushes first, signs after).
+    pub signature_grace: Duration,
     /// SHA-256 over everything that decides a verdict (rules, key bytes,
     /// scan settings): cached verdicts are keyed by it.
     pub hash: String,
@@ -537,6 +540,21 @@ impl Default for ScanSettings {
         ScanSettings {
             command: None,
             timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The default `policy.signature_grace`.
+pub const DEFAULT_SIGNATURE_GRACE: Duration = Duration::from_secs(60);
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            trusted_registries_only: false,
+            rules: Vec::new(),
+            scan: ScanSettings::default(),
+            signature_grace: DEFAULT_SIGNATURE_GRACE,
+            hash: String::new(),
         }
     }
 }

@@ -198,6 +198,9 @@ pub struct RawPolicy {
     pub scan: Option<RawScan>,
     #[serde(default)]
     pub rules: Vec<Spanned<RawRule>>,
+    /// How long a missing signature is waited for before it refuses (CI
+    /// pushes, then signs).
+    pub signature_grace: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -276,7 +276,9 @@ pub(super) fn validate(
     let receivers = super::validate_parts::receivers(&mut ctx, receivers.slot);
     let api = super::validate_parts::api(&mut ctx, api.slot);
     let backends = super::validate_parts::backends(&mut ctx, backends);
-    let policy = super::validate_policy::policy(&mut ctx, policy.slot);
+    let mut policy = super::validate_policy::policy(&mut ctx, policy.slot);
+    // Which registries are trusted decides verdicts too.
+    policy.hash = super::validate_policy::with_trusted(&policy.hash, &registries);
     let images = super::validate_images::images(
         &mut ctx,
         images,

@@ -12,6 +12,12 @@ use super::raw::*;
 use super::validate::Ctx;
 use super::*;
 
+/// The longest scan (under the gate worker's 15-minute lease).
+const MAX_SCAN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(14 * 60);
+
+/// The longest wait for a signature (the verify job's retries cover it).
+const MAX_SIGNATURE_GRACE: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
 /// The largest key file read (a PEM public key is a few hundred bytes).
 const MAX_KEY_FILE: u64 = 64 * 1024;
 
@@ -58,7 +64,15 @@ pub(super) fn policy(ctx: &mut Ctx, raw: Option<(usize, Spanned<RawPolicy>)>) ->
             }
         }
         if let Some(t) = ctx.duration(f, &s.timeout) {
-            scan.timeout = t;
+            // The gate worker's lease is 15 minutes: a longer scan would be
+            // taken over (and run twice) while it runs.
+            if t > MAX_SCAN_TIMEOUT || t.is_zero() {
+                if let Some(at) = s.timeout.as_ref() {
+                    ctx.err(f, at.referenced, "scan.timeout must be between 1s and 14m");
+                }
+            } else {
+                scan.timeout = t;
+            }
         }
     }
     let shorthand_key = p
@@ -95,11 +109,22 @@ pub(super) fn policy(ctx: &mut Ctx, raw: Option<(usize, Spanned<RawPolicy>)>) ->
             "a scan gate needs policy.scan.command (e.g. [trivy, image, --format, json, --quiet, \"{ref}\"])",
         );
     }
+    let mut signature_grace = DEFAULT_SIGNATURE_GRACE;
+    if let Some(g) = ctx.duration(f, &p.signature_grace) {
+        if g > MAX_SIGNATURE_GRACE {
+            if let Some(at) = p.signature_grace.as_ref() {
+                ctx.err(f, at.referenced, "signature_grace must be at most 5m");
+            }
+        } else {
+            signature_grace = g;
+        }
+    }
     let hash = policy_hash(p.trusted_registries_only, &rules, &scan);
     Policy {
         trusted_registries_only: p.trusted_registries_only,
         rules,
         scan,
+        signature_grace,
         hash,
     }
 }
@@ -112,6 +137,14 @@ fn rule(ctx: &mut Ctx, f: usize, r: &Spanned<RawRule>) -> Option<PolicyRule> {
     let mut images = Vec::new();
     for g in &r.images {
         match ctx.text(f, g) {
+            Some(v) if !v.contains('/') && v.chars().any(|c| !matches!(c, '*' | '?')) => {
+                ctx.err(
+                    f,
+                    g.referenced,
+                    format!("glob `{v}` can match nothing: rules match normalised references (`python:*` is `docker.io/library/python:*`)"),
+                );
+                ok = false;
+            }
             Some(v) if !v.is_empty() => images.push(v),
             Some(_) => {
                 ctx.err(f, g.referenced, "an empty glob matches nothing");
@@ -211,6 +244,31 @@ fn rule(ctx: &mut Ctx, f: usize, r: &Spanned<RawRule>) -> Option<PolicyRule> {
                 }
             }
             let required = s.required.as_ref().map_or(1, |r| r.value);
+            // One key listed twice is one signer: it must not count twice.
+            let mut seen = std::collections::HashSet::new();
+            for a in &authorities {
+                if let Authority::Cosign { key_pem, key_file } = a
+                    && !seen.insert(crate::policy::keys::P256Key::from_pem(key_pem).ok())
+                {
+                    ctx.err(
+                        f,
+                        at,
+                        format!(
+                            "cosign key {} is listed twice in one rule",
+                            key_file.display()
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+            let verifiable = authorities
+                .iter()
+                .filter(|a| matches!(a, Authority::Cosign { .. }))
+                .count();
+            if ok && !authorities.is_empty() && required > verifiable {
+                ctx.err(f, at, format!("required {required}, but only {verifiable} cosign authorities can verify in this version (Notation signatures are not verified yet): every image would be refused"));
+                ok = false;
+            }
             if authorities.is_empty() && ok {
                 ctx.err(f, at, "signatures needs at least one authority");
                 ok = false;
@@ -294,10 +352,18 @@ fn cosign_key(ctx: &mut Ctx, f: usize, s: &S) -> Option<Authority> {
         Err(e) => Err(format!("cannot read public key {path}: {e}")),
     };
     match text {
-        Ok(t) if t.contains("-----BEGIN PUBLIC KEY-----") => Some(Authority::Cosign {
-            key_file: PathBuf::from(path),
-            key_pem: t,
-        }),
+        Ok(t) if t.contains("-----BEGIN PUBLIC KEY-----") => {
+            match crate::policy::keys::P256Key::from_pem(&t) {
+                Ok(_) => Some(Authority::Cosign {
+                    key_file: PathBuf::from(path),
+                    key_pem: t,
+                }),
+                Err(e) => {
+                    ctx.err(f, s.referenced, format!("public key {path}: {e}"));
+                    None
+                }
+            }
+        }
         Ok(_) => {
             ctx.err(f, s.referenced, format!("public key {path} is not a PEM `PUBLIC KEY` (as `cosign generate-key-pair` writes)"));
             None
@@ -307,6 +373,23 @@ fn cosign_key(ctx: &mut Ctx, f: usize, s: &S) -> Option<Authority> {
             None
         }
     }
+}
+
+/// The policy hash extended with the trusted registries (sorted).
+pub(super) fn with_trusted(hash: &str, registries: &[RegistryConfig]) -> String {
+    let mut trusted: Vec<&str> = registries
+        .iter()
+        .filter(|r| r.trusted)
+        .map(|r| r.host.as_str())
+        .collect();
+    trusted.sort_unstable();
+    let mut h = Sha256::new();
+    h.update(hash.as_bytes());
+    for t in trusted {
+        h.update(b"\0");
+        h.update(t.as_bytes());
+    }
+    format!("{:x}", h.finalize())
 }
 
 fn policy_hash(trusted: bool, rules: &[PolicyRule], scan: &ScanSettings) -> String {

@@ -83,6 +83,13 @@ pub async fn verify(
             why.push(format!("layer {i}: signature is not base64"));
             continue;
         };
+        if crate::registry::validate_digest(&l.digest).is_err() {
+            why.push(format!(
+                "layer {i}: invalid digest `{}`",
+                l.digest.chars().take(80).collect::<String>()
+            ));
+            continue;
+        }
         if l.size as usize > MAX_PAYLOAD {
             why.push(format!(
                 "layer {i}: payload of {} bytes is too large",

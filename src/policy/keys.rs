@@ -13,7 +13,7 @@ const P256_SPKI_PREFIX: [u8; 26] = [
 ];
 
 /// An ECDSA P-256 public key (the uncompressed point).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct P256Key(Vec<u8>);
 
 impl P256Key {

@@ -74,6 +74,20 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
+    /// Refused only because no signature exists yet (none of the
+    /// authorities found one): worth waiting for while the signer runs.
+    pub fn only_missing_signature(&self) -> bool {
+        let refused: Vec<&Verdict> = self
+            .verdicts
+            .iter()
+            .filter(|v| v.result == GateResult::Refused)
+            .collect();
+        !refused.is_empty()
+            && refused
+                .iter()
+                .all(|v| v.gate == "signature" && v.evidence["missing"] == true)
+    }
+
     /// The first enforced refusal, if any.
     pub fn refusal(&self) -> Option<&Verdict> {
         self.verdicts
@@ -201,6 +215,8 @@ impl Gatekeeper {
         rule: &crate::config::SignatureRule,
     ) -> Result<Verdict, GateError> {
         let mut verified = 0;
+        // Every authority found no signature at all (as opposed to a bad one).
+        let mut all_missing = true;
         let mut evidence = Vec::new();
         for a in &rule.authorities {
             let (ok, detail) = match a {
@@ -208,14 +224,20 @@ impl Gatekeeper {
                     Err(e) => (false, format!("key: {e}")),
                     Ok(key) => {
                         let c = cosign::verify(&self.client, image, digest, &key).await?;
+                        all_missing &= !c.verified
+                            && c.layers == 0
+                            && c.detail.starts_with("no cosign signature");
                         (c.verified, c.detail)
                     }
                 },
-                Authority::Notation { .. } => (
+                Authority::Notation { .. } => {
+                    all_missing = false;
+                    (
                     false,
                     "Notation signatures are not verified by this version (refused, never passed)"
                         .to_string(),
-                ),
+                )
+                }
             };
             verified += usize::from(ok);
             evidence.push(json!({ "authority": a.name(), "verified": ok, "detail": detail }));
@@ -253,7 +275,12 @@ impl Gatekeeper {
                 GateResult::Refused
             },
             reason,
-            evidence: json!({ "required": rule.required, "verified": verified, "authorities": evidence }),
+            evidence: json!({
+                "required": rule.required,
+                "verified": verified,
+                "missing": !passed && all_missing,
+                "authorities": evidence,
+            }),
         })
     }
 

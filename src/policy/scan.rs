@@ -75,15 +75,26 @@ pub fn parse(out: &[u8]) -> Result<Report, String> {
     let v: Value = serde_json::from_slice(out).map_err(|e| {
         format!("the scanner printed no JSON ({e}); expected Trivy or Grype JSON on stdout")
     })?;
-    if let Some(results) = v.get("Results") {
+    // Trivy omits `Results` when there is nothing to report; anything but a
+    // list (or null) there means a report this parser does not understand,
+    // and a gate never passes on that.
+    if v.get("SchemaVersion").is_some() || v.get("Results").is_some() {
+        let results = match v.get("Results") {
+            None | Some(Value::Null) => &[][..],
+            Some(Value::Array(a)) => a.as_slice(),
+            Some(_) => return Err("Trivy JSON: `Results` is not a list".into()),
+        };
         let mut findings = Vec::new();
-        for r in results.as_array().into_iter().flatten() {
-            for f in r
-                .get("Vulnerabilities")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
+        for r in results {
+            let vulns = match r.get("Vulnerabilities") {
+                None | Some(Value::Null) => &[][..],
+                Some(Value::Array(a)) => a.as_slice(),
+                Some(_) => return Err("Trivy JSON: `Vulnerabilities` is not a list".into()),
+            };
+            for f in vulns {
+                if f.get("VulnerabilityID").and_then(Value::as_str).is_none() {
+                    return Err("Trivy JSON: a vulnerability without `VulnerabilityID`".into());
+                }
                 let fixed = text(f, "FixedVersion");
                 let status = text(f, "Status");
                 let fixable = !fixed.is_empty() || status == "fixed";
@@ -101,7 +112,17 @@ pub fn parse(out: &[u8]) -> Result<Report, String> {
             findings,
         });
     }
-    if let Some(matches) = v.get("matches").and_then(Value::as_array) {
+    if let Some(matches) = v.get("matches") {
+        let Some(matches) = matches.as_array() else {
+            return Err("Grype JSON: `matches` is not a list".into());
+        };
+        if matches.iter().any(|m| {
+            m.pointer("/vulnerability/id")
+                .and_then(Value::as_str)
+                .is_none()
+        }) {
+            return Err("Grype JSON: a match without `vulnerability.id`".into());
+        }
         let findings = matches
             .iter()
             .map(|m| {
@@ -172,9 +193,13 @@ pub async fn run(argv: &[String], reference: &str, timeout: Duration) -> Result<
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group, so a timeout ends a wrapper script's
+        // children too.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot run the scanner `{program}`: {e}"))?;
+    let pgid = child.id();
     let mut stdout = child.stdout.take().ok_or("no scanner stdout")?;
     let mut stderr = child.stderr.take().ok_or("no scanner stderr")?;
     let work = async {
@@ -193,15 +218,38 @@ pub async fn run(argv: &[String], reference: &str, timeout: Duration) -> Result<
                 out.extend_from_slice(&buf[..n]);
             }
         };
+        // Keep the first 16 KiB of stderr for the error, and keep reading
+        // (and dropping) the rest so a chatty scanner never blocks on a
+        // full pipe.
         let read_err = async {
-            let _ = (&mut stderr).take(16 * 1024).read_to_end(&mut err).await;
+            let mut buf = vec![0u8; 8 * 1024];
+            while let Ok(n) = stderr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                if err.len() < 16 * 1024 {
+                    err.extend_from_slice(&buf[..n.min(16 * 1024 - err.len())]);
+                }
+            }
         };
         let (r, _) = tokio::join!(read_out, read_err);
         r?;
         let status = child.wait().await.map_err(|e| e.to_string())?;
         Ok::<_, String>((status, out, err))
     };
-    match tokio::time::timeout(timeout, work).await {
+    let result = tokio::time::timeout(timeout, work).await;
+    if result.is_err()
+        && let Some(pgid) = pgid
+    {
+        // SIGKILL to the whole group (`kill -KILL -<pgid>`); the direct
+        // child is also killed when dropped.
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pgid}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    match result {
         Err(_) if timeout.as_secs() == 0 => {
             Err(format!("scan timed out after {}ms", timeout.as_millis()))
         }
@@ -279,6 +327,34 @@ mod tests {
                 .contains("no JSON")
         );
         assert!(parse(b"{\"foo\":1}").unwrap_err().contains("neither Trivy"));
+        assert!(
+            parse(br#"{"SchemaVersion":2,"Results":"x"}"#)
+                .unwrap_err()
+                .contains("not a list")
+        );
+        assert!(
+            parse(br#"{"Results":[{"Vulnerabilities":{"a":1}}]}"#)
+                .unwrap_err()
+                .contains("not a list")
+        );
+        assert!(
+            parse(br#"{"matches":{"a":1}}"#)
+                .unwrap_err()
+                .contains("not a list")
+        );
+        assert!(
+            parse(br#"{"matches":[{"vulnerability":{}}]}"#)
+                .unwrap_err()
+                .contains("without")
+        );
+        // Nothing found: Trivy leaves `Results` out.
+        assert_eq!(
+            parse(br#"{"SchemaVersion":2,"ArtifactName":"x"}"#)
+                .unwrap()
+                .findings
+                .len(),
+            0
+        );
     }
 
     #[tokio::test]
@@ -308,6 +384,30 @@ mod tests {
                 .unwrap_err()
                 .contains("boom")
         );
+        // A wrapper's child dies with it on timeout; a chatty stderr
+        // does not block the scan.
+        let dir = std::env::temp_dir().join(format!("lineaged-scan-{}", std::process::id()));
+        let marker = dir.with_extension("alive");
+        let _ = std::fs::remove_file(&marker);
+        let wrapper = vec![
+            "sh".to_string(),
+            "-c".into(),
+            format!("(sleep 2; touch {}) & wait # {{ref}}", marker.display()),
+        ];
+        assert!(
+            run(&wrapper, "x", Duration::from_millis(300))
+                .await
+                .is_err()
+        );
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(!marker.exists(), "the wrapper's child outlived the timeout");
+        let chatty = vec![
+            "sh".to_string(),
+            "-c".into(),
+            "head -c 400000 /dev/zero | tr '\\0' x >&2; printf '{\"matches\":[]}' # {ref}".into(),
+        ];
+        let out = run(&chatty, "x", Duration::from_secs(10)).await.unwrap();
+        assert_eq!(parse(&out).unwrap().findings.len(), 0);
         let missing = vec!["/nonexistent/trivy".to_string(), "{ref}".into()];
         assert!(
             run(&missing, "x", Duration::from_secs(5))

@@ -19,6 +19,8 @@ const LEASE: Duration = Duration::from_secs(15 * 60);
 const KINDS: [&str; 1] = [JobKind::Verify.as_str()];
 /// Gate checks run at once (each is a few registry reads or a scan).
 const PARALLEL: i64 = 8;
+/// How long a cached scan pass holds.
+pub const SCAN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 pub struct GateWorker {
     cfg: Arc<Config>,
@@ -162,21 +164,46 @@ impl GateWorker {
             .gate_result(&p.image, &digest, &self.cfg.policy.hash)
             .await
         {
-            Ok(Some(text)) => {
+            Ok(Some((text, at))) => {
+                // A pass holds until the policy changes; a scan's pass only
+                // for a day (new CVEs are published against old digests);
+                // a refusal is checked again (it may have been a scanner
+                // outage, or the digest was signed since).
                 if let Ok(ev) = serde_json::from_str::<Evaluation>(&text) {
-                    tracing::debug!(%digest, "cached verdict");
-                    return Ok(ev);
+                    let scanned = ev.verdicts.iter().any(|v| v.gate == "scan");
+                    let fresh = !scanned || now_millis() - at < SCAN_TTL.as_millis() as i64;
+                    if ev.refusal().is_none() && fresh {
+                        tracing::debug!(%digest, "cached verdict");
+                        return Ok(ev);
+                    }
                 }
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cannot read cached verdicts; checking"),
         }
-        self.gates
+        let ev = self
+            .gates
             .evaluate(&image, &digest, Purpose::All)
             .await
             .map_err(|e| Failure::Retry {
                 retry_after: e.retry_after(),
                 error: e.to_string(),
-            })
+            })?;
+        // CI pushes the image, then signs it: a signature that does not
+        // exist yet is waited for (checked again) for `signature_grace`
+        // after the check began, then refused.
+        let waited = Duration::from_millis((now_millis() - job.created_at).max(0) as u64);
+        let grace = self.cfg.policy.signature_grace;
+        if ev.only_missing_signature() && waited < grace {
+            let left = grace - waited;
+            return Err(Failure::Retry {
+                error: format!(
+                    "no signature for {digest} yet; waiting up to {}s for the signer",
+                    grace.as_secs()
+                ),
+                retry_after: Some(left.min(Duration::from_secs(10))),
+            });
+        }
+        Ok(ev)
     }
 }

@@ -63,11 +63,20 @@ impl Engine {
             // rollout already (or were rebuilt on it).
             return Ok(());
         }
-        let Ok(plan) = self.lineage.plan(std::slice::from_ref(&image)) else {
+        let Ok(mut plan) = self.lineage.plan(std::slice::from_ref(&image)) else {
             return Ok(());
         };
         if plan.waves.is_empty() {
             return Ok(());
+        }
+        // An external image whose gates apply to cascading is a row of its
+        // own, first: verified before anything builds on its new digest.
+        let gated = self
+            .nodes
+            .get(&change.image)
+            .is_some_and(|n| !n.stages.build && n.gates.cascade);
+        if gated {
+            plan.waves.insert(0, vec![image.clone()]);
         }
         let cause = Cause::Change(ChangeCause {
             image: change.image.clone(),
@@ -161,6 +170,8 @@ impl Engine {
                         if withdrawn {
                             ri.state = ImageState::Waiting;
                             ri.job_id = None;
+                            ri.verify_job_id = None;
+                            ri.verified_digest = None;
                             ri.build_attempts = (ri.build_attempts - 1).max(0);
                             ri.reason = Some(again.to_string());
                         } else {
@@ -173,6 +184,10 @@ impl Engine {
                         ri.reason = Some(again.to_string());
                         ri.job_id = None;
                         ri.deploy_job_id = None;
+                        // A new digest is checked anew: a verdict on the
+                        // old one says nothing about it.
+                        ri.verify_job_id = None;
+                        ri.verified_digest = None;
                         ri.build_deadline = None;
                         ri.build_attempts = 0;
                     }

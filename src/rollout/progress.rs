@@ -40,7 +40,11 @@ impl Engine {
     ) -> Result<(), StoreError> {
         let rows = self.store.rollout_images_in(tx, rollout).await?;
         let actions = machine::step(&rows, &self.nodes);
-        self.apply_actions(tx, rollout, rows, actions, now).await
+        let blocked = self.apply_actions(tx, rollout, rows, actions, now).await?;
+        for image in blocked {
+            self.advance_from(tx, rollout, &image, now).await?;
+        }
+        Ok(())
     }
 
     /// `advance` after one image changed: decides only that image and its
@@ -85,7 +89,8 @@ impl Engine {
                     _ => None,
                 })
                 .collect();
-            self.apply_actions(tx, rollout, rows, actions, now).await?;
+            let blocked = self.apply_actions(tx, rollout, rows, actions, now).await?;
+            frontier.extend(blocked);
         }
         if let Some(counts) = self
             .store
@@ -100,6 +105,8 @@ impl Engine {
     }
 
     /// Applies the machine's actions to `rows` in the step's transaction.
+    /// Returns the images a trigger blocked instead (a parent's digest was
+    /// refused by a gate): their children must be decided next.
     async fn apply_actions(
         &self,
         tx: &mut Tx,
@@ -107,9 +114,9 @@ impl Engine {
         rows: Vec<RolloutImage>,
         actions: Vec<Action>,
         now: Millis,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<String>, StoreError> {
         if actions.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut rows: HashMap<String, RolloutImage> =
             rows.into_iter().map(|r| (r.image.clone(), r)).collect();
@@ -117,6 +124,9 @@ impl Engine {
         // (image, kind, job), enqueued together after the walk.
         let mut to_enqueue: Vec<(String, JobKind, NewJob)> = Vec::new();
         let mut digests: HashMap<String, Option<String>> = HashMap::new();
+        // Triggers that turned into blocks (a parent's digest was refused):
+        // their children are decided next.
+        let mut blocked_here: Vec<String> = Vec::new();
         for action in actions {
             match action {
                 Action::Block { image, reason } | Action::Cancel { image, reason } => {
@@ -142,12 +152,44 @@ impl Engine {
                     .await?;
                 }
                 Action::Trigger { image } => {
+                    // Parents whose gates apply to cascading are built on as
+                    // the digest that passed, not whatever the tag says now.
+                    let pins: HashMap<String, String> = self
+                        .nodes
+                        .get(&image)
+                        .map(|n| n.parents.as_slice())
+                        .unwrap_or_default()
+                        .iter()
+                        .filter(|p| self.nodes.get(*p).is_some_and(|n| n.gates.cascade))
+                        .filter_map(|p| {
+                            let d = rows.get(p)?.verified_digest.clone()?;
+                            Some((p.clone(), d))
+                        })
+                        .collect();
                     let Some(r) = rows.get_mut(&image) else {
                         continue;
                     };
-                    if let Some(job) = self.rebuild_job(tx, r, &mut digests, now).await? {
-                        to_enqueue.push((image.clone(), JobKind::Rebuild, job));
-                        changed.push(image);
+                    match self.rebuild_job(tx, r, &pins, &mut digests, now).await? {
+                        Triggered::Job(job) => {
+                            to_enqueue.push((image.clone(), JobKind::Rebuild, job));
+                            changed.push(image);
+                        }
+                        Triggered::Refused(reason) => {
+                            r.state = ImageState::Blocked;
+                            r.reason = Some(reason.clone());
+                            r.updated_at = now;
+                            changed.push(image.clone());
+                            self.event(
+                                tx,
+                                "image_blocked",
+                                (Some(&image), Some(rollout), None),
+                                json!({ "reason": reason }),
+                                now,
+                            )
+                            .await?;
+                            blocked_here.push(image);
+                        }
+                        Triggered::Nothing => {}
                     }
                 }
                 Action::Verify { image } => {
@@ -255,30 +297,35 @@ impl Engine {
             .iter()
             .filter_map(|n| rows.get(n).cloned())
             .collect();
-        self.store.save_rollout_images_in(tx, &batch).await
+        self.store.save_rollout_images_in(tx, &batch).await?;
+        Ok(blocked_here)
     }
 
     /// The rebuild job of `r` (enqueued by the caller, coalescing per
-    /// image); marks `r` queued. Parent digests are read once per walk.
+    /// image); marks `r` queued. Parent digests are read once per walk;
+    /// `pins` are the digests of gated parents that passed in this rollout.
+    /// A parent whose digest a gate refused (in any rollout) blocks it.
     async fn rebuild_job(
         &self,
         tx: &mut Tx,
         r: &mut RolloutImage,
+        pins: &HashMap<String, String>,
         digests: &mut HashMap<String, Option<String>>,
         now: Millis,
-    ) -> Result<Option<NewJob>, StoreError> {
+    ) -> Result<Triggered, StoreError> {
         let Some(img) = self.image(&r.image) else {
-            return Ok(None);
+            return Ok(Triggered::Nothing);
         };
         let Some(build) = &img.build else {
-            return Ok(None);
+            return Ok(Triggered::Nothing);
         };
         let mut parents = Vec::with_capacity(img.parents.len());
         for p in &img.parents {
             let name = p.to_string();
-            let digest = match digests.get(&name) {
-                Some(d) => d.clone(),
-                None => {
+            let digest = match (pins.get(&name), digests.get(&name)) {
+                (Some(pin), _) => Some(pin.clone()),
+                (None, Some(d)) => d.clone(),
+                (None, None) => {
                     let d = self
                         .store
                         .image_state_in(tx, &name)
@@ -288,6 +335,22 @@ impl Engine {
                     d
                 }
             };
+            let gated = self.nodes.get(&name).is_some_and(|n| n.gates.cascade);
+            if gated
+                && let Some(d) = &digest
+                && let Some(ev) = self
+                    .store
+                    .gate_refusal_in(tx, &name, d, &self.cfg.policy.hash)
+                    .await?
+            {
+                let why = serde_json::from_str::<crate::policy::Evaluation>(&ev)
+                    .ok()
+                    .and_then(|e| e.refusal_text())
+                    .unwrap_or_else(|| "refused".into());
+                return Ok(Triggered::Refused(format!(
+                    "parent {name} at {d} was refused ({why})"
+                )));
+            }
             parents.push(ParentDigest { name, digest });
         }
         let token = new_token();
@@ -310,7 +373,7 @@ impl Engine {
         r.callback_token = Some(token);
         r.reason = None;
         r.updated_at = now;
-        Ok(Some(job))
+        Ok(Triggered::Job(job))
     }
 
     /// The deploy job of `r`'s built digest; marks `r` deploying until the
@@ -723,6 +786,7 @@ impl Engine {
             let pending = match ri.state {
                 ImageState::Queued => ri.job_id,
                 ImageState::Deploying => ri.deploy_job_id,
+                ImageState::Verifying => ri.verify_job_id,
                 _ => None,
             };
             if let Some(job) = pending
@@ -765,6 +829,15 @@ impl Engine {
         tracing::info!(rollout = id, by, images, jobs, "rollout cancelled");
         Ok(CancelOutcome::Cancelled { images, jobs })
     }
+}
+
+/// What a trigger came to.
+enum Triggered {
+    Job(NewJob),
+    /// A parent's digest was refused by a gate: the image is blocked.
+    Refused(String),
+    /// Not buildable (left the config).
+    Nothing,
 }
 
 /// The job is the one the row is waiting on for its kind (not an older

@@ -63,7 +63,10 @@ impl Engine {
             .store
             .rollout_image_for_job_in(&mut tx, job.id, JobKind::Verify.as_str())
             .await?;
-        let Some(ri) = ri.filter(|r| is_current_job(r, job)) else {
+        // Only a row still waiting on this job takes the verdict (a
+        // cancelled or rerun row does not, and gets no gate events).
+        let Some(ri) = ri.filter(|r| is_current_job(r, job) && r.state == ImageState::Verifying)
+        else {
             tx.commit().await?;
             return Ok(None);
         };

@@ -21,16 +21,36 @@ impl Store {
         Ok(())
     }
 
-    /// The cached evaluation (JSON) of a digest under a policy.
+    /// The cached evaluation of a digest under a policy: (JSON, when).
     pub async fn gate_result(
         &self,
         image: &str,
         digest: &str,
         policy_hash: &str,
-    ) -> Result<Option<String>, StoreError> {
-        Ok(on_pool!(self, p => sqlx::query_scalar(
-            "SELECT evaluation FROM gate_results WHERE image = $1 AND digest = $2 AND policy_hash = $3")
+    ) -> Result<Option<(String, Millis)>, StoreError> {
+        Ok(on_pool!(self, p => sqlx::query_as(
+            "SELECT evaluation, created_at FROM gate_results WHERE image = $1 AND digest = $2 AND policy_hash = $3")
             .bind(image).bind(digest).bind(policy_hash).fetch_optional(p).await?))
+    }
+
+    /// The evaluation that refused this digest under this policy, if the
+    /// newest one did: children never build on it.
+    pub async fn gate_refusal_in(
+        &self,
+        tx: &mut Tx,
+        image: &str,
+        digest: &str,
+        policy_hash: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let refused: Option<bool> = on_tx!(tx, c => sqlx::query_scalar(
+            "SELECT refused FROM gate_results WHERE image = $1 AND digest = $2 AND policy_hash = $3")
+            .bind(image).bind(digest).bind(policy_hash).fetch_optional(&mut *c).await?);
+        if refused != Some(true) {
+            return Ok(None);
+        }
+        Ok(on_tx!(tx, c => sqlx::query_scalar(
+            "SELECT evaluation FROM gate_results WHERE image = $1 AND digest = $2 AND policy_hash = $3")
+            .bind(image).bind(digest).bind(policy_hash).fetch_optional(&mut *c).await?))
     }
 
     /// The newest evaluations of an image (JSON), newest first.

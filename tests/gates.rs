@@ -44,7 +44,13 @@ impl Env {
 
     /// Pushes `repo:1`; returns its reference and digest.
     async fn image(&self, repo: &str) -> (ImageRef, String) {
-        let (d, _) = self
+        let (r, d, _) = self.image_sized(repo).await;
+        (r, d)
+    }
+
+    /// The same, with the manifest's size (for referrers' `subject`).
+    async fn image_sized(&self, repo: &str) -> (ImageRef, String, usize) {
+        let (d, size) = self
             .reg
             .push_image(
                 repo,
@@ -58,6 +64,7 @@ impl Env {
         (
             ImageRef::parse(&format!("{}/{repo}:1", self.reg.addr)).unwrap(),
             d,
+            size,
         )
     }
 
@@ -450,4 +457,190 @@ async fn lineaged_verify_prints_verdicts_and_exits_by_them() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v[0]["verdicts"][0]["result"], "passed");
     let _ = Path::new(&cfg);
+}
+
+/// cosign v3 signs with a sigstore bundle attached as an OCI 1.1 referrer;
+/// distribution 2.8 has no referrers API, so the referrers tag fallback
+/// (`sha256-<hex>` index) is what is read here.
+#[tokio::test]
+async fn sigstore_bundles_found_through_the_referrers_fallback_verify() {
+    use support::signer::{bundle, push_bundle};
+    let e = Env::new().await;
+    let gates = e.gates(e.config(&signature_rule(&[&e.path("a.pub")], 1, "enforce")));
+    let (r, d, size) = e.image_sized("apps/v3").await;
+    let name = format!("{}/apps/v3", e.reg.addr);
+    push_bundle(&e.reg, "apps/v3", &d, size, &bundle(&e.a, &name, &d)).await;
+    let ev = gates.evaluate(&r, &d, Purpose::Deploy).await.unwrap();
+    assert_eq!(ev.refusal(), None, "{ev:?}");
+    assert!(
+        ev.verdicts[0].evidence["authorities"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("sigstore bundle sha256:")
+    );
+
+    // Signed by another key; naming another digest; edited after signing.
+    let (r2, d2, s2) = e.image_sized("apps/v3-wrongkey").await;
+    push_bundle(
+        &e.reg,
+        "apps/v3-wrongkey",
+        &d2,
+        s2,
+        &bundle(&e.b, &name, &d2),
+    )
+    .await;
+    let why = gates
+        .evaluate(&r2, &d2, Purpose::Deploy)
+        .await
+        .unwrap()
+        .refusal_text()
+        .unwrap();
+    assert!(
+        why.contains("DSSE signature does not verify with this key"),
+        "{why}"
+    );
+    let (r3, d3, s3) = e.image_sized("apps/v3-other").await;
+    push_bundle(&e.reg, "apps/v3-other", &d3, s3, &bundle(&e.a, &name, &d)).await;
+    let why = gates
+        .evaluate(&r3, &d3, Purpose::Deploy)
+        .await
+        .unwrap()
+        .refusal_text()
+        .unwrap();
+    assert!(
+        why.contains(&format!("subjects do not include {d3}")),
+        "{why}"
+    );
+    let (r4, d4, s4) = e.image_sized("apps/v3-edited").await;
+    let mut b: serde_json::Value = serde_json::from_slice(&bundle(&e.a, &name, &d4)).unwrap();
+    b["dsseEnvelope"]["payloadType"] = "text/plain".into();
+    push_bundle(
+        &e.reg,
+        "apps/v3-edited",
+        &d4,
+        s4,
+        &serde_json::to_vec(&b).unwrap(),
+    )
+    .await;
+    let why = gates
+        .evaluate(&r4, &d4, Purpose::Deploy)
+        .await
+        .unwrap()
+        .refusal_text()
+        .unwrap();
+    assert!(why.contains("DSSE payload type is \"text/plain\""), "{why}");
+    // Neither a classic signature nor a bundle: both are named.
+    let (r5, d5) = e.image("apps/none").await;
+    let why = gates
+        .evaluate(&r5, &d5, Purpose::Deploy)
+        .await
+        .unwrap()
+        .refusal_text()
+        .unwrap();
+    assert!(
+        why.contains("no cosign signature") && why.contains("no sigstore bundle referrer"),
+        "{why}"
+    );
+}
+
+/// A registry with the OCI 1.1 referrers API (a peer following the
+/// distribution spec): the bundle is found through
+/// `GET /v2/<name>/referrers/<digest>?artifactType=…`, not the tag schema.
+#[tokio::test]
+async fn sigstore_bundles_found_through_the_referrers_api_verify() {
+    use axum::http::{StatusCode, Uri};
+    use axum::response::IntoResponse;
+    use sha2::Digest as _;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use support::signer::bundle;
+
+    let signer = Signer::new();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("a.pub");
+    std::fs::write(&key, signer.public_pem()).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let sha = |b: &[u8]| format!("sha256:{:x}", sha2::Sha256::digest(b));
+    // The image, the bundle blob, the referrer manifest.
+    let image = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#.to_vec();
+    let digest = sha(&image);
+    let bundle_blob = bundle(&signer, &format!("{addr}/apps/api"), &digest);
+    let referrer = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": lineaged::policy::bundle::BUNDLE_TYPE,
+        "config": { "mediaType": "application/vnd.oci.empty.v1+json", "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", "size": 2 },
+        "layers": [{ "mediaType": lineaged::policy::bundle::BUNDLE_TYPE, "digest": sha(&bundle_blob), "size": bundle_blob.len() }],
+        "subject": { "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": image.len() },
+    }))
+    .unwrap();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{ "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha(&referrer), "size": referrer.len(), "artifactType": lineaged::policy::bundle::BUNDLE_TYPE }],
+    }))
+    .unwrap();
+    let mut content: HashMap<String, (&'static str, Vec<u8>)> = HashMap::new();
+    content.insert(
+        format!("/v2/apps/api/manifests/{digest}"),
+        ("application/vnd.oci.image.manifest.v1+json", image.clone()),
+    );
+    content.insert(
+        format!("/v2/apps/api/manifests/{}", sha(&referrer)),
+        (
+            "application/vnd.oci.image.manifest.v1+json",
+            referrer.clone(),
+        ),
+    );
+    content.insert(
+        format!("/v2/apps/api/blobs/{}", sha(&bundle_blob)),
+        ("application/octet-stream", bundle_blob.clone()),
+    );
+    content.insert(
+        format!("/v2/apps/api/referrers/{digest}"),
+        ("application/vnd.oci.image.index.v1+json", index),
+    );
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    let app = axum::Router::new().fallback(move |uri: Uri| {
+        let (content, log) = (content.clone(), log.clone());
+        async move {
+            log.lock().unwrap().push(uri.to_string());
+            match content.get(uri.path()) {
+                Some((ct, body)) => {
+                    let mut r = (StatusCode::OK, body.clone()).into_response();
+                    r.headers_mut().insert("content-type", ct.parse().unwrap());
+                    r.headers_mut()
+                        .insert("docker-content-digest", sha(body).parse().unwrap());
+                    r
+                }
+                None => (
+                    StatusCode::NOT_FOUND,
+                    r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
+                )
+                    .into_response(),
+            }
+        }
+    });
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let yaml = format!(
+        "registries:\n  - {{ host: \"{addr}\", insecure: true }}\npolicy:\n{}",
+        signature_rule(&[&key.to_string_lossy()], 1, "enforce")
+    );
+    let cfg = Arc::new(load_str("api.yaml", &yaml, &|_| None).unwrap());
+    let client = RegistryClient::new(&cfg.registries, Duration::from_secs(5)).unwrap();
+    let gates = Gatekeeper::new(cfg, Arc::new(client));
+    let r = ImageRef::parse(&format!("{addr}/apps/api:1")).unwrap();
+    let ev = gates.evaluate(&r, &digest, Purpose::Deploy).await.unwrap();
+    assert_eq!(ev.refusal(), None, "{ev:?}");
+    let seen = seen.lock().unwrap().clone();
+    let want = format!(
+        "/v2/apps/api/referrers/{digest}?artifactType=application%2Fvnd.dev.sigstore.bundle.v0.3%2Bjson"
+    );
+    assert!(seen.contains(&want), "{seen:?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|u| u.ends_with(&format!("manifests/{}", digest.replacen(':', "-", 1)))),
+        "the fallback tag is not read when the API answers: {seen:?}"
+    );
 }

@@ -35,6 +35,8 @@ pub struct Check {
     pub detail: String,
     /// Signature layers looked at.
     pub layers: usize,
+    /// There was no signature at all (as opposed to a bad one).
+    pub missing: bool,
 }
 
 /// Checks the image's cosign signatures against `key`. Registry trouble
@@ -50,12 +52,16 @@ pub async fn verify(
         verified: false,
         detail,
         layers,
+        missing: false,
     };
     let tag = signature_tag(digest);
     let (body, _, _) = match client.manifest_limited(image, &tag, MAX_MANIFEST).await {
         Ok(m) => m,
         Err(RegistryError::NotFound { .. }) => {
-            return Ok(no(format!("no cosign signature (no {tag} tag)"), 0));
+            return Ok(Check {
+                missing: true,
+                ..no(format!("no cosign signature (no {tag} tag)"), 0)
+            });
         }
         Err(e) if e.retryable() => return Err(e),
         Err(e) => return Ok(no(format!("signature manifest {tag}: {e}"), 0)),
@@ -112,6 +118,7 @@ pub async fn verify(
                     verified: true,
                     detail: format!("layer {i} of {tag} verifies"),
                     layers: layers.len(),
+                    missing: false,
                 });
             }
             Ok(()) => why.push(format!(

@@ -7,8 +7,10 @@
 //! `Err` (the job retries with backoff); anything else is a refusal with
 //! its reason and evidence. `mode: warn` turns refusals into warnings.
 
+pub mod bundle;
 pub mod cosign;
 pub mod keys;
+pub mod referrers;
 pub mod scan;
 pub mod worker;
 
@@ -223,11 +225,20 @@ impl Gatekeeper {
                 Authority::Cosign { key_pem, .. } => match keys::P256Key::from_pem(key_pem) {
                     Err(e) => (false, format!("key: {e}")),
                     Ok(key) => {
+                        // A classic signature (tag), else a sigstore bundle
+                        // (OCI 1.1 referrer): cosign v2 and v3 signers.
                         let c = cosign::verify(&self.client, image, digest, &key).await?;
-                        all_missing &= !c.verified
-                            && c.layers == 0
-                            && c.detail.starts_with("no cosign signature");
-                        (c.verified, c.detail)
+                        if c.verified {
+                            (true, c.detail)
+                        } else {
+                            let b = bundle::verify(&self.client, image, digest, &key).await?;
+                            all_missing &= c.missing && b.missing;
+                            if b.verified {
+                                (true, b.detail)
+                            } else {
+                                (false, format!("{}; {}", c.detail, b.detail))
+                            }
+                        }
                     }
                 },
                 Authority::Notation { .. } => {

@@ -389,6 +389,31 @@ impl RegistryClient {
             .await
     }
 
+    /// The OCI 1.1 referrers index of `digest` filtered by artifact type;
+    /// None when the registry has no referrers API (404).
+    pub async fn referrers_index(
+        &self,
+        image: &ImageRef,
+        digest: &str,
+        artifact_type: &str,
+        max: usize,
+    ) -> Result<Option<Vec<u8>>> {
+        let q: String = url_query(artifact_type);
+        match self
+            .get_limited(
+                image,
+                &format!("referrers/{digest}?artifactType={q}"),
+                max,
+                None,
+            )
+            .await
+        {
+            Ok((body, _, _)) => Ok(Some(body)),
+            Err(RegistryError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `GET` a blob, at most `max` bytes, its SHA-256 checked.
     pub async fn blob(&self, image: &ImageRef, digest: &str, max: usize) -> Result<Vec<u8>> {
         Ok(self
@@ -618,6 +643,18 @@ fn digest_header(resp: &reqwest::Response) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .map(|s| s.trim().to_string())
         .filter(|s| super::validate_digest(s).is_ok())
+}
+
+/// A query value, percent-encoded.
+fn url_query(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn transport(registry: &str, e: reqwest::Error) -> RegistryError {

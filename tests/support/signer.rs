@@ -92,3 +92,66 @@ pub async fn push_signatures(
     )
     .await
 }
+
+/// A sigstore bundle (v0.3) with a DSSE envelope over an in-toto statement
+/// naming `subject_digest`, signed by `signer` (key-signed, no tlog entry:
+/// what `cosign sign --new-bundle-format --key` makes offline).
+pub fn bundle(signer: &Signer, repo_ref: &str, subject_digest: &str) -> Vec<u8> {
+    use lineaged::policy::bundle::{IN_TOTO, pae};
+    let hex = subject_digest.trim_start_matches("sha256:");
+    let statement = json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{ "name": repo_ref, "digest": { "sha256": hex } }],
+        "predicateType": "https://sigstore.dev/cosign/sign/v1",
+        "predicate": {},
+    });
+    let payload = serde_json::to_vec(&statement).unwrap();
+    let sig = signer.sign_bytes(&pae(IN_TOTO, &payload));
+    let b64 = base64::engine::general_purpose::STANDARD;
+    serde_json::to_vec(&json!({
+        "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "verificationMaterial": { "publicKey": { "hint": "" } },
+        "dsseEnvelope": {
+            "payload": b64.encode(&payload),
+            "payloadType": IN_TOTO,
+            "signatures": [{ "sig": sig, "keyid": "" }],
+        },
+    }))
+    .unwrap()
+}
+
+/// Attaches `bundle` to `subject` (a manifest of `subject_size` bytes) as an
+/// OCI 1.1 referrer, and lists it in the referrers tag fallback index
+/// (`sha256-<hex>`), as clients do on registries without the referrers API.
+pub async fn push_bundle(
+    reg: &TestRegistry,
+    repo: &str,
+    subject: &str,
+    subject_size: usize,
+    bundle: &[u8],
+) -> String {
+    use lineaged::policy::bundle::BUNDLE_TYPE;
+    let (empty, esize) = reg.push_blob(repo, b"{}").await;
+    let (bdigest, bsize) = reg.push_blob(repo, bundle).await;
+    let m = json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": BUNDLE_TYPE,
+        "config": { "mediaType": "application/vnd.oci.empty.v1+json", "size": esize, "digest": empty },
+        "layers": [{ "mediaType": BUNDLE_TYPE, "size": bsize, "digest": bdigest }],
+        "subject": { "mediaType": OCI_MANIFEST, "size": subject_size, "digest": subject },
+    });
+    let body = serde_json::to_vec(&m).unwrap();
+    let mdigest = format!("sha256:{:x}", <sha2::Sha256 as sha2::Digest>::digest(&body));
+    reg.push_manifest(repo, &mdigest, OCI_MANIFEST, &body).await;
+    let index = json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{ "mediaType": OCI_MANIFEST, "size": body.len(), "digest": mdigest, "artifactType": BUNDLE_TYPE }],
+    });
+    reg.push_manifest(
+        repo,
+        &lineaged::policy::referrers::fallback_tag(subject),
+        "application/vnd.oci.image.index.v1+json",
+        &serde_json::to_vec(&index).unwrap(),
+    )
+    .await;
+    mdigest
+}

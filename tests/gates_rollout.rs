@@ -357,3 +357,102 @@ async fn an_unsigned_external_base_does_not_cascade() {
     serve.stop();
     db.finish().await;
 }
+
+/// `scan: { source: harbor }`: an image waits in `verifying` until Harbor's
+/// SCANNING_COMPLETED event for its digest arrives on the receiver, then
+/// passes or is refused by its counts; an event for nothing tracked is a
+/// 422 with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harbor_scan_events_decide_the_scan_gate() {
+    let policy = "receivers:\n  harbor: { token_env: T_CI_TOKEN }\npolicy:\n  rules:\n    - images: [\"{registry}/team/**\"]\n      apply_to: [cascade]\n      scan: { max_severity: high, source: harbor }\n";
+    let db = TestDb::new("sqlite").await;
+    let w = World::with(Lineage::issue(), db.url(), &[], "webhook", policy).await;
+    let serve = Serve::start(&w.cfg, "gate-node");
+    let store = w.store_when_observed().await;
+    let hook = format!("{}/hooks/registry/harbor", w.api());
+    let http = reqwest::Client::new();
+    let send = |repo: &str, digest: &str, counts: serde_json::Value| {
+        let body = serde_json::json!({
+            "type": "SCANNING_COMPLETED", "occur_at": 1680502375, "operator": "auto",
+            "event_data": { "resources": [{
+                "digest": digest, "tag": "1", "resource_url": format!("{}/{repo}:1", w.reg.addr),
+                "scan_overview": { "application/vnd.security.vulnerability.report; version=1.1": {
+                    "report_id": "r1", "scan_status": "Success", "severity": "High", "duration": 2,
+                    "summary": { "total": 3, "fixable": 1, "summary": counts },
+                    "scanner": { "name": "Trivy", "vendor": "Aqua Security", "version": "v0.50.0" }, "complete_percent": 100 } } }],
+                "repository": { "name": repo, "namespace": "team" } },
+        });
+        http.post(&hook)
+            .bearer_auth(support::fleet::TOKEN)
+            .json(&body)
+            .send()
+    };
+    // Waits until `repo` verifies; returns its built digest.
+    let verifying = |repo: &'static str| {
+        let (store, name) = (store.clone(), w.full(repo));
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                for r in store.rollouts(5).await.unwrap() {
+                    for i in store.rollout_images(r.id).await.unwrap() {
+                        if i.image == name && i.state == lineaged::rollout::ImageState::Verifying {
+                            return i.built_digest.unwrap();
+                        }
+                    }
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{name} never verified"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    w.push_base("base/b").await;
+    let t = verifying("team/t").await;
+    // Nothing else is built while T waits for its scan.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(w.ci.ids("rebuild").len(), 1);
+    let r = send("team/t", &t, serde_json::json!({ "High": 1, "Low": 2 }))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let x = verifying("team/x").await;
+    let r = send("team/x", &x, serde_json::json!({ "Critical": 1, "Low": 2 }))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let states = rollouts_finished(&store, 1, Duration::from_secs(60)).await;
+    assert_eq!(states, vec!["partially_failed"]);
+    let rollout = store.rollouts(1).await.unwrap().remove(0);
+    let rows = store.rollout_images(rollout.id).await.unwrap();
+    assert_eq!(state_of(&rows, &w, "team/t"), "done");
+    assert_eq!(state_of(&rows, &w, "team/x"), "refused");
+    assert_eq!(state_of(&rows, &w, "team/e"), "blocked");
+    let why = rows
+        .iter()
+        .find(|r| r.image == w.full("team/x"))
+        .unwrap()
+        .reason
+        .clone()
+        .unwrap();
+    assert!(
+        why.starts_with("scan gate: Trivy (Harbor) found 1 over high"),
+        "{why}"
+    );
+    // A scan of something lineaged does not track.
+    let r = send("other/thing", &t, serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a tracked repository"),
+        "{body}"
+    );
+    serve.stop();
+    db.finish().await;
+}

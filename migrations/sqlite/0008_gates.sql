@@ -18,3 +18,15 @@ CREATE TABLE gate_results (
     PRIMARY KEY (image, digest, policy_hash)
 );
 CREATE INDEX gate_results_image ON gate_results (image, created_at);
+
+-- Scan reports received from registries (Harbor's SCANNING_COMPLETED), per
+-- digest: what a `scan: { source: harbor }` rule judges.
+CREATE TABLE scan_reports (
+    digest     TEXT NOT NULL,
+    source     TEXT NOT NULL,
+    image      TEXT NOT NULL,
+    -- {scanner, severity, total, fixable, counts: {critical, high, ...}}
+    report     TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (digest, source)
+);

@@ -21,7 +21,8 @@ use crate::watch::{PushSource, parse_push};
     request_body(content = Object, content_type = "application/json", description = "The registry's own notification body"),
     responses((status = 202, description = "Tracked images re-checked", body = Object),
         (status = 400, description = "Malformed body"), (status = 401, description = "Wrong token or signature"),
-        (status = 404, description = "Unknown source or no receiver configured"), (status = 413, description = "Body too large")))]
+        (status = 404, description = "Unknown source or no receiver configured"), (status = 413, description = "Body too large"),
+        (status = 422, description = "A Harbor scan event for nothing tracked")))]
 pub async fn registry_hook(
     State(s): State<AppState>,
     Path(source): Path<String>,
@@ -51,6 +52,12 @@ pub async fn registry_hook(
         PushSource::Ghcr => verify_github_signature(&headers, &body, secret)?,
         _ => super::auth::check_secret(&headers, secret)?,
     }
+    if src == PushSource::Harbor {
+        let scans = crate::policy::harbor::parse(&body).map_err(ApiError::BadRequest)?;
+        if !scans.is_empty() {
+            return harbor_scans(&s, scans).await;
+        }
+    }
     let pushed = parse_push(src, &body).map_err(ApiError::BadRequest)?;
 
     let mut tracked = Vec::new();
@@ -76,6 +83,58 @@ pub async fn registry_hook(
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "tracked": tracked, "ignored": ignored })),
+    ))
+}
+
+/// Harbor's scan results: recorded per digest for `scan: { source: harbor }`
+/// rules. A scan of nothing lineaged tracks is refused with 422.
+async fn harbor_scans(
+    s: &AppState,
+    scans: Vec<crate::policy::harbor::HarborScan>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let mut recorded = Vec::new();
+    let mut ignored = Vec::new();
+    let now = crate::store::now_millis();
+    for scan in scans {
+        // The tracked image of that repository (the host may differ when
+        // Harbor sits behind a proxy: then the repository alone decides).
+        let path = scan.repository.split_once('/').map_or("", |(_, p)| p);
+        let image = s
+            .cfg
+            .images
+            .iter()
+            .find(|i| format!("{}/{}", i.name.registry(), i.name.repository()) == scan.repository)
+            .or_else(|| s.cfg.images.iter().find(|i| i.name.repository() == path));
+        let Some(image) = image else {
+            ignored.push(format!(
+                "{}@{}: not a tracked repository",
+                scan.repository, scan.digest
+            ));
+            continue;
+        };
+        let report = serde_json::to_string(&scan.report).unwrap_or_default();
+        let name = image.name.to_string();
+        s.store
+            .save_scan_report(&scan.digest, "harbor", &name, &report, now)
+            .await?;
+        // The image's check may be waiting for exactly this.
+        s.store.hasten_verify_jobs(&name, now).await?;
+        recorded.push(format!("{}@{}", image.name, scan.digest));
+    }
+    tracing::info!(
+        recorded = recorded.len(),
+        ignored = ignored.len(),
+        "harbor scan results"
+    );
+    if recorded.is_empty() {
+        return Err(ApiError::Unprocessable(format!(
+            "no tracked image in this scan event: {}",
+            ignored.join("; ")
+        )));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "recorded": recorded, "ignored": ignored })),
     ))
 }
 

@@ -526,6 +526,17 @@ pub struct ScanRule {
     pub max_severity: Severity,
     /// Findings with no fixed version do not count.
     pub ignore_unfixed: bool,
+    pub source: ScanSource,
+}
+
+/// Where scan results come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScanSource {
+    /// `policy.scan.command`, run per digest.
+    Command,
+    /// Harbor's `SCANNING_COMPLETED` events on `receivers.harbor`.
+    Harbor,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -276,9 +276,24 @@ pub(super) fn validate(
     let receivers = super::validate_parts::receivers(&mut ctx, receivers.slot);
     let api = super::validate_parts::api(&mut ctx, api.slot);
     let backends = super::validate_parts::backends(&mut ctx, backends);
+    let policy_at = policy.slot.as_ref().map(|(f, p)| (*f, p.referenced));
     let mut policy = super::validate_policy::policy(&mut ctx, policy.slot);
     // Which registries are trusted decides verdicts too.
     policy.hash = super::validate_policy::with_trusted(&policy.hash, &registries);
+    if let Some((f, at)) = policy_at
+        && receivers.harbor.is_none()
+        && policy.rules.iter().any(|r| {
+            r.scan
+                .as_ref()
+                .is_some_and(|s| s.source == ScanSource::Harbor)
+        })
+    {
+        ctx.err(
+            f,
+            at,
+            "a scan rule has `source: harbor`, but receivers.harbor is not configured (Harbor's SCANNING_COMPLETED events arrive there)",
+        );
+    }
     let images = super::validate_images::images(
         &mut ctx,
         images,

@@ -31,7 +31,13 @@ pub(super) fn policy(ctx: &mut Ctx, raw: Option<(usize, Spanned<RawPolicy>)>) ->
     // reported there.
     let mut scan_at = None;
     for r in &p.rules {
-        if r.value.scan.is_some() {
+        // Rules fed by Harbor's events need no command.
+        let by_command = r
+            .value
+            .scan
+            .as_ref()
+            .is_some_and(|s| s.source.as_ref().is_none_or(|v| v.value == "command"));
+        if by_command {
             scan_at = scan_at.or(Some(r.referenced));
         }
         if let Some(rule) = rule(ctx, f, r) {
@@ -94,6 +100,7 @@ pub(super) fn policy(ctx: &mut Ctx, raw: Option<(usize, Spanned<RawPolicy>)>) ->
             scan: shorthand_scan.map(|max_severity| ScanRule {
                 max_severity,
                 ignore_unfixed: false,
+                source: ScanSource::Command,
             }),
             origin: "policy (require_signature / scan.max_severity)".into(),
         });
@@ -287,23 +294,24 @@ fn rule(ctx: &mut Ctx, f: usize, r: &Spanned<RawRule>) -> Option<PolicyRule> {
     let scan = match &r.scan {
         None => None,
         Some(s) => {
-            if let Some(src) = &s.source
-                && src.value != "command"
-            {
-                ctx.err(
-                    f,
-                    src.referenced,
-                    format!(
-                        "scan.source: only `command` is supported, got `{}`",
-                        src.value
-                    ),
-                );
-                ok = false;
-            }
+            let source = match s.source.as_ref().map(|v| (v, v.value.as_str())) {
+                None | Some((_, "command")) => ScanSource::Command,
+                Some((_, "harbor")) => ScanSource::Harbor,
+                Some((v, other)) => {
+                    ctx.err(
+                        f,
+                        v.referenced,
+                        format!("scan.source must be `command` or `harbor`, got `{other}`"),
+                    );
+                    ok = false;
+                    ScanSource::Command
+                }
+            };
             match severity(ctx, f, &s.max_severity) {
                 Some(max_severity) => Some(ScanRule {
                     max_severity,
                     ignore_unfixed: s.ignore_unfixed,
+                    source,
                 }),
                 None => {
                     ok = false;

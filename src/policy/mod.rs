@@ -9,6 +9,7 @@
 
 pub mod bundle;
 pub mod cosign;
+pub mod harbor;
 pub mod keys;
 pub mod referrers;
 pub mod scan;
@@ -76,18 +77,19 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
-    /// Refused only because no signature exists yet (none of the
-    /// authorities found one): worth waiting for while the signer runs.
-    pub fn only_missing_signature(&self) -> bool {
+    /// Refused only because something may still arrive: no signature
+    /// exists yet (none of the authorities found one; the signer may still
+    /// run) or no registry scan report yet. `(signature, scan)` say which.
+    pub fn waiting_for(&self) -> Option<(bool, bool)> {
         let refused: Vec<&Verdict> = self
             .verdicts
             .iter()
             .filter(|v| v.result == GateResult::Refused)
             .collect();
-        !refused.is_empty()
-            && refused
-                .iter()
-                .all(|v| v.gate == "signature" && v.evidence["missing"] == true)
+        let sig = |v: &&Verdict| v.gate == "signature" && v.evidence["missing"] == true;
+        let scan = |v: &&Verdict| v.gate == "scan" && v.evidence["pending"] == true;
+        (!refused.is_empty() && refused.iter().all(|v| sig(v) || scan(v)))
+            .then(|| (refused.iter().any(sig), refused.iter().any(scan)))
     }
 
     /// The first enforced refusal, if any.
@@ -101,6 +103,60 @@ impl Evaluation {
     pub fn refusal_text(&self) -> Option<String> {
         self.refusal()
             .map(|v| format!("{} gate: {}", v.gate, v.reason))
+    }
+}
+
+impl Gatekeeper {
+    /// A `source: harbor` scan: the report Harbor sent for the digest.
+    /// None yet is a pending refusal the gate worker waits out (up to
+    /// `policy.scan.timeout`).
+    async fn harbor_scan(&self, digest: &str, rule: &crate::config::ScanRule) -> Verdict {
+        let verdict = |result, reason: String, evidence| Verdict {
+            gate: "scan".into(),
+            result,
+            reason,
+            evidence,
+        };
+        let Some(store) = &self.reports else {
+            return verdict(
+                GateResult::Refused,
+                "Harbor scan results are kept by the daemon (`lineaged verify` cannot read them)"
+                    .into(),
+                Value::Null,
+            );
+        };
+        match store.scan_report(digest, "harbor").await {
+            Ok(Some((text, _))) => match serde_json::from_str::<harbor::Report>(&text) {
+                Ok(r) => {
+                    let (ok, reason) = harbor::judge(&r, rule);
+                    let result = if ok {
+                        GateResult::Passed
+                    } else {
+                        GateResult::Refused
+                    };
+                    verdict(
+                        result,
+                        reason,
+                        serde_json::to_value(&r).unwrap_or(Value::Null),
+                    )
+                }
+                Err(e) => verdict(
+                    GateResult::Refused,
+                    format!("stored Harbor report is unreadable: {e}"),
+                    Value::Null,
+                ),
+            },
+            Ok(None) => verdict(
+                GateResult::Refused,
+                format!("scan timed out: no Harbor scan result for {digest}"),
+                json!({ "pending": true }),
+            ),
+            Err(e) => verdict(
+                GateResult::Refused,
+                format!("scan timed out: cannot read Harbor scan results: {e}"),
+                json!({ "pending": true }),
+            ),
+        }
     }
 }
 
@@ -149,11 +205,24 @@ fn rule_for<'c>(cfg: &'c Config, image: &ImageRef, purpose: Purpose) -> Option<&
 pub struct Gatekeeper {
     cfg: Arc<Config>,
     client: Arc<RegistryClient>,
+    /// Where registry-sent scan reports (Harbor) are kept; without it a
+    /// `source: harbor` rule refuses.
+    reports: Option<crate::store::Store>,
 }
 
 impl Gatekeeper {
     pub fn new(cfg: Arc<Config>, client: Arc<RegistryClient>) -> Gatekeeper {
-        Gatekeeper { cfg, client }
+        Gatekeeper {
+            cfg,
+            client,
+            reports: None,
+        }
+    }
+
+    /// Reads Harbor's scan reports from `store`.
+    pub fn with_reports(mut self, store: crate::store::Store) -> Gatekeeper {
+        self.reports = Some(store);
+        self
     }
 
     /// The gates for `image` (a tag reference) at `digest`, for `purpose`.
@@ -307,6 +376,9 @@ impl Gatekeeper {
             reason,
             evidence: Value::Null,
         };
+        if rule.source == crate::config::ScanSource::Harbor {
+            return self.harbor_scan(digest, rule).await;
+        }
         let Some(argv) = &self.cfg.policy.scan.command else {
             return refuse("no policy.scan.command to scan with".into());
         };

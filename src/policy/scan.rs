@@ -290,6 +290,7 @@ mod tests {
         ScanRule {
             max_severity: max,
             ignore_unfixed,
+            source: crate::config::ScanSource::Command,
         }
     }
 

@@ -40,7 +40,7 @@ impl GateWorker {
         node: &str,
     ) -> GateWorker {
         GateWorker {
-            gates: Gatekeeper::new(cfg.clone(), client),
+            gates: Gatekeeper::new(cfg.clone(), client).with_reports(store.clone()),
             cfg,
             store,
             engine,
@@ -189,20 +189,32 @@ impl GateWorker {
                 retry_after: e.retry_after(),
                 error: e.to_string(),
             })?;
-        // CI pushes the image, then signs it: a signature that does not
-        // exist yet is waited for (checked again) for `signature_grace`
-        // after the check began, then refused.
+        // CI pushes the image, then signs it; Harbor scans after the push:
+        // what does not exist yet is waited for (checked again) for
+        // `signature_grace` / `scan.timeout` after the check began, then
+        // refused.
         let waited = Duration::from_millis((now_millis() - job.created_at).max(0) as u64);
-        let grace = self.cfg.policy.signature_grace;
-        if ev.only_missing_signature() && waited < grace {
-            let left = grace - waited;
-            return Err(Failure::Retry {
-                error: format!(
-                    "no signature for {digest} yet; waiting up to {}s for the signer",
-                    grace.as_secs()
-                ),
-                retry_after: Some(left.min(Duration::from_secs(10))),
-            });
+        if let Some((sig, scan)) = ev.waiting_for() {
+            let p = &self.cfg.policy;
+            let wait = match (sig, scan) {
+                (true, true) => p.signature_grace.max(p.scan.timeout),
+                (true, false) => p.signature_grace,
+                _ => p.scan.timeout,
+            };
+            if waited < wait {
+                let what = if scan {
+                    "a Harbor scan result"
+                } else {
+                    "a signature"
+                };
+                return Err(Failure::Retry {
+                    error: format!(
+                        "no {what} for {digest} yet; waiting up to {}s",
+                        wait.as_secs()
+                    ),
+                    retry_after: Some((wait - waited).min(Duration::from_secs(10))),
+                });
+            }
         }
         Ok(ev)
     }

@@ -26,6 +26,9 @@ impl Engine {
         let mut job = NewJob::new(JobKind::Verify.as_str(), now);
         // Like deploys: finishing an image beats starting another.
         job.priority = -1;
+        // Waits for a signer or a Harbor scan are retries: enough of them
+        // to cover the longest wait (14 minutes) at the queue's backoff.
+        job.max_attempts = 30;
         job.unique_key = Some(JobKind::Verify.unique_key(&r.image));
         job.image = Some(r.image.clone());
         job.rollout_id = Some(r.rollout_id);

@@ -64,3 +64,47 @@ impl Store {
             .bind(image).bind(limit).fetch_all(p).await?))
     }
 }
+
+impl Store {
+    /// Records a scan report a registry sent for a digest (the newest wins).
+    pub async fn save_scan_report(
+        &self,
+        digest: &str,
+        source: &str,
+        image: &str,
+        report: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, p => sqlx::query(
+            "INSERT INTO scan_reports (digest, source, image, report, created_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (digest, source) DO UPDATE SET image = excluded.image, report = excluded.report, created_at = excluded.created_at")
+            .bind(digest).bind(source).bind(image).bind(report).bind(now)
+            .execute(p).await?.rows_affected());
+        Ok(())
+    }
+
+    /// The scan report a registry sent for a digest: (JSON, when).
+    pub async fn scan_report(
+        &self,
+        digest: &str,
+        source: &str,
+    ) -> Result<Option<(String, Millis)>, StoreError> {
+        Ok(on_pool!(self, p => sqlx::query_as(
+            "SELECT report, created_at FROM scan_reports WHERE digest = $1 AND source = $2")
+            .bind(digest).bind(source).fetch_optional(p).await?))
+    }
+}
+
+impl Store {
+    /// Pending verify jobs of `image` become due now: what they wait for
+    /// (a scan report) has arrived. Returns how many.
+    pub async fn hasten_verify_jobs(&self, image: &str, now: Millis) -> Result<u64, StoreError> {
+        let n = on_pool!(self, p => sqlx::query(
+            "UPDATE jobs SET run_at = $2 WHERE kind = 'verify' AND state = 'pending' AND image = $1 AND run_at > $2")
+            .bind(image).bind(now).execute(p).await?.rows_affected());
+        if n > 0 {
+            self.wake_local();
+        }
+        Ok(n)
+    }
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::TestDb;
-use support::fleet::{Lineage, Serve, World, rollouts_finished, until};
+use support::fleet::{Lineage, Serve, World, push_with_kills, rollouts_finished};
 
 async fn get(url: String) -> Value {
     let r = reqwest::get(&url).await.unwrap();
@@ -259,25 +259,9 @@ async fn kills_mid_rollout_through_a_ci_api_double_nothing() {
         let mut serve = Serve::start(&w.cfg, "kill-node");
         let store = w.store_when_observed().await;
         for (round, base) in ["base/a", "base/b"].into_iter().enumerate() {
-            let start = w.ci.distinct();
-            let n = w.lineage.affected(base).len();
-            w.push_base(base).await;
-            for k in 1..=n.min(3) {
-                let ci = w.ci.clone();
-                until(
-                    &format!("{backend}: trigger {k}"),
-                    Duration::from_secs(60),
-                    || {
-                        let ci = ci.clone();
-                        async move { ci.distinct() >= start + k }
-                    },
-                )
-                .await;
-                tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 100)).await;
-                serve.kill9();
-                serve = Serve::start(&w.cfg, "kill-node");
-            }
-            let states = rollouts_finished(&store, round + 1, Duration::from_secs(90)).await;
+            let (next, states) =
+                push_with_kills(&w, &store, serve, "kill-node", base, 3, (0, 100), round + 1).await;
+            serve = next;
             assert!(
                 states.iter().all(|s| s == "succeeded"),
                 "{backend}: {states:?}"

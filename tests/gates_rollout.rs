@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::TestDb;
-use support::fleet::{Lineage, Serve, World, rollouts_finished, until};
+use support::fleet::{Lineage, Serve, World, push_with_kills, rollouts_finished, until};
 use support::signer::Signer;
 
 async fn get(url: String) -> Value {
@@ -170,26 +170,19 @@ async fn kills_while_images_verify_double_nothing() {
         let mut serve = Serve::start(&w.cfg, "gate-node");
         let store = w.store_when_observed().await;
         for (round, base) in ["base/a", "base/b", "base/a"].into_iter().enumerate() {
-            let start = w.ci.distinct();
-            let n = w.lineage.affected(base).len();
-            w.push_base(base).await;
-            for k in 1..=n.min(3) {
-                let ci = w.ci.clone();
-                until(
-                    &format!("{backend} round {round}: build {k}"),
-                    Duration::from_secs(60),
-                    || {
-                        let ci = ci.clone();
-                        async move { ci.distinct() >= start + k }
-                    },
-                )
-                .await;
-                // The build's callback lands ~200 ms later: kill around it.
-                tokio::time::sleep(Duration::from_millis(150 + rand::random::<u64>() % 150)).await;
-                serve.kill9();
-                serve = Serve::start(&w.cfg, "gate-node");
-            }
-            let states = rollouts_finished(&store, round + 1, Duration::from_secs(90)).await;
+            // The build's callback lands ~200 ms after its trigger: kill around it.
+            let (next, states) = push_with_kills(
+                &w,
+                &store,
+                serve,
+                "gate-node",
+                base,
+                3,
+                (150, 150),
+                round + 1,
+            )
+            .await;
+            serve = next;
             assert!(
                 states.iter().all(|s| s == "succeeded"),
                 "{backend} round {round}: {states:?}"

@@ -116,7 +116,7 @@ impl GateWorker {
                 }
                 r
             }
-            Err(f) => match self.engine.on_verify_failed(&job, &self.worker, &f).await {
+            Err(f) => match self.engine.on_delivery_failed(&job, &self.worker, &f).await {
                 Ok(JobState::Pending) => {
                     tracing::warn!(attempt = job.attempt, error = ?f, "gates could not run; will retry");
                     Ok(())

@@ -547,9 +547,10 @@ impl Engine {
         Ok(())
     }
 
-    /// A delivery attempt failed: the job is retried later or, when the
-    /// failure is for good (4xx, attempts used up), the image's build or
-    /// deploy fails, in the same transaction. Returns the job's state.
+    /// A delivery (or a gate check) failed: the job is retried later or,
+    /// when the failure is for good (4xx, attempts used up), the image's
+    /// build or deploy fails, or the image is refused (a gate that could not
+    /// run), in the same transaction. Returns the job's state.
     pub async fn on_delivery_failed(
         &self,
         job: &JobRecord,
@@ -574,6 +575,10 @@ impl Engine {
             let outcome = match JobKind::parse(&job.kind) {
                 Some(JobKind::Rebuild) => Outcome::BuildFailed {
                     reason: format!("trigger failed: {error}"),
+                },
+                // A gate never passes on an error.
+                Some(JobKind::Verify) => Outcome::Refused {
+                    reason: format!("gates could not run: {error}"),
                 },
                 _ => Outcome::DeployFailed {
                     reason: format!("deploy failed: {error}"),

@@ -10,9 +10,7 @@ use super::machine::Outcome;
 use super::progress::is_current_job;
 use super::{Engine, ImageState};
 use crate::policy::{Evaluation, GateResult};
-use crate::store::{
-    Failure, JobRecord, JobState, Millis, NewJob, RolloutImage, StoreError, now_millis,
-};
+use crate::store::{JobRecord, Millis, NewJob, RolloutImage, StoreError, now_millis};
 
 impl Engine {
     /// The verify job of `r` (the built digest, or the image's current one
@@ -105,43 +103,6 @@ impl Engine {
         }
         self.store.wake_local();
         Ok(Some(state))
-    }
-
-    /// The gates could not run (registry outage): retried with backoff;
-    /// when the attempts are used up the image is refused: a gate never
-    /// passes on an error. Returns the job's state.
-    pub async fn on_verify_failed(
-        &self,
-        job: &JobRecord,
-        worker: &str,
-        failure: &Failure,
-    ) -> Result<JobState, StoreError> {
-        let _g = self.lock.lock().await;
-        let now = now_millis();
-        let mut tx = self.store.begin_engine().await?;
-        let state = self
-            .store
-            .fail_in(&mut tx, job.id, worker, failure, now)
-            .await?;
-        if matches!(state, JobState::Failed | JobState::Dead) {
-            let error = match failure {
-                Failure::Permanent { error } | Failure::Retry { error, .. } => error.clone(),
-            };
-            let ri = self
-                .store
-                .rollout_image_for_job_in(&mut tx, job.id, JobKind::Verify.as_str())
-                .await?;
-            if let Some(ri) = ri.filter(|r| is_current_job(r, job)) {
-                let outcome = Outcome::Refused {
-                    reason: format!("gates could not run: {error}"),
-                };
-                self.apply_outcome(&mut tx, ri, &outcome, Some(job), now)
-                    .await?;
-            }
-        }
-        tx.commit().await?;
-        self.store.wake_local();
-        Ok(state)
     }
 
     /// The digest a verify job checks: the built one, else the image's

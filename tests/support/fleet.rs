@@ -851,6 +851,44 @@ pub async fn rollouts_finished(store: &Store, n: usize, within: Duration) -> Vec
     }
 }
 
+/// Pushes `base` and SIGKILLs (then restarts) `serve` after each of the
+/// first `kills` new distinct triggers, waiting `after_ms` plus up to
+/// `jitter_ms` each time; waits until `rollouts` rollouts finished.
+/// Returns the running daemon and the rollouts' states, newest first.
+#[allow(clippy::too_many_arguments)]
+pub async fn push_with_kills(
+    w: &World,
+    store: &Store,
+    mut serve: Serve,
+    node: &str,
+    base: &str,
+    kills: usize,
+    (after_ms, jitter_ms): (u64, u64),
+    rollouts: usize,
+) -> (Serve, Vec<String>) {
+    let start = w.ci.distinct();
+    let n = w.lineage.affected(base).len();
+    w.push_base(base).await;
+    for k in 1..=n.min(kills) {
+        let ci = w.ci.clone();
+        until(
+            &format!("{base}: trigger {k}"),
+            Duration::from_secs(60),
+            || {
+                let ci = ci.clone();
+                async move { ci.distinct() >= start + k }
+            },
+        )
+        .await;
+        let wait = after_ms + rand::random::<u64>() % jitter_ms.max(1);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        serve.kill9();
+        serve = Serve::start(&w.cfg, node);
+    }
+    let states = rollouts_finished(store, rollouts, Duration::from_secs(90)).await;
+    (serve, states)
+}
+
 pub async fn until<F, Fut>(what: &str, within: Duration, mut f: F)
 where
     F: FnMut() -> Fut,

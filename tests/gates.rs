@@ -644,3 +644,90 @@ async fn sigstore_bundles_found_through_the_referrers_api_verify() {
         "the fallback tag is not read when the API answers: {seen:?}"
     );
 }
+
+/// `scan: { source: attestation }`: the scanner's report travels as a
+/// cosign vulnerability attestation signed with the rule's key.
+#[tokio::test]
+async fn vulnerability_attestations_are_verified_and_judged() {
+    use support::signer::{push_attestations, vuln_attestation};
+    let e = Env::new().await;
+    let trivy: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/trivy.json")).unwrap())
+            .unwrap();
+    let policy = |max: &str| {
+        format!(
+            "  rules:\n    - images: [\"**\"]\n      signatures: {{ authorities: [{{ cosign: {{ public_key_file: \"{}\" }} }}] }}\n      scan: {{ max_severity: {max}, ignore_unfixed: true, source: attestation }}\n",
+            e.path("a.pub")
+        )
+    };
+    let (r, d) = e.image("apps/attested").await;
+    let name = format!("{}/apps/attested", e.reg.addr);
+    push_signatures(&e.reg, "apps/attested", &d, &[layer(&e.a, &r, &d)]).await;
+    push_attestations(
+        &e.reg,
+        "apps/attested",
+        &d,
+        &[vuln_attestation(&e.a, &name, &d, trivy.clone())],
+    )
+    .await;
+    // Trivy fixture: HIGH (fixed), CRITICAL (no fix), LOW.
+    let ev = e
+        .gates(e.config(&policy("high")))
+        .evaluate(&r, &d, Purpose::Deploy)
+        .await
+        .unwrap();
+    assert_eq!(ev.refusal(), None, "{ev:?}");
+    assert!(
+        ev.verdicts[1].reason.starts_with(&format!(
+            "trivy (attestation {}.att layer 0) found",
+            d.replacen(':', "-", 1)
+        )),
+        "{}",
+        ev.verdicts[1].reason
+    );
+    let why = e
+        .gates(e.config(&policy("medium")))
+        .evaluate(&r, &d, Purpose::Deploy)
+        .await
+        .unwrap()
+        .refusal_text()
+        .unwrap();
+    assert!(
+        why.starts_with("scan gate: trivy (attestation") && why.contains("CVE-2024-2511"),
+        "{why}"
+    );
+    // Signed by a key the rule does not trust.
+    let (r2, d2) = e.image("apps/other-signer").await;
+    push_signatures(&e.reg, "apps/other-signer", &d2, &[layer(&e.a, &r2, &d2)]).await;
+    push_attestations(
+        &e.reg,
+        "apps/other-signer",
+        &d2,
+        &[vuln_attestation(&e.b, &name, &d2, trivy)],
+    )
+    .await;
+    let why = e
+        .gates(e.config(&policy("high")))
+        .evaluate(&r2, &d2, Purpose::Deploy)
+        .await
+        .unwrap()
+        .refusal_text()
+        .unwrap();
+    assert!(
+        why.contains("no valid vulnerability attestation") && why.contains("does not verify"),
+        "{why}"
+    );
+    // None yet: a pending refusal the gate worker waits out.
+    let (r3, d3) = e.image("apps/unattested").await;
+    push_signatures(&e.reg, "apps/unattested", &d3, &[layer(&e.a, &r3, &d3)]).await;
+    let ev = e
+        .gates(e.config(&policy("high")))
+        .evaluate(&r3, &d3, Purpose::Deploy)
+        .await
+        .unwrap();
+    assert_eq!(
+        ev.refusal_text().unwrap(),
+        format!("scan gate: scan timed out: no vulnerability attestation for {d3}")
+    );
+    assert_eq!(ev.waiting_for(), Some((false, true)));
+}

@@ -537,6 +537,8 @@ pub enum ScanSource {
     Command,
     /// Harbor's `SCANNING_COMPLETED` events on `receivers.harbor`.
     Harbor,
+    /// cosign vulnerability attestations, verified with the rule's cosign keys.
+    Attestation,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

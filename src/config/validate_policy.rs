@@ -297,11 +297,12 @@ fn rule(ctx: &mut Ctx, f: usize, r: &Spanned<RawRule>) -> Option<PolicyRule> {
             let source = match s.source.as_ref().map(|v| (v, v.value.as_str())) {
                 None | Some((_, "command")) => ScanSource::Command,
                 Some((_, "harbor")) => ScanSource::Harbor,
+                Some((_, "attestation")) => ScanSource::Attestation,
                 Some((v, other)) => {
                     ctx.err(
                         f,
                         v.referenced,
-                        format!("scan.source must be `command` or `harbor`, got `{other}`"),
+                        format!("scan.source must be `command`, `harbor` or `attestation`, got `{other}`"),
                     );
                     ok = false;
                     ScanSource::Command
@@ -320,6 +321,20 @@ fn rule(ctx: &mut Ctx, f: usize, r: &Spanned<RawRule>) -> Option<PolicyRule> {
             }
         }
     };
+    let cosign_keys = signatures.as_ref().is_some_and(|s| {
+        s.authorities
+            .iter()
+            .any(|a| matches!(a, Authority::Cosign { .. }))
+    });
+    if scan
+        .as_ref()
+        .is_some_and(|s| s.source == ScanSource::Attestation)
+        && !cosign_keys
+        && ok
+    {
+        ctx.err(f, at, "scan.source: attestation needs `signatures` with a cosign authority (its key verifies the attestation)");
+        ok = false;
+    }
     if signatures.is_none() && scan.is_none() && ok {
         ctx.err(f, at, "a rule needs `signatures` or `scan` (or both)");
         ok = false;

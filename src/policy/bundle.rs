@@ -112,7 +112,12 @@ pub async fn verify(
 
 /// Verifies one bundle document for `digest`.
 pub fn check_bundle(bundle: &[u8], digest: &str, key: &P256Key) -> Result<(), String> {
-    let b64 = base64::engine::general_purpose::STANDARD;
+    bundle_statement(bundle, digest, &[key]).map(|_| ())
+}
+
+/// The in-toto statement of a bundle whose DSSE envelope one of `keys`
+/// signed and whose subjects include `digest`.
+pub fn bundle_statement(bundle: &[u8], digest: &str, keys: &[&P256Key]) -> Result<Value, String> {
     let v: Value =
         serde_json::from_slice(bundle).map_err(|e| format!("bundle is not JSON: {e}"))?;
     let media = v.get("mediaType").and_then(Value::as_str).unwrap_or("");
@@ -124,6 +129,14 @@ pub fn check_bundle(bundle: &[u8], digest: &str, key: &P256Key) -> Result<(), St
             "the bundle has no DSSE envelope (message-signature bundles are not supported)".into(),
         );
     };
+    dsse_statement(env, digest, keys)
+}
+
+/// Verifies a DSSE envelope (`{payloadType, payload, signatures: [{sig}]}`,
+/// base64) over its pre-authentication encoding with any of `keys`, and
+/// returns its in-toto statement when the subjects include `digest`.
+pub fn dsse_statement(env: &Value, digest: &str, keys: &[&P256Key]) -> Result<Value, String> {
+    let b64 = base64::engine::general_purpose::STANDARD;
     let payload_type = env.get("payloadType").and_then(Value::as_str).unwrap_or("");
     if payload_type != IN_TOTO {
         return Err(format!(
@@ -149,7 +162,10 @@ pub fn check_bundle(bundle: &[u8], digest: &str, key: &P256Key) -> Result<(), St
     if sigs.is_empty() {
         return Err("DSSE envelope has no signatures".into());
     }
-    if !sigs.iter().any(|s| key.verify(&message, s)) {
+    if !sigs
+        .iter()
+        .any(|s| keys.iter().any(|k| k.verify(&message, s)))
+    {
         return Err("DSSE signature does not verify with this key".into());
     }
     let statement: Value = serde_json::from_slice(&payload)
@@ -165,9 +181,8 @@ pub fn check_bundle(bundle: &[u8], digest: &str, key: &P256Key) -> Result<(), St
             "the in-toto statement's subjects do not include {digest}"
         ));
     }
-    Ok(())
+    Ok(statement)
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

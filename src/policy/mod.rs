@@ -7,6 +7,7 @@
 //! `Err` (the job retries with backoff); anything else is a refusal with
 //! its reason and evidence. `mode: warn` turns refusals into warnings.
 
+pub mod attest;
 pub mod bundle;
 pub mod cosign;
 pub mod harbor;
@@ -160,6 +161,19 @@ impl Gatekeeper {
     }
 }
 
+/// The cosign keys of a rule's authorities (attestations are verified with
+/// them).
+fn signing_keys(rule: Option<&crate::config::SignatureRule>) -> Vec<keys::P256Key> {
+    rule.map(|r| r.authorities.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|a| match a {
+            Authority::Cosign { key_pem, .. } => keys::P256Key::from_pem(key_pem).ok(),
+            Authority::Notation { .. } => None,
+        })
+        .collect()
+}
+
 /// A gate's name as a metric label (bounded).
 pub fn gate_label(gate: &str) -> &'static str {
     match gate {
@@ -267,7 +281,9 @@ impl Gatekeeper {
                 verdicts.push(soften(self.signatures(image, digest, sig).await?));
             }
             if let Some(s) = &rule.scan {
-                verdicts.push(soften(self.scan(image, digest, s).await));
+                verdicts.push(soften(
+                    self.scan(image, digest, s, rule.signatures.as_ref()).await,
+                ));
             }
         }
         Ok(Evaluation {
@@ -369,6 +385,7 @@ impl Gatekeeper {
         image: &ImageRef,
         digest: &str,
         rule: &crate::config::ScanRule,
+        signatures: Option<&crate::config::SignatureRule>,
     ) -> Verdict {
         let refuse = |reason: String| Verdict {
             gate: "scan".into(),
@@ -379,17 +396,50 @@ impl Gatekeeper {
         if rule.source == crate::config::ScanSource::Harbor {
             return self.harbor_scan(digest, rule).await;
         }
-        let Some(argv) = &self.cfg.policy.scan.command else {
-            return refuse("no policy.scan.command to scan with".into());
-        };
-        let reference = format!("{}/{}@{digest}", image.registry(), image.repository());
-        let out = match scan::run(argv, &reference, self.cfg.policy.scan.timeout).await {
-            Ok(o) => o,
-            Err(e) => return refuse(e),
-        };
-        let report = match scan::parse(&out) {
-            Ok(r) => r,
-            Err(e) => return refuse(e),
+        let (report, origin) = match rule.source {
+            crate::config::ScanSource::Attestation => {
+                let keys: Vec<keys::P256Key> = signing_keys(signatures);
+                let keys: Vec<&keys::P256Key> = keys.iter().collect();
+                match attest::vuln_report(&self.client, image, digest, &keys).await {
+                    Ok(attest::Found::Report(r, from)) => (r, format!(" (attestation {from})")),
+                    Ok(attest::Found::Invalid(why)) => {
+                        return refuse(format!("no valid vulnerability attestation: {why}"));
+                    }
+                    Ok(attest::Found::Missing) => {
+                        return Verdict {
+                            gate: "scan".into(),
+                            result: GateResult::Refused,
+                            reason: format!(
+                                "scan timed out: no vulnerability attestation for {digest}"
+                            ),
+                            evidence: json!({ "pending": true }),
+                        };
+                    }
+                    // Registry trouble: the wait (and its retries) covers it.
+                    Err(e) => {
+                        return Verdict {
+                            gate: "scan".into(),
+                            result: GateResult::Refused,
+                            reason: format!("scan timed out: cannot read attestations: {e}"),
+                            evidence: json!({ "pending": true }),
+                        };
+                    }
+                }
+            }
+            _ => {
+                let Some(argv) = &self.cfg.policy.scan.command else {
+                    return refuse("no policy.scan.command to scan with".into());
+                };
+                let reference = format!("{}/{}@{digest}", image.registry(), image.repository());
+                let out = match scan::run(argv, &reference, self.cfg.policy.scan.timeout).await {
+                    Ok(o) => o,
+                    Err(e) => return refuse(e),
+                };
+                match scan::parse(&out) {
+                    Ok(r) => (r, String::new()),
+                    Err(e) => return refuse(e),
+                }
+            }
         };
         let j = scan::judge(&report, rule);
         let counts: Vec<String> = j.counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
@@ -400,13 +450,13 @@ impl Gatekeeper {
         };
         let reason = if j.passed {
             format!(
-                "{} found {counts}; none over {}",
+                "{}{origin} found {counts}; none over {}",
                 j.scanner,
                 rule.max_severity.as_str()
             )
         } else {
             format!(
-                "{} found {} over {}{} ({counts}); worst: {}",
+                "{}{origin} found {} over {}{} ({counts}); worst: {}",
                 j.scanner,
                 j.over_threshold,
                 rule.max_severity.as_str(),

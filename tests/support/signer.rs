@@ -155,3 +155,62 @@ pub async fn push_bundle(
     .await;
     mdigest
 }
+
+/// A cosign vulnerability attestation (DSSE over an in-toto statement with
+/// predicate `https://cosign.sigstore.dev/attestation/vuln/v1` whose
+/// `scanner.result` is `report`), signed by `signer`: the envelope JSON.
+pub fn vuln_attestation(
+    signer: &Signer,
+    repo_ref: &str,
+    digest: &str,
+    report: serde_json::Value,
+) -> Vec<u8> {
+    use lineaged::policy::bundle::{IN_TOTO, pae};
+    let statement = json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{ "name": repo_ref, "digest": { "sha256": digest.trim_start_matches("sha256:") } }],
+        "predicateType": lineaged::policy::attest::VULN_PREDICATE,
+        "predicate": {
+            "invocation": { "parameters": null, "uri": "", "event_id": "", "builder.id": "" },
+            "scanner": { "uri": "pkg:github/aquasecurity/trivy@v0.50.0", "version": "v0.50.0", "result": report },
+            "metadata": { "scanStartedOn": "2026-11-20T10:00:00Z", "scanFinishedOn": "2026-11-20T10:00:09Z" },
+        },
+    });
+    let payload = serde_json::to_vec(&statement).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    serde_json::to_vec(&json!({
+        "payloadType": IN_TOTO,
+        "payload": b64.encode(&payload),
+        "signatures": [{ "keyid": "", "sig": signer.sign_bytes(&pae(IN_TOTO, &payload)) }],
+    }))
+    .unwrap()
+}
+
+/// Pushes attestation envelopes as the manifest at tag `sha256-<hex>.att`.
+pub async fn push_attestations(
+    reg: &TestRegistry,
+    repo: &str,
+    digest: &str,
+    envelopes: &[Vec<u8>],
+) {
+    use lineaged::policy::attest::{DSSE_LAYER, attestation_tag};
+    let (cdigest, csize) = reg.push_blob(repo, b"{}").await;
+    let mut layers = Vec::new();
+    for e in envelopes {
+        let (d, size) = reg.push_blob(repo, e).await;
+        layers.push(json!({ "mediaType": DSSE_LAYER, "size": size, "digest": d,
+            "annotations": { "predicateType": lineaged::policy::attest::VULN_PREDICATE } }));
+    }
+    let m = json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "size": csize, "digest": cdigest },
+        "layers": layers,
+    });
+    reg.push_manifest(
+        repo,
+        &attestation_tag(digest),
+        OCI_MANIFEST,
+        &serde_json::to_vec(&m).unwrap(),
+    )
+    .await;
+}

@@ -622,7 +622,7 @@ fn policy_keys_and_quorums_are_checked_at_load() {
         "glob `python:*` can match nothing: rules match normalised references".to_string(),
         format!("public key {ed}: not an ECDSA P-256 public key"),
         format!("cosign key {p256} is listed twice in one rule"),
-        "required 2, but only 1 cosign authorities can verify in this version".to_string(),
+        "notation needs trusted_identities".to_string(),
     ] {
         assert!(err.contains(e.as_str()), "missing {e:?} in:\n{err}");
     }

@@ -731,3 +731,142 @@ async fn vulnerability_attestations_are_verified_and_judged() {
     );
     assert_eq!(ev.waiting_for(), Some((false, true)));
 }
+
+/// Pushes `repo:1` with the Notation envelope `make(digest, size)` builds
+/// and asserts the gates refuse it saying `want`.
+async fn notation_refused(
+    e: &Env,
+    gates: &Gatekeeper,
+    repo: &str,
+    make: impl FnOnce(&str, usize) -> Vec<u8>,
+    media: &str,
+    want: &str,
+) {
+    let (r, d, s) = e.image_sized(repo).await;
+    support::signer::push_notation(&e.reg, repo, &d, s, &make(&d, s), media).await;
+    let why = gates
+        .evaluate(&r, &d, Purpose::Deploy)
+        .await
+        .unwrap()
+        .refusal_text()
+        .unwrap();
+    assert!(why.contains(want), "{repo}: {why}");
+}
+
+/// Notation (Notary Project) JWS signatures as referrers: the chain to the
+/// trust store's CA for code signing, the signature with the leaf's key,
+/// the signed digest, expiry and trusted_identities; COSE is refused.
+#[tokio::test]
+async fn notation_signatures_verify_against_the_trust_store() {
+    use support::signer::{NotationSigner, push_notation};
+    let e = Env::new().await;
+    let good = NotationSigner::new(
+        &e.dir.path().join("n-good"),
+        "/CN=builder/O=Example",
+        "codeSigning",
+    );
+    let stranger = NotationSigner::new(
+        &e.dir.path().join("n-other"),
+        "/CN=builder/O=Example",
+        "codeSigning",
+    );
+    let server = NotationSigner::new(
+        &e.dir.path().join("n-tls"),
+        "/CN=builder/O=Example",
+        "serverAuth",
+    );
+    let policy = |identity: &str| {
+        format!(
+            "  rules:\n    - images: [\"**\"]\n      signatures:\n        authorities:\n          - notation: {{ trust_store: \"{}\", trusted_identities: [\"{identity}\"] }}\n",
+            good.trust_store.display()
+        )
+    };
+    let gates = e.gates(e.config(&policy("x509.subject: O=Example, CN=builder")));
+    let check = |img: (ImageRef, String)| {
+        let gates = &gates;
+        async move {
+            gates
+                .evaluate(&img.0, &img.1, Purpose::Deploy)
+                .await
+                .unwrap()
+        }
+    };
+    let jose = "application/jose+json";
+
+    let (r, d, s) = e.image_sized("apps/notary").await;
+    push_notation(&e.reg, "apps/notary", &d, s, &good.jws(&d, s, None), jose).await;
+    let ev = check((r.clone(), d.clone())).await;
+    assert_eq!(ev.refusal(), None, "{ev:?}");
+    assert!(
+        ev.verdicts[0].evidence["authorities"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("by CN=builder, O=Example verifies")
+    );
+    // Another identity is not trusted.
+    let other_id = e.gates(e.config(&policy("x509.subject: CN=release, O=Example")));
+    let why = other_id
+        .evaluate(&r, &d, Purpose::Deploy)
+        .await
+        .unwrap()
+        .refusal_text()
+        .unwrap();
+    assert!(why.contains("is not among trusted_identities"), "{why}");
+
+    notation_refused(
+        &e,
+        &gates,
+        "apps/n-ca",
+        |d, s| stranger.jws(d, s, None),
+        jose,
+        "certificate chain does not verify to the trust store",
+    )
+    .await;
+    notation_refused(
+        &e,
+        &gates,
+        "apps/n-eku",
+        |d, s| server.jws(d, s, None),
+        jose,
+        "for code signing",
+    )
+    .await;
+    notation_refused(
+        &e,
+        &gates,
+        "apps/n-expired",
+        |d, s| good.jws(d, s, Some("2026-01-01T00:00:00Z")),
+        jose,
+        "the signature expired at 2026-01-01T00:00:00Z",
+    )
+    .await;
+    let other_digest = d.clone();
+    let good = &good;
+    notation_refused(
+        &e,
+        &gates,
+        "apps/n-digest",
+        move |_, s| good.jws(&other_digest, s, None),
+        jose,
+        "the payload signs",
+    )
+    .await;
+    notation_refused(
+        &e,
+        &gates,
+        "apps/n-cose",
+        |_, _| b"\xd2\x84".to_vec(),
+        "application/cose",
+        "COSE envelopes are not supported yet",
+    )
+    .await;
+    notation_refused(
+        &e,
+        &gates,
+        "apps/n-garbage",
+        |_, _| b"{not json".to_vec(),
+        jose,
+        "envelope is not JSON",
+    )
+    .await;
+}

@@ -221,6 +221,14 @@ fn rule(ctx: &mut Ctx, f: usize, r: &Spanned<RawRule>) -> Option<PolicyRule> {
                     },
                     (None, Some(n)) => {
                         let store = ctx.text(f, &n.trust_store).map(PathBuf::from);
+                        if n.trusted_identities.is_empty() {
+                            ctx.err(
+                                f,
+                                n.trust_store.referenced,
+                                "notation needs trusted_identities (\"x509.subject: CN=…, O=…\", or \"*\" for any signer the trust store vouches for)",
+                            );
+                            ok = false;
+                        }
                         match store {
                             Some(p) if p.is_dir() => authorities.push(Authority::Notation {
                                 trust_store: p,
@@ -267,14 +275,6 @@ fn rule(ctx: &mut Ctx, f: usize, r: &Spanned<RawRule>) -> Option<PolicyRule> {
                     );
                     ok = false;
                 }
-            }
-            let verifiable = authorities
-                .iter()
-                .filter(|a| matches!(a, Authority::Cosign { .. }))
-                .count();
-            if ok && !authorities.is_empty() && required > verifiable {
-                ctx.err(f, at, format!("required {required}, but only {verifiable} cosign authorities can verify in this version (Notation signatures are not verified yet): every image would be refused"));
-                ok = false;
             }
             if authorities.is_empty() && ok {
                 ctx.err(f, at, "signatures needs at least one authority");

@@ -75,6 +75,34 @@ impl P256Key {
     }
 }
 
+/// DER prefix of a SubjectPublicKeyInfo holding an uncompressed P-384 point.
+const P384_SPKI_PREFIX: [u8; 23] = [
+    0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b,
+    0x81, 0x04, 0x00, 0x22, 0x03, 0x62, 0x00,
+];
+
+/// Verifies a JWS-style (fixed `r||s`) ECDSA signature with the EC key of
+/// `spki`: ES256 needs a P-256 key, ES384 a P-384 one.
+pub fn verify_ec_fixed(spki: &[u8], alg: &str, msg: &[u8], sig: &[u8]) -> Result<bool, String> {
+    use ring::signature::{ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, UnparsedPublicKey};
+    let (prefix, point_len, algorithm): (
+        &[u8],
+        usize,
+        &'static dyn ring::signature::VerificationAlgorithm,
+    ) = match alg {
+        "ES256" => (&P256_SPKI_PREFIX, 65, &ECDSA_P256_SHA256_FIXED),
+        "ES384" => (&P384_SPKI_PREFIX, 97, &ECDSA_P384_SHA384_FIXED),
+        other => return Err(format!("{other} is not an EC algorithm")),
+    };
+    let point = spki
+        .strip_prefix(prefix)
+        .filter(|p| p.len() == point_len)
+        .ok_or_else(|| format!("the certificate's key does not fit {alg}"))?;
+    Ok(UnparsedPublicKey::new(algorithm, point)
+        .verify(msg, sig)
+        .is_ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ pub mod bundle;
 pub mod cosign;
 pub mod harbor;
 pub mod keys;
+pub mod notation;
 pub mod referrers;
 pub mod scan;
 pub mod worker;
@@ -326,13 +327,20 @@ impl Gatekeeper {
                         }
                     }
                 },
-                Authority::Notation { .. } => {
-                    all_missing = false;
-                    (
-                    false,
-                    "Notation signatures are not verified by this version (refused, never passed)"
-                        .to_string(),
-                )
+                Authority::Notation {
+                    trust_store,
+                    trusted_identities,
+                } => {
+                    let c = notation::verify(
+                        &self.client,
+                        image,
+                        digest,
+                        trust_store,
+                        trusted_identities,
+                    )
+                    .await?;
+                    all_missing &= c.missing;
+                    (c.verified, c.detail)
                 }
             };
             verified += usize::from(ok);

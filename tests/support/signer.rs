@@ -214,3 +214,208 @@ pub async fn push_attestations(
     )
     .await;
 }
+
+/// A Notation (notary.x509) signer: a CA and a code-signing leaf made with
+/// the `openssl` CLI, JWS envelopes signed ES256 with ring.
+pub struct NotationSigner {
+    pub dir: std::path::PathBuf,
+    /// The directory to configure as `trust_store` (holds the CA).
+    pub trust_store: std::path::PathBuf,
+    pub leaf_der: Vec<u8>,
+    pub ca_der: Vec<u8>,
+    key: EcdsaKeyPair,
+    rng: SystemRandom,
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let o = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+impl NotationSigner {
+    /// `subject` like `/CN=builder/O=Example`; `eku` the leaf's extended key
+    /// usage (`codeSigning` for a good signer).
+    pub fn new(dir: &std::path::Path, subject: &str, eku: &str) -> NotationSigner {
+        std::fs::create_dir_all(dir.join("ca")).unwrap();
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca/ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=Test Notary CA/O=Example",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign",
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "leaf.key",
+                "-out",
+                "leaf.csr",
+                "-subj",
+                subject,
+            ],
+        );
+        std::fs::write(dir.join("leaf.ext"), format!(
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage={eku}\n")).unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "leaf.csr",
+                "-CA",
+                "ca/ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "leaf.crt",
+                "-days",
+                "1",
+                "-extfile",
+                "leaf.ext",
+                "-outform",
+                "DER",
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "pkcs8", "-topk8", "-nocrypt", "-in", "leaf.key", "-outform", "DER", "-out",
+                "leaf.pk8",
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-in",
+                "ca/ca.crt",
+                "-outform",
+                "DER",
+                "-out",
+                "ca.der",
+            ],
+        );
+        let rng = SystemRandom::new();
+        let pk8 = std::fs::read(dir.join("leaf.pk8")).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &pk8,
+            &rng,
+        )
+        .unwrap();
+        NotationSigner {
+            dir: dir.to_path_buf(),
+            trust_store: dir.join("ca"),
+            leaf_der: std::fs::read(dir.join("leaf.crt")).unwrap(),
+            ca_der: std::fs::read(dir.join("ca.der")).unwrap(),
+            key,
+            rng,
+        }
+    }
+
+    /// A JWS envelope (JSON serialization) signing `target` (digest, size)
+    /// as Notation does; `expiry` optional RFC 3339.
+    pub fn jws(&self, target: &str, size: usize, expiry: Option<&str>) -> Vec<u8> {
+        let b64u = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut header = json!({
+            "alg": "ES256",
+            "crit": ["io.cncf.notary.signingScheme"],
+            "cty": "application/vnd.cncf.notary.payload.v1+json",
+            "io.cncf.notary.signingScheme": "notary.x509",
+            "io.cncf.notary.signingTime": "2026-11-27T10:00:00Z",
+        });
+        if let Some(e) = expiry {
+            header["io.cncf.notary.expiry"] = e.into();
+            header["crit"] = json!(["io.cncf.notary.signingScheme", "io.cncf.notary.expiry"]);
+        }
+        let payload = json!({ "targetArtifact": {
+            "mediaType": OCI_MANIFEST, "digest": target, "size": size } });
+        let protected = b64u.encode(serde_json::to_vec(&header).unwrap());
+        let payload = b64u.encode(serde_json::to_vec(&payload).unwrap());
+        let sig = self
+            .key
+            .sign(&self.rng, format!("{protected}.{payload}").as_bytes())
+            .unwrap();
+        serde_json::to_vec(&json!({
+            "payload": payload,
+            "protected": protected,
+            "header": {
+                "x5c": [b64.encode(&self.leaf_der), b64.encode(&self.ca_der)],
+                "io.cncf.notary.signingAgent": "notation-go/1.2.0",
+            },
+            "signature": b64u.encode(sig.as_ref()),
+        }))
+        .unwrap()
+    }
+}
+
+/// Attaches a Notation signature envelope (`media`: `application/jose+json`
+/// or `application/cose`) to `subject` as a referrer, listed in the
+/// referrers tag fallback index.
+pub async fn push_notation(
+    reg: &TestRegistry,
+    repo: &str,
+    subject: &str,
+    subject_size: usize,
+    envelope: &[u8],
+    media: &str,
+) {
+    use lineaged::policy::notation::NOTARY_TYPE;
+    let (empty, esize) = reg.push_blob(repo, b"{}").await;
+    let (edigest, esz) = reg.push_blob(repo, envelope).await;
+    let m = json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": NOTARY_TYPE,
+        "config": { "mediaType": "application/vnd.oci.empty.v1+json", "size": esize, "digest": empty },
+        "layers": [{ "mediaType": media, "size": esz, "digest": edigest }],
+        "subject": { "mediaType": OCI_MANIFEST, "size": subject_size, "digest": subject },
+    });
+    let body = serde_json::to_vec(&m).unwrap();
+    let mdigest = format!("sha256:{:x}", <sha2::Sha256 as sha2::Digest>::digest(&body));
+    reg.push_manifest(repo, &mdigest, OCI_MANIFEST, &body).await;
+    let index = json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{ "mediaType": OCI_MANIFEST, "size": body.len(), "digest": mdigest, "artifactType": NOTARY_TYPE }],
+    });
+    reg.push_manifest(
+        repo,
+        &lineaged::policy::referrers::fallback_tag(subject),
+        "application/vnd.oci.image.index.v1+json",
+        &serde_json::to_vec(&index).unwrap(),
+    )
+    .await;
+}

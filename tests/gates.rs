@@ -803,6 +803,27 @@ async fn notation_signatures_verify_against_the_trust_store() {
             .unwrap()
             .contains("by CN=builder, O=Example verifies")
     );
+    // The same envelope checked 30 days on: the leaf (valid one day) has
+    // expired, and the chain no longer verifies.
+    let later = rustls_pki_types::UnixTime::since_unix_epoch(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            + Duration::from_secs(30 * 24 * 3600),
+    );
+    let ca = rustls_pki_types::CertificateDer::from(good.ca_der.clone());
+    let err = lineaged::policy::notation::check_jws(
+        &good.jws(&d, s, None),
+        &d,
+        &[ca],
+        &["*".to_string()],
+        later,
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("certificate chain does not verify") && err.contains("Expired"),
+        "{err}"
+    );
     // Another identity is not trusted.
     let other_id = e.gates(e.config(&policy("x509.subject: CN=release, O=Example")));
     let why = other_id

@@ -449,3 +449,93 @@ async fn harbor_scan_events_decide_the_scan_gate() {
     serve.stop();
     db.finish().await;
 }
+
+/// A digest judged once is not checked again under the same policy: an
+/// external base moves D1 → D2 → back to D1 after D1's signature was
+/// replaced by a foreign one; the cached pass holds (while `lineaged
+/// verify`, which never caches, refuses D1 now).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verdict_is_cached_per_digest_and_policy() {
+    let signer = Arc::new(Signer::new());
+    let foreign = Signer::new();
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("cosign.pub");
+    std::fs::write(&key, signer.public_pem()).unwrap();
+    let policy = format!(
+        "policy:\n  signature_grace: 2s\n  rules:\n    - images: [\"{{registry}}/base/**\"]\n      apply_to: [cascade]\n      signatures:\n        authorities:\n          - cosign: {{ public_key_file: \"{}\" }}\n",
+        key.display()
+    );
+    let db = TestDb::new("sqlite").await;
+    let w = World::with(Lineage::issue(), db.url(), &[], "webhook", &policy).await;
+    let serve = Serve::start(&w.cfg, "gate-node");
+    let store = w.store_when_observed().await;
+    let r = lineaged::registry::ImageRef::parse(&w.full("base/b")).unwrap();
+    let d1 = push_signed(&w, &r, "base/b one", &signer).await;
+    assert_eq!(
+        rollouts_finished(&store, 1, Duration::from_secs(60)).await,
+        vec!["succeeded"]
+    );
+    push_signed(&w, &r, "base/b two", &signer).await;
+    assert_eq!(
+        rollouts_finished(&store, 2, Duration::from_secs(60)).await[0],
+        "succeeded"
+    );
+    // D1's signature is now a foreign key's; the tag moves back to D1.
+    let l = support::signer::layer(&foreign, &r, &d1);
+    support::signer::push_signatures(&w.reg, "base/b", &d1, &[l]).await;
+    assert_eq!(push_tag_back(&w, "base/b one").await, d1);
+    let states = rollouts_finished(&store, 3, Duration::from_secs(60)).await;
+    assert_eq!(states[0], "succeeded", "the cached pass holds: {states:?}");
+    let cfg = w.cfg.to_string_lossy().into_owned();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_lineaged"))
+        .args(["verify", "-c", &cfg, &format!("{}/base/b@{d1}", w.reg.addr)])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    serve.stop();
+    db.finish().await;
+}
+
+/// Pushes `seed` as base/b:1, signed by `by` before the tag moves.
+async fn push_signed(
+    w: &World,
+    r: &lineaged::registry::ImageRef,
+    seed: &str,
+    by: &Signer,
+) -> String {
+    let staged = w
+        .reg
+        .push_image(
+            "base/b",
+            "staging",
+            seed,
+            ("linux", "amd64"),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .0;
+    let l = support::signer::layer(by, r, &staged);
+    support::signer::push_signatures(&w.reg, "base/b", &staged, &[l]).await;
+    push_tag_back(w, seed).await
+}
+
+/// Moves base/b:1 back to the image `seed` made (same content, same digest).
+async fn push_tag_back(w: &World, seed: &str) -> String {
+    w.reg
+        .push_image(
+            "base/b",
+            "1",
+            seed,
+            ("linux", "amd64"),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .0
+}

@@ -679,7 +679,7 @@ async fn vulnerability_attestations_are_verified_and_judged() {
     assert_eq!(ev.refusal(), None, "{ev:?}");
     assert!(
         ev.verdicts[1].reason.starts_with(&format!(
-            "trivy (attestation {}.att layer 0) found",
+            "trivy (attestation {}.att layer 0 from the end) found",
             d.replacen(':', "-", 1)
         )),
         "{}",

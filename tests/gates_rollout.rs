@@ -434,7 +434,7 @@ async fn harbor_scan_events_decide_the_scan_gate() {
         "{why}"
     );
     // A scan of something lineaged does not track.
-    let r = send("other/thing", &t, serde_json::json!({}))
+    let r = send("other/thing", &t, serde_json::json!({ "Low": 3 }))
         .await
         .unwrap();
     assert_eq!(r.status(), 422);

@@ -20,7 +20,8 @@ CREATE TABLE gate_results (
 CREATE INDEX gate_results_image ON gate_results (image, created_at);
 
 -- Scan reports received from registries (Harbor's SCANNING_COMPLETED), per
--- digest: what a `scan: { source: harbor }` rule judges.
+-- digest and tracked image (the same digest in another project may have
+-- been scanned differently): what a `scan: { source: harbor }` rule judges.
 CREATE TABLE scan_reports (
     digest     TEXT NOT NULL,
     source     TEXT NOT NULL,
@@ -28,5 +29,5 @@ CREATE TABLE scan_reports (
     -- {scanner, severity, total, fixable, counts: {critical, high, ...}}
     report     TEXT NOT NULL,
     created_at BIGINT NOT NULL,
-    PRIMARY KEY (digest, source)
+    PRIMARY KEY (digest, source, image)
 );

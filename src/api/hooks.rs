@@ -96,30 +96,41 @@ async fn harbor_scans(
     let mut ignored = Vec::new();
     let now = crate::store::now_millis();
     for scan in scans {
-        // The tracked image of that repository (the host may differ when
-        // Harbor sits behind a proxy: then the repository alone decides).
+        // The tracked images of that repository (by host and path; when
+        // Harbor sits behind a proxy, by path alone).
         let path = scan.repository.split_once('/').map_or("", |(_, p)| p);
-        let image = s
+        let by_host: Vec<&crate::config::Image> = s
             .cfg
             .images
             .iter()
-            .find(|i| format!("{}/{}", i.name.registry(), i.name.repository()) == scan.repository)
-            .or_else(|| s.cfg.images.iter().find(|i| i.name.repository() == path));
-        let Some(image) = image else {
+            .filter(|i| format!("{}/{}", i.name.registry(), i.name.repository()) == scan.repository)
+            .collect();
+        let images = if by_host.is_empty() {
+            s.cfg
+                .images
+                .iter()
+                .filter(|i| i.name.repository() == path)
+                .collect()
+        } else {
+            by_host
+        };
+        if images.is_empty() {
             ignored.push(format!(
                 "{}@{}: not a tracked repository",
                 scan.repository, scan.digest
             ));
             continue;
-        };
+        }
         let report = serde_json::to_string(&scan.report).unwrap_or_default();
-        let name = image.name.to_string();
-        s.store
-            .save_scan_report(&scan.digest, "harbor", &name, &report, now)
-            .await?;
-        // The image's check may be waiting for exactly this.
-        s.store.hasten_verify_jobs(&name, now).await?;
-        recorded.push(format!("{}@{}", image.name, scan.digest));
+        for image in images {
+            let name = image.name.to_string();
+            s.store
+                .save_scan_report(&scan.digest, "harbor", &name, &report, now)
+                .await?;
+            // The image's check may be waiting for exactly this.
+            s.store.hasten_verify_jobs(&name, now).await?;
+            recorded.push(format!("{name}@{}", scan.digest));
+        }
     }
     tracing::info!(
         recorded = recorded.len(),

@@ -506,6 +506,9 @@ pub enum Authority {
     Notation {
         trust_store: PathBuf,
         trusted_identities: Vec<String>,
+        /// SHA-256 over the trust store's certificates at load: in the
+        /// policy hash, so a changed store invalidates cached verdicts.
+        certs_sha256: String,
     },
 }
 

@@ -229,15 +229,51 @@ fn rule(ctx: &mut Ctx, f: usize, r: &Spanned<RawRule>) -> Option<PolicyRule> {
                             );
                             ok = false;
                         }
+                        let identities: Vec<String> = n
+                            .trusted_identities
+                            .iter()
+                            .filter_map(|i| ctx.text(f, i))
+                            .collect();
+                        for (id, at) in identities.iter().zip(&n.trusted_identities) {
+                            let ok_id = id.trim() == "*"
+                                || id.trim().strip_prefix("x509.subject:").is_some_and(|dn| {
+                                    !dn.trim().is_empty()
+                                        && dn
+                                            .split(',')
+                                            .all(|p| p.contains('=') && !p.contains('\\'))
+                                });
+                            if !ok_id {
+                                ctx.err(f, at.referenced, format!("trusted identity `{id}`: write `x509.subject: CN=…, O=…` (attributes joined by commas, no escapes) or `*`"));
+                                ok = false;
+                            }
+                        }
                         match store {
-                            Some(p) if p.is_dir() => authorities.push(Authority::Notation {
-                                trust_store: p,
-                                trusted_identities: n
-                                    .trusted_identities
-                                    .iter()
-                                    .filter_map(|i| ctx.text(f, i))
-                                    .collect(),
-                            }),
+                            Some(p) if p.is_dir() => {
+                                match crate::policy::notation::load_trust_store(&p) {
+                                    Ok(certs) => {
+                                        let mut ders: Vec<&[u8]> =
+                                            certs.iter().map(|c| c.as_ref()).collect();
+                                        ders.sort_unstable();
+                                        let mut h = Sha256::new();
+                                        for d in ders {
+                                            h.update(d);
+                                        }
+                                        authorities.push(Authority::Notation {
+                                            trust_store: p,
+                                            trusted_identities: identities,
+                                            certs_sha256: format!("{:x}", h.finalize()),
+                                        });
+                                    }
+                                    Err(e) => {
+                                        ctx.err(
+                                            f,
+                                            n.trust_store.referenced,
+                                            format!("notation trust store: {e}"),
+                                        );
+                                        ok = false;
+                                    }
+                                }
+                            }
                             Some(p) => {
                                 ctx.err(
                                     f,

@@ -70,10 +70,12 @@ pub async fn vuln_report(
         Ok((body, _, _)) => match serde_json::from_slice::<Manifest>(&body) {
             Err(e) => why.push(format!("{tag} is not JSON: {e}")),
             Ok(m) => {
+                // cosign appends: the newest attestation is the last layer.
                 for (i, l) in m
                     .layers
                     .iter()
                     .filter(|l| l.media_type == DSSE_LAYER)
+                    .rev()
                     .take(MAX_LAYERS)
                     .enumerate()
                 {
@@ -90,24 +92,43 @@ pub async fn vuln_report(
                             continue;
                         }
                     };
-                    let found = serde_json::from_slice::<Value>(&blob)
+                    let statement = serde_json::from_slice::<Value>(&blob)
                         .map_err(|e| format!("envelope is not JSON: {e}"))
-                        .and_then(|env| dsse_statement(&env, digest, keys))
-                        .and_then(|st| report_of(&st));
-                    match found {
-                        Ok(r) => return Ok(Found::Report(r, format!("{tag} layer {i}"))),
-                        Err(e) => why.push(format!("{tag} layer {i}: {e}")),
+                        .and_then(|env| dsse_statement(&env, digest, keys));
+                    match statement {
+                        // Other attestations (SBOM, provenance) share the tag.
+                        Ok(st)
+                            if st.get("predicateType").and_then(Value::as_str)
+                                != Some(VULN_PREDICATE) =>
+                        {
+                            seen -= 1;
+                        }
+                        Ok(st) => match report_of(&st) {
+                            Ok(r) => {
+                                return Ok(Found::Report(
+                                    r,
+                                    format!("{tag} layer {i} from the end"),
+                                ));
+                            }
+                            Err(e) => why.push(format!("{tag} layer {i} from the end: {e}")),
+                        },
+                        Err(e) => why.push(format!("{tag} layer {i} from the end: {e}")),
                     }
                 }
             }
         },
     }
-    for (i, d) in referrers::list(client, image, digest, BUNDLE_TYPE)
-        .await?
-        .iter()
-        .enumerate()
-    {
+    let bundles = match referrers::list(client, image, digest, BUNDLE_TYPE).await {
+        Ok(b) => b,
+        Err(e) if e.retryable() => return Err(e),
+        Err(e) => {
+            why.push(format!("referrers: {e}"));
+            Vec::new()
+        }
+    };
+    for (i, d) in bundles.iter().enumerate() {
         if validate_digest(&d.digest).is_err() {
+            why.push(format!("bundle {i}: invalid digest"));
             continue;
         }
         let m = match client
@@ -116,21 +137,30 @@ pub async fn vuln_report(
         {
             Ok((b, _, _)) => b,
             Err(e) if e.retryable() => return Err(e),
-            Err(_) => continue,
+            Err(e) => {
+                why.push(format!("bundle {i}: {e}"));
+                continue;
+            }
         };
         let Ok(m) = serde_json::from_slice::<Manifest>(&m) else {
+            why.push(format!("bundle {i}: manifest is not JSON"));
             continue;
         };
         let Some(l) = m.layers.iter().find(|l| l.media_type == BUNDLE_TYPE) else {
+            why.push(format!("bundle {i}: no bundle layer"));
             continue;
         };
         if validate_digest(&l.digest).is_err() || l.size as usize > MAX_ATTESTATION {
+            why.push(format!("bundle {i}: invalid or too large"));
             continue;
         }
         let blob = match client.blob(image, &l.digest, MAX_ATTESTATION).await {
             Ok(b) => b,
             Err(e) if e.retryable() => return Err(e),
-            Err(_) => continue,
+            Err(e) => {
+                why.push(format!("bundle {i}: {e}"));
+                continue;
+            }
         };
         match bundle_statement(&blob, digest, keys) {
             // Signature bundles are not vulnerability attestations: skip them.

@@ -40,7 +40,18 @@ pub async fn verify(
     digest: &str,
     key: &P256Key,
 ) -> Result<Check, RegistryError> {
-    let found = referrers::list(client, image, digest, BUNDLE_TYPE).await?;
+    let found = match referrers::list(client, image, digest, BUNDLE_TYPE).await {
+        Ok(f) => f,
+        Err(e) if e.retryable() => return Err(e),
+        Err(e) => {
+            return Ok(Check {
+                verified: false,
+                detail: format!("referrers: {e}"),
+                layers: 0,
+                missing: false,
+            });
+        }
+    };
     if found.is_empty() {
         return Ok(Check {
             verified: false,
@@ -110,9 +121,23 @@ pub async fn verify(
     })
 }
 
-/// Verifies one bundle document for `digest`.
+/// The in-toto predicate of an image signature made by cosign v3.
+pub const SIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
+
+/// Verifies one bundle document as a signature of `digest`: any other
+/// statement the key signed (an SBOM, a scan) is not a signature.
 pub fn check_bundle(bundle: &[u8], digest: &str, key: &P256Key) -> Result<(), String> {
-    bundle_statement(bundle, digest, &[key]).map(|_| ())
+    let st = bundle_statement(bundle, digest, &[key])?;
+    let t = st
+        .get("predicateType")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if t != SIGN_PREDICATE {
+        return Err(format!(
+            "the bundle attests {t:?}, not an image signature ({SIGN_PREDICATE})"
+        ));
+    }
+    Ok(())
 }
 
 /// The in-toto statement of a bundle whose DSSE envelope one of `keys`

@@ -62,8 +62,14 @@ pub fn parse(body: &[u8]) -> Result<Vec<HarborScan>, String> {
                 _ => url.to_string(),
             },
         };
+        // The vulnerability report among the overviews (Harbor may also
+        // send others, such as SBOMs).
         let overview = r.get("scan_overview").and_then(Value::as_object);
-        let first = overview.and_then(|o| o.values().next());
+        let first = overview.and_then(|o| {
+            o.iter()
+                .find(|(k, _)| k.contains("vulnerability.report") || k.contains("vuln.report"))
+                .map(|(_, v)| v)
+        });
         let report = match first {
             None => Report {
                 status: if kind == "SCANNING_FAILED" {
@@ -77,31 +83,50 @@ pub fn parse(body: &[u8]) -> Result<Vec<HarborScan>, String> {
                 counts: BTreeMap::new(),
             },
             Some(o) => {
-                let num = |p: &str| o.pointer(p).and_then(Value::as_u64).unwrap_or(0) as usize;
+                let status = o
+                    .get("scan_status")
+                    .and_then(Value::as_str)
+                    .unwrap_or(if kind == "SCANNING_FAILED" {
+                        "Error"
+                    } else {
+                        "Unknown"
+                    })
+                    .to_string();
+                let num = |p: &str| o.pointer(p).and_then(Value::as_u64).map(|n| n as usize);
                 let mut counts = BTreeMap::new();
-                if let Some(m) = o.pointer("/summary/summary").and_then(Value::as_object) {
+                let (total, fixable) = if status == "Success" {
+                    // A successful report must say what it found: a gate
+                    // never reads a missing summary as "no findings".
+                    let total =
+                        num("/summary/total").ok_or("a successful scan without `summary.total`")?;
+                    let fixable = num("/summary/fixable")
+                        .ok_or("a successful scan without `summary.fixable`")?;
+                    let m = o
+                        .pointer("/summary/summary")
+                        .and_then(Value::as_object)
+                        .ok_or(
+                            "a successful scan without `summary.summary` (counts per severity)",
+                        )?;
                     for (k, n) in m {
                         let n = n.as_u64().ok_or("a severity count is not a number")? as usize;
                         *counts.entry(k.to_ascii_lowercase()).or_default() += n;
                     }
-                }
+                    if counts.values().sum::<usize>() != total {
+                        return Err("the severity counts do not add up to `summary.total`".into());
+                    }
+                    (total, fixable)
+                } else {
+                    (0, 0)
+                };
                 Report {
-                    status: o
-                        .get("scan_status")
-                        .and_then(Value::as_str)
-                        .unwrap_or(if kind == "SCANNING_FAILED" {
-                            "Error"
-                        } else {
-                            "Unknown"
-                        })
-                        .to_string(),
+                    status,
                     scanner: o
                         .pointer("/scanner/name")
                         .and_then(Value::as_str)
                         .unwrap_or("")
                         .to_string(),
-                    total: num("/summary/total"),
-                    fixable: num("/summary/fixable"),
+                    total,
+                    fixable,
                     counts,
                 }
             }
@@ -207,5 +232,24 @@ mod tests {
         assert!(parse(br#"{"type":"SCANNING_COMPLETED","event_data":{"resources":[{"digest":"nope","resource_url":"h/r:1"}]}}"#).is_err());
         let failed = parse(br#"{"type":"SCANNING_FAILED","event_data":{"resources":[{"digest":"sha256:954b378c375d852eb3c63ab88978f640b4348b01c1b3456a024a81536dafbbf4","resource_url":"h/p/r:1"}]}}"#).unwrap();
         assert!(!judge(&failed[0].report, &rule(Severity::Critical, false)).0);
+        // A successful report that does not say what it found is an error,
+        // never "no findings"; other overviews (SBOMs) are not read.
+        let d = "sha256:954b378c375d852eb3c63ab88978f640b4348b01c1b3456a024a81536dafbbf4";
+        let partial = format!(
+            r#"{{"type":"SCANNING_COMPLETED","event_data":{{"resources":[{{"digest":"{d}","resource_url":"h/p/r:1","scan_overview":{{"application/vnd.security.vulnerability.report; version=1.1":{{"scan_status":"Success"}}}}}}]}}}}"#
+        );
+        assert!(
+            parse(partial.as_bytes())
+                .unwrap_err()
+                .contains("without `summary.total`")
+        );
+        let sbom = format!(
+            r#"{{"type":"SCANNING_COMPLETED","event_data":{{"resources":[{{"digest":"{d}","resource_url":"h/p/r:1","scan_overview":{{"application/vnd.goharbor.harbor.sbom.overview":{{"scan_status":"Success"}}}}}}]}}}}"#
+        );
+        assert_eq!(parse(sbom.as_bytes()).unwrap()[0].report.status, "Unknown");
+        let off = format!(
+            r#"{{"type":"SCANNING_COMPLETED","event_data":{{"resources":[{{"digest":"{d}","resource_url":"h/p/r:1","scan_overview":{{"application/vnd.security.vulnerability.report; version=1.1":{{"scan_status":"Success","summary":{{"total":5,"fixable":0,"summary":{{"Low":1}}}}}}}}}}]}}}}"#
+        );
+        assert!(parse(off.as_bytes()).unwrap_err().contains("do not add up"));
     }
 }

@@ -112,7 +112,12 @@ impl Gatekeeper {
     /// A `source: harbor` scan: the report Harbor sent for the digest.
     /// None yet is a pending refusal the gate worker waits out (up to
     /// `policy.scan.timeout`).
-    async fn harbor_scan(&self, digest: &str, rule: &crate::config::ScanRule) -> Verdict {
+    async fn harbor_scan(
+        &self,
+        image: &ImageRef,
+        digest: &str,
+        rule: &crate::config::ScanRule,
+    ) -> Verdict {
         let verdict = |result, reason: String, evidence| Verdict {
             gate: "scan".into(),
             result,
@@ -127,7 +132,10 @@ impl Gatekeeper {
                 Value::Null,
             );
         };
-        match store.scan_report(digest, "harbor").await {
+        match store
+            .scan_report(digest, "harbor", &image.to_string())
+            .await
+        {
             Ok(Some((text, _))) => match serde_json::from_str::<harbor::Report>(&text) {
                 Ok(r) => {
                     let (ok, reason) = harbor::judge(&r, rule);
@@ -330,6 +338,7 @@ impl Gatekeeper {
                 Authority::Notation {
                     trust_store,
                     trusted_identities,
+                    ..
                 } => {
                     let c = notation::verify(
                         &self.client,
@@ -402,7 +411,7 @@ impl Gatekeeper {
             evidence: Value::Null,
         };
         if rule.source == crate::config::ScanSource::Harbor {
-            return self.harbor_scan(digest, rule).await;
+            return self.harbor_scan(image, digest, rule).await;
         }
         let (report, origin) = match rule.source {
             crate::config::ScanSource::Attestation => {

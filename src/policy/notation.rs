@@ -82,6 +82,10 @@ pub fn load_trust_store(dir: &Path) -> Result<Vec<CertificateDer<'static>>, Stri
         }
         Ok(())
     }
+    // A Notation trust store root: only its `x509/ca` stores vouch for
+    // code signing (not `x509/tsa` or `x509/signingAuthority`).
+    let ca = dir.join("x509").join("ca");
+    let dir = if ca.is_dir() { ca.as_path() } else { dir };
     let mut out = Vec::new();
     walk(dir, 0, &mut out)?;
     if out.is_empty() {
@@ -111,7 +115,11 @@ pub async fn verify(
         Ok(c) => c,
         Err(e) => return Ok(no(format!("trust store: {e}"), false)),
     };
-    let found = referrers::list(client, image, digest, NOTARY_TYPE).await?;
+    let found = match referrers::list(client, image, digest, NOTARY_TYPE).await {
+        Ok(f) => f,
+        Err(e) if e.retryable() => return Err(e),
+        Err(e) => return Ok(no(format!("referrers: {e}"), false)),
+    };
     if found.is_empty() {
         return Ok(no("no Notation signature referrer".into(), true));
     }
@@ -209,31 +217,6 @@ pub fn check_jws(
     let header: Value = serde_json::from_slice(&b64url(protected_b64)?)
         .map_err(|e| format!("protected header is not JSON: {e}"))?;
     let h = |k: &str| header.get(k).and_then(Value::as_str);
-    match h("io.cncf.notary.signingScheme") {
-        Some("notary.x509") => {}
-        other => return Err(format!("signing scheme {other:?} is not notary.x509")),
-    }
-    if h("cty") != Some(PAYLOAD_TYPE) {
-        return Err(format!("content type {:?} is not {PAYLOAD_TYPE}", h("cty")));
-    }
-    let crit: Vec<&str> = header
-        .get("crit")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    if !crit.contains(&"io.cncf.notary.signingScheme") {
-        return Err("`crit` does not name io.cncf.notary.signingScheme".into());
-    }
-    if let Some(exp) = h("io.cncf.notary.expiry") {
-        let t = chrono::DateTime::parse_from_rfc3339(exp)
-            .map_err(|e| format!("expiry `{exp}`: {e}"))?;
-        if t.timestamp() <= now.as_secs() as i64 {
-            return Err(format!("the signature expired at {exp}"));
-        }
-    }
-    let signed_at = h("io.cncf.notary.signingTime").ok_or("no io.cncf.notary.signingTime")?;
-    chrono::DateTime::parse_from_rfc3339(signed_at)
-        .map_err(|e| format!("signingTime `{signed_at}`: {e}"))?;
     // The chain: leaf first, to a CA of the trust store, for code signing.
     let x5c: Vec<CertificateDer<'static>> = v
         .pointer("/header/x5c")
@@ -304,6 +287,52 @@ pub fn check_jws(
     if !ok {
         return Err("the JWS signature does not verify with the leaf certificate's key".into());
     }
+    // Only now, with the signature good, do the signed headers count.
+    match h("io.cncf.notary.signingScheme") {
+        Some("notary.x509") => {}
+        other => return Err(format!("signing scheme {other:?} is not notary.x509")),
+    }
+    if h("cty") != Some(PAYLOAD_TYPE) {
+        return Err(format!("content type {:?} is not {PAYLOAD_TYPE}", h("cty")));
+    }
+    // RFC 7515: a critical header this verifier does not understand
+    // refuses the signature.
+    const UNDERSTOOD: [&str; 3] = [
+        "io.cncf.notary.signingScheme",
+        "io.cncf.notary.expiry",
+        "io.cncf.notary.authenticSigningTime",
+    ];
+    let crit = header
+        .get("crit")
+        .and_then(Value::as_array)
+        .ok_or("the protected header has no `crit` list")?;
+    let mut listed = Vec::new();
+    for c in crit {
+        let c = c.as_str().ok_or("`crit` holds a non-string")?;
+        if !UNDERSTOOD.contains(&c) {
+            return Err(format!("unknown critical header `{c}`"));
+        }
+        listed.push(c);
+    }
+    if !listed.contains(&"io.cncf.notary.signingScheme") {
+        return Err("`crit` does not name io.cncf.notary.signingScheme".into());
+    }
+    if let Some(exp) = header.get("io.cncf.notary.expiry") {
+        let exp = exp
+            .as_str()
+            .ok_or("io.cncf.notary.expiry is not a string")?;
+        if !listed.contains(&"io.cncf.notary.expiry") {
+            return Err("io.cncf.notary.expiry is not listed in `crit`".into());
+        }
+        let t = chrono::DateTime::parse_from_rfc3339(exp)
+            .map_err(|e| format!("expiry `{exp}`: {e}"))?;
+        if t.timestamp() <= now.as_secs() as i64 {
+            return Err(format!("the signature expired at {exp}"));
+        }
+    }
+    let signed_at = h("io.cncf.notary.signingTime").ok_or("no io.cncf.notary.signingTime")?;
+    chrono::DateTime::parse_from_rfc3339(signed_at)
+        .map_err(|e| format!("signingTime `{signed_at}`: {e}"))?;
     let payload: Value = serde_json::from_slice(&b64url(payload_b64)?)
         .map_err(|e| format!("payload is not JSON: {e}"))?;
     let target = payload

@@ -22,6 +22,16 @@ const PARALLEL: i64 = 8;
 /// How long a cached scan pass holds.
 pub const SCAN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// Why a check produced no verdict.
+enum Checked {
+    /// Something may still arrive: check again at `until`.
+    Wait {
+        until: i64,
+        note: String,
+    },
+    Failed(Failure),
+}
+
 pub struct GateWorker {
     cfg: Arc<Config>,
     store: Store,
@@ -101,6 +111,26 @@ impl GateWorker {
     async fn check(&self, job: JobRecord) {
         let outcome = self.evaluate(&job).await;
         let recorded = match outcome {
+            Err(Checked::Wait { until, note }) => {
+                tracing::info!(reason = %note, "waiting");
+                self.store
+                    .defer_job(job.id, &self.worker, until, &note, now_millis())
+                    .await
+                    .map(|_| ())
+            }
+            Err(Checked::Failed(f)) => {
+                match self.engine.on_delivery_failed(&job, &self.worker, &f).await {
+                    Ok(JobState::Pending) => {
+                        tracing::warn!(attempt = job.attempt, error = ?f, "gates could not run; will retry");
+                        Ok(())
+                    }
+                    Ok(state) => {
+                        tracing::warn!(?state, error = ?f, "gates could not run; refused");
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             Ok(ev) => {
                 let refused = ev.refusal_text();
                 let r = self
@@ -116,17 +146,6 @@ impl GateWorker {
                 }
                 r
             }
-            Err(f) => match self.engine.on_delivery_failed(&job, &self.worker, &f).await {
-                Ok(JobState::Pending) => {
-                    tracing::warn!(attempt = job.attempt, error = ?f, "gates could not run; will retry");
-                    Ok(())
-                }
-                Ok(state) => {
-                    tracing::warn!(?state, error = ?f, "gates could not run; refused");
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            },
         };
         if let Err(e) = recorded {
             tracing::warn!(error = %e, "cannot record the verdict; the job is retried when its lease ends");
@@ -135,8 +154,8 @@ impl GateWorker {
 
     /// The evaluation for the job's digest: cached under the current
     /// policy, else the gates run now.
-    async fn evaluate(&self, job: &JobRecord) -> Result<Evaluation, Failure> {
-        let permanent = |error: String| Failure::Permanent { error };
+    async fn evaluate(&self, job: &JobRecord) -> Result<Evaluation, Checked> {
+        let permanent = |error: String| Checked::Failed(Failure::Permanent { error });
         let p = match JobPayload::decode(&job.kind, &job.payload) {
             Ok(JobPayload::Verify(p)) => p,
             Ok(_) => return Err(permanent("not a verify job".into())),
@@ -147,16 +166,16 @@ impl GateWorker {
         let digest = match self.engine.verify_target(&p).await {
             Ok(Some(d)) => d,
             Ok(None) => {
-                return Err(Failure::Retry {
+                return Err(Checked::Failed(Failure::Retry {
                     error: format!("no digest of {} observed yet", p.image),
                     retry_after: None,
-                });
+                }));
             }
             Err(e) => {
-                return Err(Failure::Retry {
+                return Err(Checked::Failed(Failure::Retry {
                     error: e.to_string(),
                     retry_after: None,
-                });
+                }));
             }
         };
         match self
@@ -170,7 +189,18 @@ impl GateWorker {
                 // a refusal is checked again (it may have been a scanner
                 // outage, or the digest was signed since).
                 if let Ok(ev) = serde_json::from_str::<Evaluation>(&text) {
-                    let scanned = ev.verdicts.iter().any(|v| v.gate == "scan");
+                    // Scans (new CVEs) and Notation passes (certificates
+                    // and signatures expire) are held a day.
+                    let notation = ev.verdicts.iter().any(|v| {
+                        v.evidence["authorities"].as_array().is_some_and(|a| {
+                            a.iter().any(|x| {
+                                x["authority"]
+                                    .as_str()
+                                    .is_some_and(|n| n.starts_with("notation"))
+                            })
+                        })
+                    });
+                    let scanned = notation || ev.verdicts.iter().any(|v| v.gate == "scan");
                     let fresh = !scanned || now_millis() - at < SCAN_TTL.as_millis() as i64;
                     if ev.refusal().is_none() && fresh {
                         tracing::debug!(%digest, "cached verdict");
@@ -185,9 +215,11 @@ impl GateWorker {
             .gates
             .evaluate(&image, &digest, Purpose::All)
             .await
-            .map_err(|e| Failure::Retry {
-                retry_after: e.retry_after(),
-                error: e.to_string(),
+            .map_err(|e| {
+                Checked::Failed(Failure::Retry {
+                    retry_after: e.retry_after(),
+                    error: e.to_string(),
+                })
             })?;
         // CI pushes the image, then signs it; Harbor scans after the push:
         // what does not exist yet is waited for (checked again) for
@@ -202,17 +234,16 @@ impl GateWorker {
                 _ => p.scan.timeout,
             };
             if waited < wait {
-                let what = if scan {
-                    "a Harbor scan result"
-                } else {
-                    "a signature"
-                };
-                return Err(Failure::Retry {
-                    error: format!(
+                let what = if scan { "scan result" } else { "signature" };
+                // Checked again every 10 s (or at the deadline), attempts
+                // untouched; an arriving Harbor report wakes it at once.
+                let next = (wait - waited).min(Duration::from_secs(10));
+                return Err(Checked::Wait {
+                    until: now_millis() + next.as_millis() as i64,
+                    note: format!(
                         "no {what} for {digest} yet; waiting up to {}s",
                         wait.as_secs()
                     ),
-                    retry_after: Some((wait - waited).min(Duration::from_secs(10))),
                 });
             }
         }

@@ -77,21 +77,22 @@ impl Store {
     ) -> Result<(), StoreError> {
         on_pool!(self, p => sqlx::query(
             "INSERT INTO scan_reports (digest, source, image, report, created_at) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (digest, source) DO UPDATE SET image = excluded.image, report = excluded.report, created_at = excluded.created_at")
+             ON CONFLICT (digest, source, image) DO UPDATE SET report = excluded.report, created_at = excluded.created_at")
             .bind(digest).bind(source).bind(image).bind(report).bind(now)
             .execute(p).await?.rows_affected());
         Ok(())
     }
 
-    /// The scan report a registry sent for a digest: (JSON, when).
+    /// The scan report a registry sent for a digest of an image: (JSON, when).
     pub async fn scan_report(
         &self,
         digest: &str,
         source: &str,
+        image: &str,
     ) -> Result<Option<(String, Millis)>, StoreError> {
         Ok(on_pool!(self, p => sqlx::query_as(
-            "SELECT report, created_at FROM scan_reports WHERE digest = $1 AND source = $2")
-            .bind(digest).bind(source).fetch_optional(p).await?))
+            "SELECT report, created_at FROM scan_reports WHERE digest = $1 AND source = $2 AND image = $3")
+            .bind(digest).bind(source).bind(image).fetch_optional(p).await?))
     }
 }
 
@@ -106,5 +107,26 @@ impl Store {
             self.wake_local();
         }
         Ok(n)
+    }
+}
+
+impl Store {
+    /// Puts a held job back to pending until `run_at` without using up an
+    /// attempt: it waits for something to arrive (a signature, a scan
+    /// report); it did not fail. False when the lease was lost.
+    pub async fn defer_job(
+        &self,
+        id: i64,
+        worker: &str,
+        run_at: Millis,
+        note: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let n = on_pool!(self, p => sqlx::query(
+            "UPDATE jobs SET state = 'pending', run_at = $3, attempt = attempt - 1, last_error = $4, updated_at = $5, locked_by = NULL, locked_until = NULL
+             WHERE id = $1 AND locked_by = $2 AND state = 'running'")
+            .bind(id).bind(worker).bind(run_at).bind(note).bind(now)
+            .execute(p).await?.rows_affected());
+        Ok(n == 1)
     }
 }

@@ -131,12 +131,37 @@ pub async fn push_bundle(
     bundle: &[u8],
 ) -> String {
     use lineaged::policy::bundle::BUNDLE_TYPE;
+    push_referrer(
+        reg,
+        repo,
+        subject,
+        subject_size,
+        BUNDLE_TYPE,
+        BUNDLE_TYPE,
+        bundle,
+    )
+    .await
+}
+
+/// Pushes `blob` as the one layer (`media`) of an OCI 1.1 referrer of
+/// `subject` with `artifact_type`, and lists it in the referrers tag
+/// fallback index (`sha256-<hex>`, replacing what it held). Returns the
+/// referrer manifest's digest.
+pub async fn push_referrer(
+    reg: &TestRegistry,
+    repo: &str,
+    subject: &str,
+    subject_size: usize,
+    artifact_type: &str,
+    media: &str,
+    blob: &[u8],
+) -> String {
     let (empty, esize) = reg.push_blob(repo, b"{}").await;
-    let (bdigest, bsize) = reg.push_blob(repo, bundle).await;
+    let (bdigest, bsize) = reg.push_blob(repo, blob).await;
     let m = json!({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": BUNDLE_TYPE,
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact_type,
         "config": { "mediaType": "application/vnd.oci.empty.v1+json", "size": esize, "digest": empty },
-        "layers": [{ "mediaType": BUNDLE_TYPE, "size": bsize, "digest": bdigest }],
+        "layers": [{ "mediaType": media, "size": bsize, "digest": bdigest }],
         "subject": { "mediaType": OCI_MANIFEST, "size": subject_size, "digest": subject },
     });
     let body = serde_json::to_vec(&m).unwrap();
@@ -144,7 +169,7 @@ pub async fn push_bundle(
     reg.push_manifest(repo, &mdigest, OCI_MANIFEST, &body).await;
     let index = json!({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{ "mediaType": OCI_MANIFEST, "size": body.len(), "digest": mdigest, "artifactType": BUNDLE_TYPE }],
+        "manifests": [{ "mediaType": OCI_MANIFEST, "size": body.len(), "digest": mdigest, "artifactType": artifact_type }],
     });
     reg.push_manifest(
         repo,
@@ -396,26 +421,14 @@ pub async fn push_notation(
     media: &str,
 ) {
     use lineaged::policy::notation::NOTARY_TYPE;
-    let (empty, esize) = reg.push_blob(repo, b"{}").await;
-    let (edigest, esz) = reg.push_blob(repo, envelope).await;
-    let m = json!({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": NOTARY_TYPE,
-        "config": { "mediaType": "application/vnd.oci.empty.v1+json", "size": esize, "digest": empty },
-        "layers": [{ "mediaType": media, "size": esz, "digest": edigest }],
-        "subject": { "mediaType": OCI_MANIFEST, "size": subject_size, "digest": subject },
-    });
-    let body = serde_json::to_vec(&m).unwrap();
-    let mdigest = format!("sha256:{:x}", <sha2::Sha256 as sha2::Digest>::digest(&body));
-    reg.push_manifest(repo, &mdigest, OCI_MANIFEST, &body).await;
-    let index = json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{ "mediaType": OCI_MANIFEST, "size": body.len(), "digest": mdigest, "artifactType": NOTARY_TYPE }],
-    });
-    reg.push_manifest(
+    push_referrer(
+        reg,
         repo,
-        &lineaged::policy::referrers::fallback_tag(subject),
-        "application/vnd.oci.image.index.v1+json",
-        &serde_json::to_vec(&index).unwrap(),
+        subject,
+        subject_size,
+        NOTARY_TYPE,
+        media,
+        envelope,
     )
     .await;
 }

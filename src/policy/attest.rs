@@ -127,41 +127,14 @@ pub async fn vuln_report(
         }
     };
     for (i, d) in bundles.iter().enumerate() {
-        if validate_digest(&d.digest).is_err() {
-            why.push(format!("bundle {i}: invalid digest"));
-            continue;
-        }
-        let m = match client
-            .manifest_limited(image, &d.digest, MAX_MANIFEST)
-            .await
-        {
-            Ok((b, _, _)) => b,
-            Err(e) if e.retryable() => return Err(e),
-            Err(e) => {
-                why.push(format!("bundle {i}: {e}"));
-                continue;
-            }
-        };
-        let Ok(m) = serde_json::from_slice::<Manifest>(&m) else {
-            why.push(format!("bundle {i}: manifest is not JSON"));
-            continue;
-        };
-        let Some(l) = m.layers.iter().find(|l| l.media_type == BUNDLE_TYPE) else {
-            why.push(format!("bundle {i}: no bundle layer"));
-            continue;
-        };
-        if validate_digest(&l.digest).is_err() || l.size as usize > MAX_ATTESTATION {
-            why.push(format!("bundle {i}: invalid or too large"));
-            continue;
-        }
-        let blob = match client.blob(image, &l.digest, MAX_ATTESTATION).await {
-            Ok(b) => b,
-            Err(e) if e.retryable() => return Err(e),
-            Err(e) => {
-                why.push(format!("bundle {i}: {e}"));
-                continue;
-            }
-        };
+        let blob =
+            match referrers::layer_of(client, image, d, &[BUNDLE_TYPE], MAX_ATTESTATION).await? {
+                Ok((_, b)) => b,
+                Err(e) => {
+                    why.push(format!("bundle {i}: {e}"));
+                    continue;
+                }
+            };
         match bundle_statement(&blob, digest, keys) {
             // Signature bundles are not vulnerability attestations: skip them.
             Ok(st) if st.get("predicateType").and_then(Value::as_str) != Some(VULN_PREDICATE) => {}

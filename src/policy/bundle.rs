@@ -12,7 +12,6 @@ use serde_json::Value;
 use super::cosign::Check;
 use super::keys::P256Key;
 use super::referrers;
-use crate::registry::manifest::Manifest;
 use crate::registry::{ImageRef, RegistryClient, RegistryError};
 
 pub const BUNDLE_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
@@ -62,40 +61,9 @@ pub async fn verify(
     }
     let mut why = Vec::new();
     for (i, d) in found.iter().enumerate() {
-        if crate::registry::validate_digest(&d.digest).is_err() {
-            why.push(format!("referrer {i}: invalid digest"));
-            continue;
-        }
-        let m = match client
-            .manifest_limited(image, &d.digest, referrers::MAX_INDEX)
-            .await
+        let bundle = match referrers::layer_of(client, image, d, &[BUNDLE_TYPE], MAX_BUNDLE).await?
         {
-            Ok((body, _, _)) => body,
-            Err(e) if e.retryable() => return Err(e),
-            Err(e) => {
-                why.push(format!("referrer {i}: {e}"));
-                continue;
-            }
-        };
-        let Ok(m) = serde_json::from_slice::<Manifest>(&m) else {
-            why.push(format!("referrer {i}: manifest is not JSON"));
-            continue;
-        };
-        let Some(layer) = m.layers.iter().find(|l| l.media_type == BUNDLE_TYPE) else {
-            why.push(format!("referrer {i}: no bundle layer"));
-            continue;
-        };
-        if crate::registry::validate_digest(&layer.digest).is_err()
-            || layer.size as usize > MAX_BUNDLE
-        {
-            why.push(format!(
-                "referrer {i}: bundle layer is invalid or too large"
-            ));
-            continue;
-        }
-        let bundle = match client.blob(image, &layer.digest, MAX_BUNDLE).await {
-            Ok(b) => b,
-            Err(e) if e.retryable() => return Err(e),
+            Ok((_, b)) => b,
             Err(e) => {
                 why.push(format!("referrer {i}: {e}"));
                 continue;

@@ -17,8 +17,7 @@ use webpki::{EndEntityCert, KeyUsage};
 
 use super::cosign::Check;
 use super::referrers;
-use crate::registry::manifest::Manifest;
-use crate::registry::{ImageRef, RegistryClient, RegistryError, validate_digest};
+use crate::registry::{ImageRef, RegistryClient, RegistryError};
 
 pub const NOTARY_TYPE: &str = "application/vnd.cncf.notary.signature";
 pub const JWS: &str = "application/jose+json";
@@ -27,7 +26,6 @@ pub const PAYLOAD_TYPE: &str = "application/vnd.cncf.notary.payload.v1+json";
 /// id-kp-codeSigning, 1.3.6.1.5.5.7.3.3.
 const CODE_SIGNING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
 const MAX_ENVELOPE: usize = 256 * 1024;
-const MAX_MANIFEST: usize = 256 * 1024;
 
 /// Algorithms a certificate chain may be signed with.
 static CHAIN_ALGS: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm] = &[
@@ -125,48 +123,14 @@ pub async fn verify(
     }
     let mut why = Vec::new();
     for (i, d) in found.iter().enumerate() {
-        if validate_digest(&d.digest).is_err() {
-            why.push(format!("signature {i}: invalid digest"));
-            continue;
-        }
-        let m = match client
-            .manifest_limited(image, &d.digest, MAX_MANIFEST)
-            .await
-        {
-            Ok((b, _, _)) => b,
-            Err(e) if e.retryable() => return Err(e),
-            Err(e) => {
-                why.push(format!("signature {i}: {e}"));
+        let env = match referrers::layer_of(client, image, d, &[JWS, COSE], MAX_ENVELOPE).await? {
+            Ok((media, _)) if media == COSE => {
+                why.push(format!(
+                    "signature {i}: COSE envelopes are not supported yet (JWS only)"
+                ));
                 continue;
             }
-        };
-        let Ok(m) = serde_json::from_slice::<Manifest>(&m) else {
-            why.push(format!("signature {i}: manifest is not JSON"));
-            continue;
-        };
-        let Some(l) = m.layers.first() else {
-            why.push(format!("signature {i}: no envelope layer"));
-            continue;
-        };
-        if l.media_type == COSE {
-            why.push(format!(
-                "signature {i}: COSE envelopes are not supported yet (JWS only)"
-            ));
-            continue;
-        }
-        if l.media_type != JWS
-            || validate_digest(&l.digest).is_err()
-            || l.size as usize > MAX_ENVELOPE
-        {
-            why.push(format!(
-                "signature {i}: envelope `{}` is not a JWS of a sane size",
-                l.media_type
-            ));
-            continue;
-        }
-        let env = match client.blob(image, &l.digest, MAX_ENVELOPE).await {
-            Ok(b) => b,
-            Err(e) if e.retryable() => return Err(e),
+            Ok((_, b)) => b,
             Err(e) => {
                 why.push(format!("signature {i}: {e}"));
                 continue;

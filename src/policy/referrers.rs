@@ -52,3 +52,46 @@ pub async fn list(
         .take(MAX_REFERRERS)
         .collect())
 }
+
+/// The first layer of referrer `d` whose media type is one of `media`:
+/// (media type, bytes), at most `max` of them, digest checked. `Ok(Err)`
+/// says why a referrer is unusable (malformed, missing, refused by the
+/// registry); `Err` is registry trouble that may pass (retry).
+pub async fn layer_of(
+    client: &RegistryClient,
+    image: &ImageRef,
+    d: &Descriptor,
+    media: &[&str],
+    max: usize,
+) -> Result<Result<(String, Vec<u8>), String>, RegistryError> {
+    use crate::registry::validate_digest;
+    if validate_digest(&d.digest).is_err() {
+        return Ok(Err("invalid digest".into()));
+    }
+    let m = match client.manifest_limited(image, &d.digest, MAX_INDEX).await {
+        Ok((body, _, _)) => body,
+        Err(e) if e.retryable() => return Err(e),
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let Ok(m) = serde_json::from_slice::<Manifest>(&m) else {
+        return Ok(Err("manifest is not JSON".into()));
+    };
+    let Some(l) = m
+        .layers
+        .iter()
+        .find(|l| media.contains(&l.media_type.as_str()))
+    else {
+        return Ok(Err(format!("no {} layer", media.join(" or "))));
+    };
+    if validate_digest(&l.digest).is_err() || l.size as usize > max {
+        return Ok(Err(format!(
+            "layer `{}` is invalid or larger than {max} bytes",
+            l.media_type
+        )));
+    }
+    match client.blob(image, &l.digest, max).await {
+        Ok(b) => Ok(Ok((l.media_type.clone(), b))),
+        Err(e) if e.retryable() => Err(e),
+        Err(e) => Ok(Err(e.to_string())),
+    }
+}

@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod deploy;
 pub mod dispatch;
 pub mod lineage;
 pub mod metrics;

@@ -240,10 +240,16 @@ pub enum BackendKind {
     AzurePipelines,
     Buildkite,
     Tekton,
+    /// Argo CD: set the image on an application through its API and sync.
+    Argocd,
+    /// Flux: call a notification-controller Receiver (`generic-hmac`).
+    Flux,
+    /// Kubernetes: patch a workload's container image and watch it roll out.
+    Kubernetes,
 }
 
 impl BackendKind {
-    pub const ALL: [(&'static str, BackendKind); 7] = [
+    pub const ALL: [(&'static str, BackendKind); 10] = [
         ("webhook", BackendKind::Webhook),
         ("github_actions", BackendKind::GithubActions),
         ("gitlab", BackendKind::Gitlab),
@@ -251,7 +257,28 @@ impl BackendKind {
         ("azure_pipelines", BackendKind::AzurePipelines),
         ("buildkite", BackendKind::Buildkite),
         ("tekton", BackendKind::Tekton),
+        ("argocd", BackendKind::Argocd),
+        ("flux", BackendKind::Flux),
+        ("kubernetes", BackendKind::Kubernetes),
     ];
+
+    /// It can run a rebuild (a CI system or the generic webhook).
+    pub fn builds(self) -> bool {
+        !self.deploys_only()
+    }
+
+    /// It can only deploy (nothing there builds images).
+    pub fn deploys_only(self) -> bool {
+        matches!(
+            self,
+            BackendKind::Argocd | BackendKind::Flux | BackendKind::Kubernetes
+        )
+    }
+
+    /// It can run a deploy.
+    pub fn deploys(self) -> bool {
+        self == BackendKind::Webhook || self.deploys_only()
+    }
 
     pub fn as_str(self) -> &'static str {
         Self::ALL
@@ -284,6 +311,15 @@ pub struct Backend {
     pub ack: Ack,
     /// Which API of the kind to call (an image's `build.mode` overrides).
     pub mode: Option<Mode>,
+    /// kubernetes: a kubeconfig file to read the API server and
+    /// credentials from (its current context).
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// kubernetes / argocd: a PEM file of the CA that signed the server's
+    /// certificate.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// argocd / kubernetes: the deploy timeout of images deployed here
+    /// (an image's `deploy.timeout` overrides).
+    pub deploy_timeout: Option<Duration>,
 }
 
 /// Which of a CI system's trigger APIs to call.
@@ -390,7 +426,7 @@ pub struct Build {
     pub build_timeout: Duration,
 }
 
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Deploy {
     pub backend: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -399,6 +435,31 @@ pub struct Deploy {
     pub environment: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inputs: BTreeMap<String, String>,
+    /// argocd: the application's namespace (`appNamespace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_namespace: Option<String>,
+    /// argocd: the application's project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// argocd: how the image is set: `kustomize` images or `helm`
+    /// parameters (default: what the application's source uses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// argocd helm: the parameter names for the repository and the digest
+    /// (default `image.repository` and `image.digest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_param: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest_param: Option<String>,
+    /// kubernetes: the workload's namespace (default `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// kubernetes: `deployment/NAME`, `statefulset/NAME` or `daemonset/NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// kubernetes: the container to set (default: the only one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     #[serde(skip)]
     pub timeout: Duration,
 }

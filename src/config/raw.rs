@@ -140,6 +140,12 @@ pub struct RawBackend {
     /// github_actions: `workflow_dispatch` (default) or
     /// `repository_dispatch`; gitlab: `trigger` (default) or `api`.
     pub mode: Option<S>,
+    /// kubernetes: a kubeconfig file (its current context).
+    pub kubeconfig: Option<S>,
+    /// kubernetes / argocd: PEM CA certificate of the API server.
+    pub ca_file: Option<S>,
+    /// argocd / kubernetes: how long a deploy may take (default 10m).
+    pub deploy_timeout: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,8 +189,17 @@ pub struct RawDeploy {
     pub environment: Option<S>,
     #[serde(default)]
     pub inputs: BTreeMap<String, S>,
-    /// How long a deploy may take before it fails (default 1h).
+    /// How long a deploy may take before it fails (default 1h; 10m on
+    /// argocd and kubernetes backends).
     pub timeout: Option<S>,
+    pub app_namespace: Option<S>,
+    pub project: Option<S>,
+    pub source: Option<S>,
+    pub repository_param: Option<S>,
+    pub digest_param: Option<S>,
+    pub namespace: Option<S>,
+    pub workload: Option<S>,
+    pub container: Option<S>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -253,6 +253,18 @@ fn build(
             "pipeline (its slug)",
         ),
         BackendKind::Webhook | BackendKind::Tekton => {}
+        BackendKind::Argocd | BackendKind::Flux | BackendKind::Kubernetes => {
+            ctx.err(
+                f,
+                b.backend.referenced,
+                format!(
+                    "build of {name} through backend `{}` (kind {}): it deploys, it does not build; name a CI or webhook backend",
+                    backend.name,
+                    backend.kind.as_str()
+                ),
+            );
+            return None;
+        }
     }
     // Inputs become GitHub inputs, GitLab/Azure/Buildkite variables and
     // Jenkins parameters: names all of them accept.
@@ -346,16 +358,81 @@ fn deploy(
     backends: &BTreeMap<String, Backend>,
 ) -> Option<Deploy> {
     let backend = known_backend(ctx, f, &d.backend, backends)?;
-    if backend.kind != BackendKind::Webhook {
+    if !backend.kind.deploys() {
         ctx.err(
             f,
             d.backend.referenced,
             format!(
-                "deploy through backend `{}` (kind {}): deploys go to webhook backends",
+                "deploy through backend `{}` (kind {}): deploys go to webhook, argocd, flux or kubernetes backends",
                 backend.name,
                 backend.kind.as_str()
             ),
         );
+    }
+    let kind = backend.kind;
+    let only = |ctx: &mut Ctx, v: &Option<S>, field: &str, kinds: &[BackendKind]| {
+        if let Some(v) = v
+            && !kinds.contains(&kind)
+        {
+            ctx.err(
+                f,
+                v.referenced,
+                format!(
+                    "deploy.{field} is not used by backend `{}` (kind {})",
+                    backend.name,
+                    kind.as_str()
+                ),
+            );
+        }
+    };
+    use BackendKind::{Argocd, Kubernetes};
+    only(ctx, &d.app_namespace, "app_namespace", &[Argocd]);
+    only(ctx, &d.project, "project", &[Argocd]);
+    only(ctx, &d.source, "source", &[Argocd]);
+    only(ctx, &d.repository_param, "repository_param", &[Argocd]);
+    only(ctx, &d.digest_param, "digest_param", &[Argocd]);
+    only(ctx, &d.namespace, "namespace", &[Kubernetes]);
+    only(ctx, &d.workload, "workload", &[Kubernetes]);
+    only(ctx, &d.container, "container", &[Kubernetes]);
+    if kind == Argocd && d.app.is_none() {
+        ctx.err(
+            f,
+            d.backend.referenced,
+            format!(
+                "deploy through backend `{}` (kind argocd) needs `app` (the application's name)",
+                backend.name
+            ),
+        );
+    }
+    if let Some(s) = &d.source
+        && !matches!(s.value.as_str(), "kustomize" | "helm")
+    {
+        ctx.err(
+            f,
+            s.referenced,
+            format!("deploy.source must be `kustomize` or `helm`, got `{}`", s.value),
+        );
+    }
+    if kind == Kubernetes {
+        match &d.workload {
+            None => ctx.err(
+                f,
+                d.backend.referenced,
+                format!(
+                    "deploy through backend `{}` (kind kubernetes) needs `workload` (e.g. deployment/api)",
+                    backend.name
+                ),
+            ),
+            Some(w) if crate::deploy::kubernetes::Workload::parse(&w.value).is_none() => ctx.err(
+                f,
+                w.referenced,
+                format!(
+                    "workload must be deployment/NAME, statefulset/NAME or daemonset/NAME, got `{}`",
+                    w.value
+                ),
+            ),
+            Some(_) => {}
+        }
     }
     let mut inputs = BTreeMap::new();
     for (k, v) in &d.inputs {
@@ -368,8 +445,21 @@ fn deploy(
         app: ctx.opt_text(f, &d.app),
         environment: ctx.opt_text(f, &d.environment),
         inputs,
+        app_namespace: ctx.opt_text(f, &d.app_namespace),
+        project: ctx.opt_text(f, &d.project),
+        source: ctx.opt_text(f, &d.source),
+        repository_param: ctx.opt_text(f, &d.repository_param),
+        digest_param: ctx.opt_text(f, &d.digest_param),
+        namespace: ctx.opt_text(f, &d.namespace),
+        workload: ctx.opt_text(f, &d.workload),
+        container: ctx.opt_text(f, &d.container),
         timeout: ctx
             .duration(f, &d.timeout)
-            .unwrap_or(std::time::Duration::from_secs(3600)),
+            .or(backend.deploy_timeout)
+            .unwrap_or(if matches!(kind, Argocd | Kubernetes) {
+                std::time::Duration::from_secs(600)
+            } else {
+                std::time::Duration::from_secs(3600)
+            }),
     })
 }

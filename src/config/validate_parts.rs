@@ -288,7 +288,49 @@ pub(super) fn backends(
                 need(b.organization.is_some(), "organization");
                 need(has_token, "token_env or token_file");
             }
+            BackendKind::Argocd => {
+                need(b.url.is_some(), "url (the Argo CD server)");
+                need(has_token, "token_env or token_file");
+            }
+            BackendKind::Flux => {
+                need(b.url.is_some(), "url (the Receiver's webhook URL)");
+                need(
+                    b.secret_env.is_some() || b.secret_file.is_some(),
+                    "secret_env or secret_file (the Receiver's HMAC token)",
+                );
+            }
+            // In-cluster by default: the service account's token and CA.
+            BackendKind::Kubernetes => {}
         }
+        if kind != BackendKind::Kubernetes
+            && let Some(k) = &b.kubeconfig
+        {
+            ctx.err(
+                f,
+                k.referenced,
+                format!("backend `{name}`: kubeconfig is for kind kubernetes"),
+            );
+        }
+        if kind == BackendKind::Kubernetes
+            && b.kubeconfig.is_some()
+            && (b.api_url.is_some() || b.ca_file.is_some())
+        {
+            ctx.err(
+                f,
+                at,
+                format!("backend `{name}`: give either kubeconfig or api_url/ca_file, not both"),
+            );
+        }
+        let mut file = |p: &Option<S>, what: &str| -> Option<std::path::PathBuf> {
+            let p = p.as_ref()?;
+            let v = ctx.text(f, p)?;
+            if let Err(e) = std::fs::metadata(&v) {
+                ctx.err(f, p.referenced, format!("cannot read {what} {v}: {e}"));
+            }
+            Some(v.into())
+        };
+        let kubeconfig = file(&b.kubeconfig, "kubeconfig");
+        let ca_file = file(&b.ca_file, "ca_file");
         if let Some(r) = &b.repository
             && !is_owner_name(&r.value)
         {
@@ -342,6 +384,9 @@ pub(super) fn backends(
             build_timeout,
             ack,
             mode,
+            kubeconfig,
+            ca_file,
+            deploy_timeout: ctx.duration(f, &b.deploy_timeout),
         };
         out.insert(name, backend);
     }

@@ -43,6 +43,16 @@ pub struct Dispatcher {
     worker: String,
     permits: HashMap<String, Arc<Semaphore>>,
     callback_base: String,
+    deployers: crate::deploy::Deployers,
+}
+
+/// What one delivery attempt came to.
+enum Sent {
+    /// Accepted (a CI run, a webhook, a Flux Receiver) or, for a
+    /// reconciled deploy, rolled out.
+    Accepted(CiRun),
+    /// A reconciled deploy is under way: look again later.
+    Waiting(String),
 }
 
 /// `User-Agent` on every request (GitHub requires one).
@@ -79,6 +89,13 @@ pub fn rebuild_request(b: &Backend, t: &Trigger) -> Result<CiRequest, DispatchEr
         BackendKind::AzurePipelines => azure::request(b, t),
         BackendKind::Buildkite => buildkite::request(b, t),
         BackendKind::Tekton => tekton::request(b, t),
+        BackendKind::Argocd | BackendKind::Flux | BackendKind::Kubernetes => {
+            Err(DispatchError::Invalid(format!(
+                "backend `{}` (kind {}) deploys; it does not build",
+                b.name,
+                b.kind.as_str()
+            )))
+        }
     }
 }
 
@@ -92,6 +109,7 @@ pub(crate) fn run_of(kind: BackendKind, headers: &HeaderMap, body: &Value) -> Ci
         BackendKind::AzurePipelines => azure::run(body),
         BackendKind::Buildkite => buildkite::run(body),
         BackendKind::Tekton => tekton::run(body),
+        BackendKind::Argocd | BackendKind::Flux | BackendKind::Kubernetes => CiRun::default(),
     }
 }
 
@@ -116,6 +134,7 @@ impl Dispatcher {
         callback_base: String,
     ) -> Dispatcher {
         let http = http_client();
+        let deployers = crate::deploy::Deployers::new(&cfg);
         let permits = cfg
             .backends
             .iter()
@@ -129,6 +148,7 @@ impl Dispatcher {
             worker,
             permits,
             callback_base: callback_base.trim_end_matches('/').to_string(),
+            deployers,
         }
     }
 
@@ -219,7 +239,8 @@ impl Dispatcher {
                         job.id,
                         payload.callback_token()
                     );
-                    sync = payload.kind() == JobKind::Deploy && b.ack == Ack::Sync;
+                    sync = payload.kind() == JobKind::Deploy
+                        && (b.ack == Ack::Sync || b.kind == BackendKind::Flux);
                     let req = match &payload {
                         JobPayload::Rebuild(p) => {
                             let reasons = job.reasons();
@@ -243,8 +264,25 @@ impl Dispatcher {
                                 &webhook::deploy_body(&job, p, &callback),
                             )
                         }
+                        JobPayload::Deploy(p) if b.kind == BackendKind::Flux => {
+                            crate::deploy::flux::request(b, &job, p)
+                        }
+                        JobPayload::Deploy(p)
+                            if matches!(b.kind, BackendKind::Argocd | BackendKind::Kubernetes) =>
+                        {
+                            // lineaged deploys these itself: one look per
+                            // attempt, no request to build.
+                            let looked = self.deployers.reconcile(b, p).await;
+                            return self.finish(&job, kind_label, started, looked.map(|pr| match pr {
+                                crate::deploy::Progress::Done { detail, url } => {
+                                    tracing::info!(detail, "deploy rolled out");
+                                    Sent::Accepted(CiRun { status: 200, id: None, url })
+                                }
+                                crate::deploy::Progress::Waiting(note) => Sent::Waiting(note),
+                            }), true).await;
+                        }
                         JobPayload::Deploy(_) => Err(DispatchError::Invalid(format!(
-                            "deploys go to webhook backends, not {}",
+                            "deploys go to webhook, argocd, flux or kubernetes backends, not {}",
                             b.kind.as_str()
                         ))),
                         JobPayload::Verify(_) => Err(DispatchError::Invalid(
@@ -263,10 +301,26 @@ impl Dispatcher {
                 }
             },
         };
+        self.finish(&job, kind_label, started, outcome.map(Sent::Accepted), sync)
+            .await
+    }
+
+    /// Records what a delivery attempt came to: accepted (done, when
+    /// `sync`), waiting (the job is deferred without using an attempt), or
+    /// failed (retried or failed for good).
+    async fn finish(
+        &self,
+        job: &JobRecord,
+        kind_label: &'static str,
+        started: std::time::Instant,
+        outcome: Result<Sent, DispatchError>,
+        sync: bool,
+    ) {
         crate::metrics::metrics().dispatched(
             kind_label,
             match &outcome {
-                Ok(_) => "accepted",
+                Ok(Sent::Accepted(_)) => "accepted",
+                Ok(Sent::Waiting(_)) => "waiting",
                 Err(e) if e.retryable() => "retry",
                 Err(_) => "failed",
             },
@@ -274,7 +328,21 @@ impl Dispatcher {
         );
         let took_ms = started.elapsed().as_millis() as u64;
         match outcome {
-            Ok(run) => {
+            Ok(Sent::Waiting(note)) => {
+                let now = now_millis();
+                let next = now + crate::deploy::poll_delay(job.created_at, now).as_millis() as i64;
+                tracing::info!(note, "deploy under way");
+                match retry_db("defer the deploy", || {
+                    self.store.defer_job(job.id, &self.worker, next, &note, now)
+                })
+                .await
+                {
+                    Ok(true) => self.store.wake_local(),
+                    Ok(false) => tracing::warn!("deploy looked at, but the lease was lost"),
+                    Err(e) => tracing::warn!(error = %e, "cannot defer the deploy"),
+                }
+            }
+            Ok(Sent::Accepted(run)) => {
                 tracing::info!(
                     status = run.status,
                     run_id = run.id.as_deref(),
@@ -292,7 +360,7 @@ impl Dispatcher {
                 // transaction: a crash leaves both undone (the trigger is
                 // re-sent with the same idempotency key) or both done.
                 match retry_db("record the delivery", || {
-                    self.engine.on_delivered(&job, &self.worker, &d)
+                    self.engine.on_delivered(job, &self.worker, &d)
                 })
                 .await
                 {
@@ -304,7 +372,7 @@ impl Dispatcher {
                 let label = e.metric_label();
                 let f = e.into_failure();
                 match retry_db("record the failure", || {
-                    self.engine.on_delivery_failed(&job, &self.worker, &f)
+                    self.engine.on_delivery_failed(job, &self.worker, &f)
                 })
                 .await
                 {

@@ -265,6 +265,10 @@ pub enum DispatchError {
     /// no sense.
     #[error("{0}")]
     Invalid(String),
+    /// The deploy target reports the rollout failed (a Degraded Argo CD
+    /// application, a Deployment past its progress deadline).
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl DispatchError {
@@ -288,6 +292,7 @@ impl DispatchError {
             DispatchError::Unavailable { .. } => "unavailable",
             DispatchError::Network(_) => "network",
             DispatchError::Invalid(_) => "invalid",
+            DispatchError::Failed(_) => "failed",
         }
     }
 
@@ -507,6 +512,7 @@ pub fn scrub(e: DispatchError, secrets: &[String]) -> DispatchError {
         },
         DispatchError::Network(m) => DispatchError::Network(clean(m)),
         DispatchError::Invalid(m) => DispatchError::Invalid(clean(m)),
+        DispatchError::Failed(m) => DispatchError::Failed(clean(m)),
     }
 }
 

@@ -177,16 +177,13 @@ pub fn new_token() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     #[test]
     fn payloads_round_trip_and_bad_ones_say_why() {
         let deploy = Deploy {
             backend: "hook".into(),
             app: Some("api".into()),
-            environment: None,
-            inputs: BTreeMap::new(),
-            timeout: std::time::Duration::ZERO,
+            ..Default::default()
         };
         let p = DeployPayload::new("r/a:1", "sha256:1", 3, &deploy, "t".into());
         let text = serde_json::to_string(&p).unwrap();

@@ -671,8 +671,18 @@ impl Engine {
             }
             let job = self.store.job_in(&mut tx, job_id).await?;
             if ri.state == ImageState::Deploying {
+                // A deploy lineaged watches itself is still pending: stop
+                // it, and say what it last saw.
+                let last = job
+                    .as_ref()
+                    .filter(|j| j.state() == Some(crate::store::JobState::Pending))
+                    .and_then(|j| j.last_error.clone());
+                self.store.cancel_job_in(&mut tx, job_id, now).await?;
                 let outcome = Outcome::DeployFailed {
-                    reason: "no deploy result before the deploy timeout".into(),
+                    reason: match last {
+                        Some(l) => format!("not rolled out before the deploy timeout: {l}"),
+                        None => "no deploy result before the deploy timeout".into(),
+                    },
                 };
                 self.apply_outcome(&mut tx, ri, &outcome, job.as_ref(), now)
                     .await?;

@@ -644,6 +644,30 @@ impl World {
         kind: &str,
         extra: &str,
     ) -> World {
+        World::with_deployer(
+            lineage,
+            db_url,
+            deploy,
+            kind,
+            extra,
+            r#"{ kind: webhook, url: "{ci}/deploy", secret_env: T_CI_SECRET }"#,
+            "{ backend: deployer, app: app-of-it, environment: prod }",
+        )
+        .await
+    }
+
+    /// The same, deploying through `deployer` (a backend's flow mapping;
+    /// `{ci}` becomes the CI peer's URL) with `entry` as each deployed
+    /// image's `deploy:` (`{name}` becomes the repo's last segment).
+    pub async fn with_deployer(
+        lineage: Lineage,
+        db_url: &str,
+        deploy: &[&str],
+        kind: &str,
+        extra: &str,
+        deployer: &str,
+        entry: &str,
+    ) -> World {
         let (_, backend, build) = CI_KINDS.iter().find(|(k, _, _)| *k == kind).unwrap();
         let reg = Arc::new(TestRegistry::start(Default::default()).await);
         let a = reg.addr.clone();
@@ -689,12 +713,13 @@ registries:
     insecure: true
 backends:
   ci: {backend}
-  deployer: {{ kind: webhook, url: "{ci_url}/deploy", secret_env: T_CI_SECRET }}
+  deployer: {deployer}
 api: {{ public_read: true }}
 images:
 "#,
             port = free_port(),
             backend = backend.replace("{ci}", &ci_url),
+            deployer = deployer.replace("{ci}", &ci_url),
         );
         for b in &lineage.bases {
             yaml.push_str(&format!("  - name: \"{a}/{b}:1\"\n"));
@@ -706,9 +731,8 @@ images:
                 from.join(", ")
             ));
             if deploy.contains(&n.as_str()) {
-                yaml.push_str(
-                    "    deploy: { backend: deployer, app: app-of-it, environment: prod }\n",
-                );
+                let last = n.rsplit('/').next().unwrap_or(n);
+                yaml.push_str(&format!("    deploy: {}\n", entry.replace("{name}", last)));
             }
         }
         yaml.push_str(&extra.replace("{registry}", &a));

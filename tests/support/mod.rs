@@ -3,6 +3,7 @@
 
 pub mod ci_peer;
 pub mod fleet;
+pub mod platform;
 pub mod registry;
 pub mod signer;
 

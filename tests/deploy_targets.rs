@@ -108,7 +108,7 @@ async fn a_rollout_that_never_completes_times_out_with_the_workloads_status() {
         db.url(),
         &url,
         &K8S.replace(" }", ", deploy_timeout: 4s }"),
-        "{ backend: deployer, namespace: shop, workload: deployment/{name} }",
+        "{ backend: deployer, namespace: shop, workload: deployment/{name}, container: app }",
     )
     .await;
     plat.add_deployment("shop", "w", &w.full("team/w"));
@@ -151,7 +151,7 @@ async fn a_progress_deadline_fails_the_deploy() {
         db.url(),
         &url,
         K8S,
-        "{ backend: deployer, namespace: shop, workload: deployment/broken-{name} }",
+        "{ backend: deployer, namespace: shop, workload: deployment/broken-{name}, container: app }",
     )
     .await;
     plat.add_deployment("shop", "broken-w", &w.full("team/w"));
@@ -247,7 +247,7 @@ async fn a_degraded_application_fails_the_deploy() {
     let rows = rows(&store).await;
     let why = row(&rows, &w, "team/w").reason.clone().unwrap();
     assert!(
-        why.starts_with("application broken-w is Degraded on")
+        why.starts_with("deploy failed: application broken-w is Degraded on")
             && why.contains("exceeded its progress deadline"),
         "{why}"
     );
@@ -296,7 +296,7 @@ async fn kills_during_kubernetes_deploys_patch_nothing_twice() {
             db.url(),
             &url,
             K8S,
-            "{ backend: deployer, namespace: shop, workload: deployment/{name} }",
+            "{ backend: deployer, namespace: shop, workload: deployment/{name}, container: app }",
         )
         .await;
         for repo in DEPLOYED {

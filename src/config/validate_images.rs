@@ -410,7 +410,10 @@ fn deploy(
         ctx.err(
             f,
             s.referenced,
-            format!("deploy.source must be `kustomize` or `helm`, got `{}`", s.value),
+            format!(
+                "deploy.source must be `kustomize` or `helm`, got `{}`",
+                s.value
+            ),
         );
     }
     if kind == Kubernetes {

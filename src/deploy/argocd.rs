@@ -138,7 +138,12 @@ pub async fn reconcile(
     }
     if live && sync_status == "Synced" && health == "Healthy" {
         let ui = match &d.app_namespace {
-            Some(ns) => format!("{}/applications/{}/{}", client.base, segment(ns), segment(app)),
+            Some(ns) => format!(
+                "{}/applications/{}/{}",
+                client.base,
+                segment(ns),
+                segment(app)
+            ),
             None => format!("{}/applications/{}", client.base, segment(app)),
         };
         return Ok(Progress::Done {
@@ -164,12 +169,7 @@ fn or_unknown(s: &str) -> &str {
     if s.is_empty() { "Unknown" } else { s }
 }
 
-async fn sync(
-    client: &Client,
-    b: &Backend,
-    path: &str,
-    body: Value,
-) -> Result<(), DispatchError> {
+async fn sync(client: &Client, b: &Backend, path: &str, body: Value) -> Result<(), DispatchError> {
     match client
         .call(
             Method::POST,
@@ -212,7 +212,12 @@ pub fn kustomize_patch(source: &Value, t: &Target<'_>) -> Option<Value> {
     let current: Vec<String> = source
         .pointer("/kustomize/images")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default();
     let mut images = Vec::new();
     let mut found = false;
@@ -231,7 +236,8 @@ pub fn kustomize_patch(source: &Value, t: &Target<'_>) -> Option<Value> {
     if !found {
         images.push(t.reference.clone());
     }
-    (images != current).then(|| json!({ "spec": { "source": { "kustomize": { "images": images } } } }))
+    (images != current)
+        .then(|| json!({ "spec": { "source": { "kustomize": { "images": images } } } }))
 }
 
 /// The merge patch setting the two Helm parameters, the others kept; None
@@ -243,7 +249,10 @@ pub fn helm_patch(source: &Value, t: &Target<'_>, repo: &str, digest: &str) -> O
         .cloned()
         .unwrap_or_default();
     let mut params = current.clone();
-    for (name, value) in [(repo, t.repository.as_str()), (digest, t.payload.digest.as_str())] {
+    for (name, value) in [
+        (repo, t.repository.as_str()),
+        (digest, t.payload.digest.as_str()),
+    ] {
         match params
             .iter_mut()
             .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
@@ -252,7 +261,8 @@ pub fn helm_patch(source: &Value, t: &Target<'_>, repo: &str, digest: &str) -> O
             None => params.push(json!({ "name": name, "value": value })),
         }
     }
-    (params != current).then(|| json!({ "spec": { "source": { "helm": { "parameters": params } } } }))
+    (params != current)
+        .then(|| json!({ "spec": { "source": { "helm": { "parameters": params } } } }))
 }
 
 #[cfg(test)]
@@ -318,6 +328,9 @@ mod tests {
             ])
         );
         let again = json!({ "helm": patch["spec"]["source"]["helm"] });
-        assert_eq!(helm_patch(&again, &t, "image.repository", "image.digest"), None);
+        assert_eq!(
+            helm_patch(&again, &t, "image.repository", "image.digest"),
+            None
+        );
     }
 }

@@ -13,7 +13,11 @@ use crate::dispatch::request::{Body, CiRequest, DispatchError, base};
 use crate::rollout::DeployPayload;
 use crate::store::JobRecord;
 
-pub fn request(b: &Backend, job: &JobRecord, p: &DeployPayload) -> Result<CiRequest, DispatchError> {
+pub fn request(
+    b: &Backend,
+    job: &JobRecord,
+    p: &DeployPayload,
+) -> Result<CiRequest, DispatchError> {
     let url = base(
         b.url
             .as_deref()

@@ -109,7 +109,10 @@ fn from_kubeconfig(path: &Path) -> Result<Client, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let kc: KubeConfig = serde_saphyr::from_str(&text).map_err(|e| e.to_string())?;
     let ctx_name = if kc.current_context.is_empty() {
-        kc.contexts.first().map(|c| c.name.clone()).unwrap_or_default()
+        kc.contexts
+            .first()
+            .map(|c| c.name.clone())
+            .unwrap_or_default()
     } else {
         kc.current_context.clone()
     };
@@ -137,15 +140,13 @@ fn from_kubeconfig(path: &Path) -> Result<Client, String> {
     }
     // Relative paths in a kubeconfig are relative to the file.
     let dir = path.parent().unwrap_or(Path::new("."));
-    let data = |inline: &Option<String>, file: &Option<PathBuf>, what: &str| {
-        match (inline, file) {
-            (Some(d), _) => base64::engine::general_purpose::STANDARD
-                .decode(d.trim())
-                .map(Some)
-                .map_err(|e| format!("{what}-data is not base64: {e}")),
-            (None, Some(f)) => read_pem(&dir.join(f)).map(Some),
-            (None, None) => Ok(None),
-        }
+    let data = |inline: &Option<String>, file: &Option<PathBuf>, what: &str| match (inline, file) {
+        (Some(d), _) => base64::engine::general_purpose::STANDARD
+            .decode(d.trim())
+            .map(Some)
+            .map_err(|e| format!("{what}-data is not base64: {e}")),
+        (None, Some(f)) => read_pem(&dir.join(f)).map(Some),
+        (None, None) => Ok(None),
     };
     let c = &cluster.value;
     let ca = data(

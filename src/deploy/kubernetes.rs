@@ -152,7 +152,11 @@ fn containers(obj: &Value) -> Vec<&Value> {
 }
 
 /// The container to set: the one named, or the only one.
-fn container_name(obj: &Value, wanted: Option<&str>, w: &Workload) -> Result<String, DispatchError> {
+fn container_name(
+    obj: &Value,
+    wanted: Option<&str>,
+    w: &Workload,
+) -> Result<String, DispatchError> {
     let names: Vec<&str> = containers(obj)
         .iter()
         .filter_map(|c| c.get("name").and_then(Value::as_str))
@@ -239,7 +243,9 @@ pub fn rollout_status(kind: WorkloadKind, obj: &Value) -> Status {
                     replicas - updated
                 ))
             } else if available < updated {
-                waiting(format!("{available} of {updated} updated replicas available"))
+                waiting(format!(
+                    "{available} of {updated} updated replicas available"
+                ))
             } else {
                 Status::Done(format!("rolled out ({updated} replicas)"))
             }
@@ -272,8 +278,12 @@ pub fn rollout_status(kind: WorkloadKind, obj: &Value) -> Status {
                     Status::Done(format!("partitioned roll out complete ({updated} pods)"))
                 };
             }
-            let current = obj.pointer("/status/currentRevision").and_then(Value::as_str);
-            let update = obj.pointer("/status/updateRevision").and_then(Value::as_str);
+            let current = obj
+                .pointer("/status/currentRevision")
+                .and_then(Value::as_str);
+            let update = obj
+                .pointer("/status/updateRevision")
+                .and_then(Value::as_str);
             if current != update {
                 let updated = int("/status/updatedReplicas").unwrap_or(0);
                 waiting(format!("{updated} of {desired} pods at the new revision"))
@@ -332,12 +342,21 @@ mod tests {
     #[test]
     fn workloads_parse_and_name_their_path() {
         let w = Workload::parse("deployment/api").unwrap();
-        assert_eq!(w.path("prod"), "/apis/apps/v1/namespaces/prod/deployments/api");
+        assert_eq!(
+            w.path("prod"),
+            "/apis/apps/v1/namespaces/prod/deployments/api"
+        );
         assert_eq!(
             Workload::parse("sts/db").unwrap().path("a"),
             "/apis/apps/v1/namespaces/a/statefulsets/db"
         );
-        for bad in ["pod/x", "deployment/", "deployment/API", "api", "deployment/-a"] {
+        for bad in [
+            "pod/x",
+            "deployment/",
+            "deployment/API",
+            "api",
+            "deployment/-a",
+        ] {
             assert!(Workload::parse(bad).is_none(), "{bad}");
         }
     }
@@ -348,11 +367,17 @@ mod tests {
         let s = |g, st| rollout_status(WorkloadKind::Deployment, &deployment(g, st));
         assert!(matches!(s(2, json!({"observedGeneration": 1})), Waiting(_)));
         assert_eq!(
-            s(2, json!({"observedGeneration": 2, "updatedReplicas": 1, "replicas": 3})),
+            s(
+                2,
+                json!({"observedGeneration": 2, "updatedReplicas": 1, "replicas": 3})
+            ),
             Waiting("1 of 3 new replicas updated".into())
         );
         assert_eq!(
-            s(2, json!({"observedGeneration": 2, "updatedReplicas": 3, "replicas": 4, "availableReplicas": 3})),
+            s(
+                2,
+                json!({"observedGeneration": 2, "updatedReplicas": 3, "replicas": 4, "availableReplicas": 3})
+            ),
             Waiting("1 old replicas are pending termination".into())
         );
         assert_eq!(
@@ -361,7 +386,10 @@ mod tests {
             Waiting("2 of 3 updated replicas available (Available: Deployment does not have minimum availability.)".into())
         );
         assert!(matches!(
-            s(2, json!({"observedGeneration": 2, "updatedReplicas": 3, "replicas": 3, "availableReplicas": 3})),
+            s(
+                2,
+                json!({"observedGeneration": 2, "updatedReplicas": 3, "replicas": 3, "availableReplicas": 3})
+            ),
             Done(_)
         ));
         let failed = s(
@@ -369,20 +397,32 @@ mod tests {
             json!({"observedGeneration": 2, "conditions": [{"type": "Progressing", "status": "False",
             "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet \"api-7d\" has timed out progressing."}]}),
         );
-        assert!(matches!(&failed, Failed(m) if m.contains("timed out progressing")), "{failed:?}");
+        assert!(
+            matches!(&failed, Failed(m) if m.contains("timed out progressing")),
+            "{failed:?}"
+        );
     }
 
     #[test]
     fn statefulsets_and_daemonsets() {
         let sts = json!({"metadata": {"generation": 1}, "spec": {"replicas": 2},
             "status": {"observedGeneration": 1, "readyReplicas": 2, "currentRevision": "a", "updateRevision": "b", "updatedReplicas": 1}});
-        assert!(matches!(rollout_status(WorkloadKind::StatefulSet, &sts), Status::Waiting(_)));
+        assert!(matches!(
+            rollout_status(WorkloadKind::StatefulSet, &sts),
+            Status::Waiting(_)
+        ));
         let mut done = sts.clone();
         done["status"]["currentRevision"] = json!("b");
-        assert!(matches!(rollout_status(WorkloadKind::StatefulSet, &done), Status::Done(_)));
+        assert!(matches!(
+            rollout_status(WorkloadKind::StatefulSet, &done),
+            Status::Done(_)
+        ));
         let ds = json!({"metadata": {"generation": 4}, "status": {"observedGeneration": 4,
             "desiredNumberScheduled": 3, "updatedNumberScheduled": 3, "numberAvailable": 3}});
-        assert!(matches!(rollout_status(WorkloadKind::DaemonSet, &ds), Status::Done(_)));
+        assert!(matches!(
+            rollout_status(WorkloadKind::DaemonSet, &ds),
+            Status::Done(_)
+        ));
     }
 
     #[test]
@@ -390,16 +430,21 @@ mod tests {
         let w = Workload::parse("deployment/api").unwrap();
         let one = deployment(1, json!({}));
         assert_eq!(container_name(&one, None, &w).unwrap(), "api");
-        assert!(container_name(&one, Some("web"), &w)
-            .unwrap_err()
-            .to_string()
-            .contains("has no container `web` (it has: api)"));
+        assert!(
+            container_name(&one, Some("web"), &w)
+                .unwrap_err()
+                .to_string()
+                .contains("has no container `web` (it has: api)")
+        );
         let mut two = one.clone();
         two["spec"]["template"]["spec"]["containers"]
             .as_array_mut()
             .unwrap()
             .push(json!({"name": "sidecar", "image": "x"}));
         assert!(container_name(&two, None, &w).is_err());
-        assert_eq!(container_name(&two, Some("sidecar"), &w).unwrap(), "sidecar");
+        assert_eq!(
+            container_name(&two, Some("sidecar"), &w).unwrap(),
+            "sidecar"
+        );
     }
 }

@@ -273,13 +273,27 @@ impl Dispatcher {
                             // lineaged deploys these itself: one look per
                             // attempt, no request to build.
                             let looked = self.deployers.reconcile(b, p).await;
-                            return self.finish(&job, kind_label, started, looked.map(|pr| match pr {
-                                crate::deploy::Progress::Done { detail, url } => {
-                                    tracing::info!(detail, "deploy rolled out");
-                                    Sent::Accepted(CiRun { status: 200, id: None, url })
-                                }
-                                crate::deploy::Progress::Waiting(note) => Sent::Waiting(note),
-                            }), true).await;
+                            return self
+                                .finish(
+                                    &job,
+                                    kind_label,
+                                    started,
+                                    looked.map(|pr| match pr {
+                                        crate::deploy::Progress::Done { detail, url } => {
+                                            tracing::info!(detail, "deploy rolled out");
+                                            Sent::Accepted(CiRun {
+                                                status: 200,
+                                                id: None,
+                                                url,
+                                            })
+                                        }
+                                        crate::deploy::Progress::Waiting(note) => {
+                                            Sent::Waiting(note)
+                                        }
+                                    }),
+                                    true,
+                                )
+                                .await;
                         }
                         JobPayload::Deploy(_) => Err(DispatchError::Invalid(format!(
                             "deploys go to webhook, argocd, flux or kubernetes backends, not {}",

@@ -148,7 +148,11 @@ impl Platform {
         if let Some(rest) = path.strip_prefix("/k8s/apis/apps/v1/namespaces/") {
             let parts: Vec<&str> = rest.split('/').collect();
             let [ns, "deployments", name] = parts[..] else {
-                return status(404, "NotFound", "the server could not find the requested resource");
+                return status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                );
             };
             return self.kube(method, &h("content-type"), ns, name, body);
         }
@@ -206,7 +210,9 @@ impl Platform {
                     return status(
                         415,
                         "UnsupportedMediaType",
-                        &format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json; got {ctype}"),
+                        &format!(
+                            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json; got {ctype}"
+                        ),
                     );
                 }
                 self.writes
@@ -215,7 +221,10 @@ impl Platform {
                     .push(("k8s-patch".into(), key.clone(), body.clone()));
                 let obj = &mut entry["obj"];
                 let before = obj["spec"].clone();
-                if let Some(a) = body.pointer("/metadata/annotations").and_then(Value::as_object) {
+                if let Some(a) = body
+                    .pointer("/metadata/annotations")
+                    .and_then(Value::as_object)
+                {
                     for (k, v) in a {
                         obj["metadata"]["annotations"][k] = v.clone();
                     }
@@ -292,8 +301,7 @@ impl Platform {
                                 "message": "successfully synced (all tasks run)" });
                         }
                     } else {
-                        obj["status"]["operationState"] =
-                            json!({ "phase": "Running", "message": "waiting for healthy state of apps/Deployment/api" });
+                        obj["status"]["operationState"] = json!({ "phase": "Running", "message": "waiting for healthy state of apps/Deployment/api" });
                         obj["status"]["health"] = json!({ "status": "Progressing" });
                     }
                 }
@@ -367,8 +375,10 @@ impl IntoResponse for Json {
 fn status(code: u16, reason: &str, message: &str) -> Response {
     (
         StatusCode::from_u16(code).unwrap(),
-        axum::Json(json!({ "kind": "Status", "apiVersion": "v1", "metadata": {},
-            "status": "Failure", "message": message, "reason": reason, "code": code })),
+        axum::Json(
+            json!({ "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": message, "reason": reason, "code": code }),
+        ),
     )
         .into_response()
 }

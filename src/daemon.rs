@@ -243,6 +243,9 @@ async fn drive_engine(
             if let Err(e) = engine.expire_builds().await {
                 tracing::warn!(error = %e, "build deadline check failed");
             }
+            if let Err(e) = engine.expire_approvals().await {
+                tracing::warn!(error = %e, "approval expiry check failed");
+            }
         }
     }
 }

@@ -23,7 +23,7 @@ pub struct ActionBody {
     pub reason: Option<String>,
 }
 
-fn action_body(body: Result<Bytes, BytesRejection>) -> Result<ActionBody, ApiError> {
+pub(super) fn action_body(body: Result<Bytes, BytesRejection>) -> Result<ActionBody, ApiError> {
     let body = super::error::read_body(body, MAX_ACTION_BODY)?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(ActionBody::default());
@@ -31,7 +31,7 @@ fn action_body(body: Result<Bytes, BytesRejection>) -> Result<ActionBody, ApiErr
     serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))
 }
 
-fn engine(s: &AppState) -> Result<&crate::rollout::Engine, ApiError> {
+pub(super) fn engine(s: &AppState) -> Result<&crate::rollout::Engine, ApiError> {
     s.engine.as_deref().ok_or_else(|| {
         ApiError::Conflict("rollouts are not running on this instance (--no-rollouts)".into())
     })

@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{actions, hooks, jobs, observe, read};
+use super::{actions, approvals, hooks, jobs, observe, read};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,6 +16,7 @@ use super::{actions, hooks, jobs, observe, read};
         read::images, read::image, read::rollouts, read::rollout, read::jobs, read::job,
         read::registries, read::graph, read::events,
         actions::rebuild, actions::cancel_rollout, actions::retry_job,
+        approvals::list, approvals::approve, approvals::reject,
         jobs::job_result, hooks::registry_hook,
     ),
     modifiers(&Bearer),

@@ -6,6 +6,7 @@
 //! table and the OpenAPI document is tested against it.
 
 mod actions;
+mod approvals;
 mod auth;
 mod doc;
 mod error;
@@ -131,6 +132,24 @@ pub fn routes() -> Vec<Route> {
             post(actions::cancel_rollout).layer(limit(MAX_ACTION_BODY)),
         ),
         route(Method::GET, "/api/v1/jobs", "/api/v1/jobs", get(read::jobs)),
+        route(
+            Method::GET,
+            "/api/v1/approvals",
+            "/api/v1/approvals",
+            get(approvals::list),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/approvals/{id}/approve",
+            "/api/v1/approvals/{id}/approve",
+            post(approvals::approve).layer(limit(MAX_ACTION_BODY)),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/approvals/{id}/reject",
+            "/api/v1/approvals/{id}/reject",
+            post(approvals::reject).layer(limit(MAX_ACTION_BODY)),
+        ),
         route(
             Method::GET,
             "/api/v1/jobs/{id}",

@@ -18,7 +18,7 @@ use crate::store::{EventRecord, ImageFilter, ImageStatus, JobRecord, JobState, R
 
 const MAX_LIMIT: i64 = 1000;
 
-fn limit(l: Option<i64>) -> Result<i64, ApiError> {
+pub(super) fn limit(l: Option<i64>) -> Result<i64, ApiError> {
     match l {
         None => Ok(100),
         Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),

@@ -11,6 +11,7 @@ use crate::config::{self, Config};
 use crate::lineage::{GraphFormat, Lineage};
 use crate::registry::ImageRef;
 
+mod approve_cmd;
 mod resolve_cmd;
 mod serve_cmd;
 mod status_cmd;
@@ -59,6 +60,32 @@ pub enum Command {
                   wrong token, error), 2 bad usage."
     )]
     Status(StatusArgs),
+    /// List approvals (pending ones unless --all)
+    #[command(
+        long_about = "List approvals: images waiting for a person before their deploy (or build). \
+                  Pending ones unless --all.\n\nThe API token comes from LINEAGED_TOKEN.\n\n\
+                  Exit codes: 0 listed, 1 the daemon could not be asked, 2 bad usage."
+    )]
+    Approvals(ApprovalsArgs),
+    /// Approve a pending approval: the image goes on to its deploy (or build)
+    #[command(
+        long_about = "Approve a pending approval by id (see `lineaged approvals`): the image \
+                  goes on to its deploy (or build). Recorded with the API token's name.\n\n\
+                  The token (write role) comes from LINEAGED_TOKEN.\n\n\
+                  Exit codes: 0 approved, 1 refused (not pending, unknown id, wrong token) or \
+                  unreachable, 2 bad usage.",
+        after_help = "Example:\n  LINEAGED_TOKEN=… lineaged approve 12 --reason \"CAB-881 signed off\""
+    )]
+    Approve(DecideArgs),
+    /// Reject a pending approval: the image is refused and its children blocked
+    #[command(
+        long_about = "Reject a pending approval by id: the image is refused (not deployed, or \
+                  not built) and its children in the rollout are blocked. A rejected digest \
+                  is not asked about again.\n\nThe token (write role) comes from LINEAGED_TOKEN.\n\n\
+                  Exit codes: 0 rejected, 1 refused or unreachable, 2 bad usage.",
+        after_help = "Example:\n  LINEAGED_TOKEN=… lineaged reject 12 --reason \"freeze until Monday\""
+    )]
+    Reject(DecideArgs),
     /// Send (or print with --dry-run) the CI request a rebuild of IMAGE would make
     #[command(
         long_about = "Send (or print with --dry-run) the exact CI request a rebuild of IMAGE \
@@ -164,6 +191,40 @@ pub struct StatusArgs {
     pub timeout: u64,
 }
 
+/// Where the daemon's API is.
+#[derive(clap::Args, Debug)]
+pub struct ApiArgs {
+    /// Base URL of the daemon's API
+    #[arg(long, env = "LINEAGED_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Per-request timeout in seconds
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ApprovalsArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Decided ones too (newest first)
+    #[arg(long)]
+    pub all: bool,
+    /// text (a table) or json (the API's answer)
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DecideArgs {
+    /// The approval's id
+    pub id: i64,
+    /// Why (kept with the decision and in the event log)
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct GraphArgs {
     #[command(flatten)]
@@ -228,6 +289,9 @@ pub fn main() -> ExitCode {
         Command::Migrate(a) => store_cmd::migrate(&a),
         Command::Resolve(a) => resolve_cmd::resolve(&a),
         Command::Status(a) => status_cmd::status(&a),
+        Command::Approvals(a) => approve_cmd::list(&a),
+        Command::Approve(a) => approve_cmd::decide(&a, true),
+        Command::Reject(a) => approve_cmd::decide(&a, false),
         Command::Trigger(a) => trigger_cmd::trigger(&a),
         Command::Verify(a) => verify_cmd::verify(&a),
         Command::Generate(a) => generate(&a),

@@ -71,6 +71,7 @@ async fn fetch(args: &StatusArgs) -> Result<Value, String> {
     let failed = get(format!("/jobs?state=failed&limit={ROWS}")).await?;
     let dead = get(format!("/jobs?state=dead&limit={ROWS}")).await?;
     let registries = get("/registries".into()).await?;
+    let approvals = get(format!("/approvals?state=pending&limit={ROWS}")).await?;
     let running: Vec<Value> = rollouts["rollouts"]
         .as_array()
         .into_iter()
@@ -133,9 +134,50 @@ async fn fetch(args: &StatusArgs) -> Result<Value, String> {
         "failing_images": erroring["images"],
         "running_rollouts": rollouts_detail,
         "failing_jobs": jobs,
+        "pending_approvals": approvals["approvals"],
         "refused_images": refused,
         "degraded_registries": degraded,
     }))
+}
+
+/// `in 23h` (or `overdue`) until a time in milliseconds.
+fn until(at: &Value) -> String {
+    let Some(at) = at.as_i64() else {
+        return "-".into();
+    };
+    let s = (at - crate::store::now_millis()) / 1000;
+    match s {
+        ..0 => "overdue".into(),
+        0..60 => format!("in {s}s"),
+        60..3600 => format!("in {}m", s / 60),
+        3600..86400 => format!("in {}h", s / 3600),
+        _ => format!("in {}d", s / 86400),
+    }
+}
+
+/// The table of approvals (`lineaged status`, `lineaged approvals`).
+pub(super) fn approvals_table(out: &mut String, title: &str, list: &[Value]) {
+    table(
+        out,
+        title,
+        &["ID", "STATE", "STAGE", "EXPIRES", "DIGEST", "IMAGE"],
+        list.iter()
+            .map(|a| {
+                vec![
+                    text(&a["id"]),
+                    text(&a["state"]),
+                    text(&a["stage"]),
+                    if a["state"] == "pending" {
+                        until(&a["expires_at"])
+                    } else {
+                        ago(&a["decided_at"])
+                    },
+                    text(&a["digest"]).chars().take(19).collect(),
+                    text(&a["image"]),
+                ]
+            })
+            .collect(),
+    );
 }
 
 fn ago(at: &Value) -> String {
@@ -194,6 +236,7 @@ fn table(out: &mut String, title: &str, header: &[&str], rows: Vec<Vec<String>>)
 pub fn render(report: &Value) -> String {
     let mut out = String::new();
     let list = |k: &str| report[k].as_array().cloned().unwrap_or_default();
+    approvals_table(&mut out, "Awaiting approval", &list("pending_approvals"));
     table(
         &mut out,
         "Stale images",

@@ -23,7 +23,7 @@ use crate::registry::ImageRef;
 
 pub use load::{load, load_str};
 pub use secret::{Secret, SecretSource};
-pub use text::parse_duration;
+pub use text::{format_duration, parse_duration};
 
 /// The default polling schedule: every five minutes (cron with seconds).
 pub const DEFAULT_SCHEDULE: &str = "0 */5 * * * *";
@@ -126,6 +126,48 @@ pub struct Defaults {
     pub build_timeout: Duration,
     /// How long a new digest must hold before it starts work.
     pub settle: Duration,
+    /// `defaults.approval`: None when not set, Some(None) for `required: false`.
+    pub approval: Option<Option<Approval>>,
+}
+
+/// A person's yes before an image moves on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Approval {
+    /// A pending request expires (as rejected) after this.
+    #[serde(serialize_with = "serialize_secs")]
+    pub expires: Duration,
+    pub before: ApprovalStage,
+}
+
+fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+/// What waits for the approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalStage {
+    /// The deploy of the built (and verified) digest.
+    Deploy,
+    /// The rebuild itself (children wait too).
+    Build,
+}
+
+impl ApprovalStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStage::Deploy => "deploy",
+            ApprovalStage::Build => "build",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ApprovalStage> {
+        match s {
+            "deploy" => Some(ApprovalStage::Deploy),
+            "build" => Some(ApprovalStage::Build),
+            _ => None,
+        }
+    }
 }
 
 /// `os/arch[/variant]`, e.g. `linux/arm64/v8`.
@@ -383,6 +425,9 @@ pub struct Image {
     pub settle: Duration,
     pub build: Option<Build>,
     pub deploy: Option<Deploy>,
+    /// Resolved: the image's own, else the first matching rule's, else the
+    /// defaults'. Only where its stage exists (a build, a deploy).
+    pub approval: Option<Approval>,
     /// Declared only as someone's parent, not in `images:`.
     pub implicit: bool,
     pub origin: Option<Origin>,
@@ -545,6 +590,8 @@ pub struct PolicyRule {
     pub apply_to: ApplyTo,
     pub signatures: Option<SignatureRule>,
     pub scan: Option<ScanRule>,
+    /// The rule's `approval` (Some(None): `required: false`).
+    pub approval: Option<Option<Approval>>,
     /// `file:line:col` of the rule (or of the shorthand).
     #[serde(skip)]
     pub origin: String,
@@ -637,11 +684,22 @@ impl Default for Policy {
 }
 
 impl Policy {
-    /// The first rule whose globs match `image` (normalised), if any.
+    /// The first rule with gates whose globs match `image` (normalised),
+    /// if any. A rule that only asks for approval gates nothing.
     pub fn rule_for(&self, image: &str) -> Option<&PolicyRule> {
+        self.rules.iter().find(|r| {
+            (r.signatures.is_some() || r.scan.is_some())
+                && r.images.iter().any(|g| glob_match(g, image))
+        })
+    }
+
+    /// The `approval` of the first rule that sets one and matches `image`.
+    pub fn approval_for(&self, image: &str) -> Option<Option<Approval>> {
         self.rules
             .iter()
+            .filter(|r| r.approval.is_some())
             .find(|r| r.images.iter().any(|g| glob_match(g, image)))
+            .and_then(|r| r.approval)
     }
 }
 

@@ -44,6 +44,20 @@ pub struct RawDefaults {
     pub build_timeout: Option<S>,
     /// How long a new digest must hold before it starts work (`2m`).
     pub settle: Option<S>,
+    /// A person approves every deploy (unless an image or rule says).
+    pub approval: Option<Spanned<RawApproval>>,
+}
+
+/// `approval: { required: true, expires: 24h, before: deploy }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApproval {
+    /// Default true; `false` turns off an approval a rule or the defaults ask for.
+    pub required: Option<bool>,
+    /// How long a request waits before it expires as rejected (default 24h).
+    pub expires: Option<S>,
+    /// `deploy` (default) or `build`.
+    pub before: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,6 +173,7 @@ pub struct RawImage {
     pub settle: Option<S>,
     pub build: Option<RawBuild>,
     pub deploy: Option<RawDeploy>,
+    pub approval: Option<Spanned<RawApproval>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -242,6 +257,7 @@ pub struct RawRule {
     pub apply_to: Option<Vec<S>>,
     pub signatures: Option<RawSignatures>,
     pub scan: Option<RawRuleScan>,
+    pub approval: Option<Spanned<RawApproval>>,
 }
 
 #[derive(Debug, Deserialize)]

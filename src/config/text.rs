@@ -74,9 +74,30 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
     })
 }
 
+/// The shortest exact form `parse_duration` reads back: `24h`, `90s`.
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if d.subsec_millis() != 0 || s == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+        if s % n == 0 {
+            return format!("{}{unit}", s / n);
+        }
+    }
+    format!("{s}s")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_format_back() {
+        for t in ["24h", "90s", "15m", "2d", "500ms"] {
+            assert_eq!(format_duration(parse_duration(t).unwrap()), t);
+        }
+    }
 
     fn env(name: &str) -> Option<String> {
         match name {

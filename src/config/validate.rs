@@ -51,6 +51,38 @@ impl Ctx<'_> {
         }
     }
 
+    /// An `approval:` section: None when absent, Some(None) for
+    /// `required: false`.
+    pub fn approval(
+        &mut self,
+        f: usize,
+        a: &Option<serde_saphyr::Spanned<super::raw::RawApproval>>,
+    ) -> Option<Option<super::Approval>> {
+        let a = a.as_ref()?;
+        let v = &a.value;
+        let expires = self
+            .duration(f, &v.expires)
+            .unwrap_or(Duration::from_secs(24 * 3600));
+        if expires.is_zero() {
+            self.err(f, a.referenced, "approval.expires must be longer than 0s");
+        }
+        let before = match &v.before {
+            None => super::ApprovalStage::Deploy,
+            Some(b) => super::ApprovalStage::parse(&b.value).unwrap_or_else(|| {
+                self.err(
+                    f,
+                    b.referenced,
+                    format!(
+                        "approval.before must be `deploy` or `build`, got `{}`",
+                        b.value
+                    ),
+                );
+                super::ApprovalStage::Deploy
+            }),
+        };
+        Some((v.required != Some(false)).then_some(super::Approval { expires, before }))
+    }
+
     pub fn opt_text(&mut self, f: usize, s: &Option<S>) -> Option<String> {
         s.as_ref().and_then(|s| self.text(f, s))
     }
@@ -375,8 +407,10 @@ fn build_defaults(ctx: &mut Ctx, raw: Option<(usize, Spanned<RawDefaults>)>) -> 
         platforms: Vec::new(),
         build_timeout: DEFAULT_BUILD_TIMEOUT,
         settle: std::time::Duration::ZERO,
+        approval: None,
     };
     let Some((f, d)) = raw else { return out };
+    out.approval = ctx.approval(f, &d.value.approval);
     if let Some(s) = d.value.schedule.as_ref().and_then(|s| ctx.schedule(f, s)) {
         out.schedule = s;
     }

@@ -84,6 +84,28 @@ pub(super) fn images(
         }
         let deploy = r.deploy.as_ref().and_then(|d| deploy(ctx, f, d, backends));
         let settle = ctx.duration(f, &r.settle).unwrap_or(defaults.settle);
+        let approval = ctx
+            .approval(f, &r.approval)
+            .or_else(|| policy.approval_for(&name.to_string()))
+            .or(defaults.approval)
+            .flatten()
+            // Only where its stage exists.
+            .filter(|a| match a.before {
+                ApprovalStage::Deploy => deploy.is_some(),
+                ApprovalStage::Build => build.is_some(),
+            });
+        if let Some(a) = &r.approval
+            && a.value.required != Some(false)
+            && approval.is_none()
+        {
+            ctx.err(
+                f,
+                a.referenced,
+                format!(
+                    "{name} asks for approval before a stage it does not have (deploy: or build:)"
+                ),
+            );
+        }
         if deploy.is_some() && policy.trusted_registries_only {
             let trusted = registries
                 .iter()
@@ -109,6 +131,7 @@ pub(super) fn images(
                 settle,
                 build,
                 deploy,
+                approval,
                 implicit: false,
                 origin: Some(ctx.origin(f, r.name.referenced)),
             },
@@ -135,6 +158,7 @@ pub(super) fn images(
                     settle: defaults.settle,
                     build: None,
                     deploy: None,
+                    approval: None,
                     implicit: true,
                     origin: Some(ctx.origin(file, at)),
                 },

@@ -97,6 +97,7 @@ pub(super) fn policy(ctx: &mut Ctx, raw: Option<(usize, Spanned<RawPolicy>)>) ->
                 required: 1,
                 authorities: vec![a],
             }),
+            approval: None,
             scan: shorthand_scan.map(|max_severity| ScanRule {
                 max_severity,
                 ignore_unfixed: false,
@@ -371,8 +372,9 @@ fn rule(ctx: &mut Ctx, f: usize, r: &Spanned<RawRule>) -> Option<PolicyRule> {
         ctx.err(f, at, "scan.source: attestation needs `signatures` with a cosign authority (its key verifies the attestation)");
         ok = false;
     }
-    if signatures.is_none() && scan.is_none() && ok {
-        ctx.err(f, at, "a rule needs `signatures` or `scan` (or both)");
+    let approval = ctx.approval(f, &r.approval);
+    if signatures.is_none() && scan.is_none() && approval.is_none() && ok {
+        ctx.err(f, at, "a rule needs `signatures`, `scan` or `approval`");
         ok = false;
     }
     ok.then_some(PolicyRule {
@@ -381,6 +383,7 @@ fn rule(ctx: &mut Ctx, f: usize, r: &Spanned<RawRule>) -> Option<PolicyRule> {
         apply_to,
         signatures,
         scan,
+        approval,
         origin,
     })
 }

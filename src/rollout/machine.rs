@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use super::state::{ImageState, RolloutState};
+pub use crate::config::ApprovalStage;
 use crate::store::RolloutImage;
 
 /// The stages an image's config uses.
@@ -41,6 +42,8 @@ pub struct Node {
     pub parents: Vec<String>,
     pub stages: Stages,
     pub gates: Gates,
+    /// A person approves before this stage (issue 15).
+    pub approval: Option<ApprovalStage>,
 }
 
 /// The lineage by image name.
@@ -58,6 +61,9 @@ pub enum Action {
     /// built (or an external image's waiting row) → verifying: enqueue the
     /// verify job that runs the gates on its digest.
     Verify { image: String },
+    /// → awaiting_approval: ask a person (before the deploy of the built
+    /// digest, or before the build).
+    AwaitApproval { image: String, stage: ApprovalStage },
     /// built → deploying: enqueue the deploy job of the built digest.
     Deploy { image: String },
     /// built → deploy_failed: it must deploy but no built digest is known.
@@ -137,6 +143,13 @@ pub fn step_in(
                         ready &= !rerun.contains(p.as_str());
                         continue;
                     }
+                    // Waiting for its build's approval: not built yet.
+                    let unbuilt = ps == ImageState::AwaitingApproval
+                        && nodes.get(p).and_then(|n| n.approval) == Some(ApprovalStage::Build);
+                    if unbuilt {
+                        ready = false;
+                        continue;
+                    }
                     if ps.blocks_children() {
                         blocker = Some(format!(
                             "parent {p} {ps}{}",
@@ -154,6 +167,15 @@ pub fn step_in(
                     Some(ImageState::Blocked)
                 } else if !ready {
                     None
+                } else if stages.build
+                    && node.and_then(|n| n.approval) == Some(ApprovalStage::Build)
+                    && !r.build_approved
+                {
+                    actions.push(Action::AwaitApproval {
+                        image: r.image.clone(),
+                        stage: ApprovalStage::Build,
+                    });
+                    Some(ImageState::AwaitingApproval)
                 } else if stages.build {
                     actions.push(Action::Trigger {
                         image: r.image.clone(),
@@ -186,6 +208,17 @@ pub fn step_in(
                     reason: "no built digest to deploy (CI reported none)".into(),
                 });
                 Some(ImageState::DeployFailed)
+            }
+            ImageState::Built
+                if stages.deploy
+                    && node.and_then(|n| n.approval) == Some(ApprovalStage::Deploy)
+                    && r.approved_digest != r.built_digest =>
+            {
+                actions.push(Action::AwaitApproval {
+                    image: r.image.clone(),
+                    stage: ApprovalStage::Deploy,
+                });
+                Some(ImageState::AwaitingApproval)
             }
             ImageState::Built if stages.deploy => {
                 actions.push(Action::Deploy {
@@ -262,11 +295,19 @@ pub enum Rejoin {
     Rerun,
     /// It had finished: wait again.
     Restart,
+    /// A person was asked about a digest a new build will replace: the
+    /// request is withdrawn (superseded) and it waits again.
+    Reask,
 }
 
-pub fn rejoin(state: ImageState) -> Rejoin {
+/// `approval`: the stage the image's approval is for, if any.
+pub fn rejoin(state: ImageState, approval: Option<ApprovalStage>) -> Rejoin {
     match state {
         ImageState::Waiting => Rejoin::Keep,
+        // Approving a build holds for the newest bases: it reads them when
+        // it is triggered.
+        ImageState::AwaitingApproval if approval == Some(ApprovalStage::Build) => Rejoin::Keep,
+        ImageState::AwaitingApproval => Rejoin::Reask,
         ImageState::Queued => Rejoin::WithdrawOrRerun,
         s if s.in_flight() => Rejoin::Rerun,
         _ => Rejoin::Restart,
@@ -294,6 +335,17 @@ pub enum Outcome {
     DeployFailed {
         reason: String,
     },
+    /// A person approved (the stage the row waited for); `by` is the API
+    /// token's name.
+    Approved {
+        stage: ApprovalStage,
+        by: String,
+    },
+    /// A person rejected, or the request expired (`by` lineaged).
+    Rejected {
+        reason: String,
+        by: String,
+    },
 }
 
 impl Outcome {
@@ -306,6 +358,8 @@ impl Outcome {
             Outcome::Refused { .. } => "image_refused",
             Outcome::Deployed => "deploy_succeeded",
             Outcome::DeployFailed { .. } => "deploy_failed",
+            Outcome::Approved { .. } => "approval_granted",
+            Outcome::Rejected { .. } => "approval_rejected",
         }
     }
 }
@@ -317,7 +371,27 @@ pub fn apply(row: &mut RolloutImage, outcome: &Outcome) -> bool {
     let building = matches!(row.state, ImageState::Queued | ImageState::Building);
     let deploying = row.state == ImageState::Deploying;
     let verifying = row.state == ImageState::Verifying;
+    let awaiting = row.state == ImageState::AwaitingApproval;
     match outcome {
+        Outcome::Approved { stage, .. } if awaiting => {
+            row.approval_id = None;
+            row.reason = None;
+            match stage {
+                ApprovalStage::Build => {
+                    row.build_approved = true;
+                    row.state = ImageState::Waiting;
+                }
+                ApprovalStage::Deploy => {
+                    row.approved_digest = row.built_digest.clone();
+                    row.state = ImageState::Built;
+                }
+            }
+        }
+        Outcome::Rejected { reason, .. } if awaiting => {
+            row.approval_id = None;
+            row.reason = Some(reason.clone());
+            row.state = ImageState::Refused;
+        }
         Outcome::Built { digest } if building => {
             row.built_digest = digest.clone();
             row.reason = None;
@@ -357,6 +431,9 @@ pub fn apply(row: &mut RolloutImage, outcome: &Outcome) -> bool {
         row.deploy_job_id = None;
         row.verify_job_id = None;
         row.verified_digest = None;
+        row.approval_id = None;
+        row.approved_digest = None;
+        row.build_approved = false;
         row.build_attempts = 0;
     }
     true
@@ -374,7 +451,7 @@ mod tests {
                     Node {
                         parents: ps.iter().map(|p| p.to_string()).collect(),
                         stages: *st,
-                        gates: Gates::default(),
+                        ..Default::default()
                     },
                 )
             })
@@ -418,6 +495,7 @@ mod tests {
                 Action::Trigger { image } => format!("trigger {image}"),
                 Action::Deploy { image } => format!("deploy {image}"),
                 Action::Verify { image } => format!("verify {image}"),
+                Action::AwaitApproval { image, stage } => format!("approve {image} {stage:?}"),
                 Action::DeployFailed { image, .. } => format!("deploy_failed {image}"),
                 Action::Cancel { image, .. } => format!("cancel {image}"),
                 Action::Done { image } => format!("done {image}"),
@@ -588,6 +666,62 @@ mod tests {
     }
 
     #[test]
+    fn approvals_hold_deploys_and_builds_and_a_rejection_blocks_children() {
+        use ImageState::*;
+        let mut n = diamond();
+        n.get_mut("W").unwrap().approval = Some(ApprovalStage::Deploy);
+        n.get_mut("P").unwrap().approval = Some(ApprovalStage::Build);
+        // P waits for its build approval; its children wait with it.
+        let rows = vec![
+            row("P", 1, Waiting),
+            row("X", 2, Waiting),
+            row("W", 2, Waiting),
+        ];
+        assert_eq!(names(&step(&rows, &n)), vec!["approve P Build"]);
+        let rows = vec![
+            row("P", 1, AwaitingApproval),
+            row("X", 2, Waiting),
+            row("W", 2, Waiting),
+        ];
+        assert!(step(&rows, &n).is_empty());
+        // Approved: back to waiting, then triggered.
+        let mut p = rows[0].clone();
+        let ok = Outcome::Approved {
+            stage: ApprovalStage::Build,
+            by: "ops".into(),
+        };
+        assert!(apply(&mut p, &ok));
+        assert_eq!((p.state, p.build_approved), (Waiting, true));
+        assert_eq!(names(&step(&[p], &n)), vec!["trigger P"]);
+        // Built W asks before its deploy; approved, it deploys.
+        let mut w = row("W", 2, Built);
+        assert_eq!(names(&step(&[w.clone()], &n)), vec!["approve W Deploy"]);
+        w.state = AwaitingApproval;
+        assert!(apply(
+            &mut w,
+            &Outcome::Approved {
+                stage: ApprovalStage::Deploy,
+                by: "ops".into()
+            }
+        ));
+        assert_eq!(w.approved_digest, w.built_digest);
+        assert_eq!(names(&step(&[w.clone()], &n)), vec!["deploy W"]);
+        // Rejected before its build: refused, and X is blocked.
+        let mut p = row("P", 1, AwaitingApproval);
+        let no = Outcome::Rejected {
+            reason: "approval rejected by ops".into(),
+            by: "ops".into(),
+        };
+        assert!(apply(&mut p, &no));
+        assert_eq!(p.state, Refused);
+        let a = step(&[p, row("X", 2, Waiting)], &n);
+        assert_eq!(names(&a)[0], "block X");
+        // A late decision on a row that moved on changes nothing.
+        let mut done = row("W", 2, Done);
+        assert!(!apply(&mut done, &no));
+    }
+
+    #[test]
     fn rejoin_table() {
         use ImageState::*;
         for (s, want) in [
@@ -595,15 +729,19 @@ mod tests {
             (Queued, Rejoin::WithdrawOrRerun),
             (Building, Rejoin::Rerun),
             (Deploying, Rejoin::Rerun),
-            (AwaitingApproval, Rejoin::Rerun),
+            (AwaitingApproval, Rejoin::Reask),
             (Done, Rejoin::Restart),
             (Failed, Rejoin::Restart),
             (Blocked, Rejoin::Restart),
             (DeployFailed, Rejoin::Restart),
             (Cancelled, Rejoin::Restart),
         ] {
-            assert_eq!(rejoin(s), want, "{s}");
+            assert_eq!(rejoin(s, Some(ApprovalStage::Deploy)), want, "{s}");
         }
+        assert_eq!(
+            rejoin(AwaitingApproval, Some(ApprovalStage::Build)),
+            Rejoin::Keep
+        );
     }
 
     #[test]
@@ -662,7 +800,7 @@ mod tests {
                 Node {
                     parents,
                     stages: BUILD,
-                    gates: Gates::default(),
+                    ..Default::default()
                 },
             );
             rows.push(row(&name, if i < 100 { 1 } else { 2 }, ImageState::Waiting));
@@ -694,6 +832,7 @@ mod tests {
                     deploy: false,
                     cascade: true,
                 },
+                ..Default::default()
             },
         );
         n

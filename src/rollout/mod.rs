@@ -14,6 +14,7 @@
 //! advisory lock on Postgres, the write lock on SQLite), so a crash between
 //! steps loses nothing and replicas never interleave steps.
 
+mod approve;
 mod cause;
 mod jobs;
 pub mod machine;
@@ -25,6 +26,7 @@ mod verify;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub use approve::Decision;
 pub use cause::{Cause, ChangeCause, JoinedData};
 pub use jobs::{
     DeployPayload, JobKind, JobPayload, ParentDigest, PayloadError, RebuildPayload, VerifyPayload,
@@ -125,6 +127,7 @@ impl Engine {
                     parents: img.parents.iter().map(ToString::to_string).collect(),
                     stages,
                     gates,
+                    approval: img.approval.map(|a| a.before),
                 };
                 (img.name.to_string(), node)
             })

@@ -156,8 +156,18 @@ impl Engine {
                     batch.push(RolloutImage::new(rollout, &name, wave_no, now));
                     continue;
                 };
-                match machine::rejoin(ri.state) {
-                    Rejoin::Keep => {}
+                let approval = self.nodes.get(&name).and_then(|n| n.approval);
+                let mut rejoin = machine::rejoin(ri.state, approval);
+                if rejoin == Rejoin::Reask {
+                    if let Some(a) = ri.approval_id.take() {
+                        self.store
+                            .decide_approval_in(tx, a, "superseded", "lineaged", Some(again), now)
+                            .await?;
+                    }
+                    rejoin = Rejoin::Restart;
+                }
+                match rejoin {
+                    Rejoin::Keep | Rejoin::Reask => {}
                     Rejoin::WithdrawOrRerun => {
                         let withdrawn = match ri.job_id {
                             Some(job) => {
@@ -188,6 +198,8 @@ impl Engine {
                         // old one says nothing about it.
                         ri.verify_job_id = None;
                         ri.verified_digest = None;
+                        ri.approved_digest = None;
+                        ri.build_approved = false;
                         ri.build_deadline = None;
                         ri.build_attempts = 0;
                     }

@@ -200,6 +200,19 @@ impl Engine {
                     to_enqueue.push((image.clone(), JobKind::Verify, job));
                     changed.push(image);
                 }
+                Action::AwaitApproval { image, stage } => {
+                    let Some(r) = rows.get_mut(&image) else {
+                        continue;
+                    };
+                    match self.ask_approval(tx, r, stage, now).await? {
+                        super::approve::Asked::Deploy(job) => {
+                            to_enqueue.push((image.clone(), JobKind::Deploy, job));
+                        }
+                        super::approve::Asked::Refused => blocked_here.push(image.clone()),
+                        super::approve::Asked::Pending => {}
+                    }
+                    changed.push(image);
+                }
                 Action::Deploy { image } => {
                     let Some(r) = rows.get_mut(&image) else {
                         continue;
@@ -378,7 +391,7 @@ impl Engine {
 
     /// The deploy job of `r`'s built digest; marks `r` deploying until the
     /// deploy's deadline.
-    fn deploy_job(&self, r: &mut RolloutImage, now: Millis) -> Option<NewJob> {
+    pub(super) fn deploy_job(&self, r: &mut RolloutImage, now: Millis) -> Option<NewJob> {
         let deploy = self.image(&r.image)?.deploy.as_ref()?;
         let digest = r.built_digest.clone()?;
         let token = new_token();
@@ -418,6 +431,8 @@ impl Engine {
             Outcome::Refused { .. } => ("verify", "failed"),
             Outcome::Deployed => ("deploy", "succeeded"),
             Outcome::DeployFailed { .. } => ("deploy", "failed"),
+            Outcome::Approved { .. } => ("approval", "succeeded"),
+            Outcome::Rejected { .. } => ("approval", "failed"),
         };
         crate::metrics::metrics().stage_result(stage, result);
         if let (Outcome::Built { .. }, Some(job)) = (outcome, job)
@@ -440,6 +455,8 @@ impl Engine {
             | Outcome::Refused { reason } => {
                 json!({ "reason": reason })
             }
+            Outcome::Approved { stage, by } => json!({ "stage": stage, "by": by }),
+            Outcome::Rejected { reason, by } => json!({ "reason": reason, "by": by }),
         };
         self.event(
             tx,
@@ -797,6 +814,18 @@ impl Engine {
         for mut ri in self.store.rollout_images_in(&mut tx, id).await? {
             if ri.is_finished() {
                 continue;
+            }
+            if let Some(a) = ri.approval_id.take() {
+                self.store
+                    .decide_approval_in(
+                        &mut tx,
+                        a,
+                        "superseded",
+                        by,
+                        Some("rollout cancelled"),
+                        now,
+                    )
+                    .await?;
             }
             let pending = match ri.state {
                 ImageState::Queued => ri.job_id,

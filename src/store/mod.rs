@@ -8,6 +8,7 @@
 //! own. An enum rather than a trait object keeps async methods simple and
 //! lets callers hold a backend-neutral transaction ([`Tx`]).
 
+mod approvals;
 mod changes;
 mod gates;
 mod health;
@@ -25,6 +26,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{PgPool, SqlitePool};
 
+pub use approvals::ApprovalRecord;
 pub use changes::{BaseAnnotation, ChangeRecord, Observation, StaleParent};
 pub use health::{
     ImageFilter, ImageListed, ImageState, ImageStatus, RegistryHealth, StatusCounts, health_state,

@@ -39,6 +39,12 @@ pub struct RolloutImage {
     pub verify_job_id: Option<i64>,
     /// The digest the gates passed (or only warned on).
     pub verified_digest: Option<String>,
+    /// The approval the image waits for (`awaiting_approval`).
+    pub approval_id: Option<i64>,
+    /// The digest a person approved for deploy.
+    pub approved_digest: Option<String>,
+    /// A person approved building it (`approval.before: build`).
+    pub build_approved: bool,
     /// The CI run of the rebuild job, when its CI named one (read from the
     /// job; only the rollout listing fills it).
     #[sqlx(default)]
@@ -63,6 +69,9 @@ impl RolloutImage {
             deploy_job_id: None,
             verify_job_id: None,
             verified_digest: None,
+            approval_id: None,
+            approved_digest: None,
+            build_approved: false,
             run_url: None,
         }
     }
@@ -72,15 +81,16 @@ impl RolloutImage {
     }
 }
 
-const SAVE: &str = "INSERT INTO rollout_images (rollout_id, image, wave, state, job_id, rerun, build_deadline, built_digest, reason, callback_token, updated_at, build_attempts, deploy_job_id, verify_job_id, verified_digest)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+const SAVE: &str = "INSERT INTO rollout_images (rollout_id, image, wave, state, job_id, rerun, build_deadline, built_digest, reason, callback_token, updated_at, build_attempts, deploy_job_id, verify_job_id, verified_digest, approval_id, approved_digest, build_approved)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
 ON CONFLICT (rollout_id, image) DO UPDATE SET
     wave = excluded.wave, state = excluded.state, job_id = excluded.job_id, rerun = excluded.rerun,
     build_deadline = excluded.build_deadline, built_digest = excluded.built_digest, reason = excluded.reason,
     callback_token = excluded.callback_token, updated_at = excluded.updated_at, build_attempts = excluded.build_attempts,
-    deploy_job_id = excluded.deploy_job_id, verify_job_id = excluded.verify_job_id, verified_digest = excluded.verified_digest";
+    deploy_job_id = excluded.deploy_job_id, verify_job_id = excluded.verify_job_id, verified_digest = excluded.verified_digest,
+    approval_id = excluded.approval_id, approved_digest = excluded.approved_digest, build_approved = excluded.build_approved";
 const SAVE_VALUES: &str =
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
 
 impl Store {
     /// The running rollout (locked on Postgres for this transaction), or a
@@ -157,14 +167,14 @@ impl Store {
     }
 
     /// `save_rollout_image_in` for many rows: multi-row upserts of up to
-    /// 500 rows (13 parameters each), so planning 10,000 images is 20
+    /// 500 rows (18 parameters each), so planning 10,000 images is 20
     /// statements, not 10,000.
     pub async fn save_rollout_images_in(
         &self,
         tx: &mut Tx,
         rows: &[RolloutImage],
     ) -> Result<(), StoreError> {
-        const COLS: usize = 15;
+        const COLS: usize = 18;
         for chunk in rows.chunks(500) {
             let values = (0..chunk.len())
                 .map(|r| {
@@ -180,7 +190,8 @@ impl Store {
                 for ri in chunk {
                     q = q.bind(ri.rollout_id).bind(&ri.image).bind(ri.wave).bind(ri.state.as_str()).bind(ri.job_id).bind(ri.rerun)
                         .bind(ri.build_deadline).bind(&ri.built_digest).bind(&ri.reason).bind(&ri.callback_token).bind(ri.updated_at).bind(ri.build_attempts)
-                        .bind(ri.deploy_job_id).bind(ri.verify_job_id).bind(&ri.verified_digest);
+                        .bind(ri.deploy_job_id).bind(ri.verify_job_id).bind(&ri.verified_digest)
+                        .bind(ri.approval_id).bind(&ri.approved_digest).bind(ri.build_approved);
                 }
                 q.execute(&mut *c).await?.rows_affected()
             });

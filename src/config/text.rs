@@ -80,8 +80,9 @@ pub fn format_duration(d: Duration) -> String {
     if d.subsec_millis() != 0 || s == 0 {
         return format!("{}ms", d.as_millis());
     }
+    // Days from two on: "24h" reads better than "1d".
     for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-        if s % n == 0 {
+        if s % n == 0 && (unit != "d" || s >= 2 * 86_400) {
             return format!("{}{unit}", s / n);
         }
     }

@@ -108,6 +108,13 @@ pub fn step_in(
         .filter(|r| r.rerun)
         .map(|r| r.image.as_str())
         .collect();
+    // Rows whose build a person approved: a refusal of the others with a
+    // build approval is a rejected build (nothing was built).
+    let build_approved: std::collections::HashSet<&str> = rows
+        .iter()
+        .filter(|r| r.build_approved)
+        .map(|r| r.image.as_str())
+        .collect();
     let mut actions = Vec::new();
     for i in order {
         let r = &rows[i];
@@ -137,8 +144,12 @@ pub fn step_in(
                     // A gate that does not apply to cascading holds no child
                     // back: a refusal for deploy only, or a check for it.
                     let cascade = nodes.get(p).is_some_and(|n| n.gates.cascade);
-                    let deploy_only =
-                        !cascade && matches!(ps, ImageState::Refused | ImageState::Verifying);
+                    let rejected_build = ps == ImageState::Refused
+                        && nodes.get(p).and_then(|n| n.approval) == Some(ApprovalStage::Build)
+                        && !build_approved.contains(p.as_str());
+                    let deploy_only = !cascade
+                        && !rejected_build
+                        && matches!(ps, ImageState::Refused | ImageState::Verifying);
                     if deploy_only {
                         ready &= !rerun.contains(p.as_str());
                         continue;

@@ -424,7 +424,68 @@ images:
             "{cfg}:16:23: build of registry.example.com/d:1: repository_dispatch's client_payload takes at most 10 inputs; lineaged sends 6 and `inputs` adds 5"
         ),
         format!(
-            "{cfg}:19:24: deploy through backend `tk` (kind tekton): deploys go to webhook backends"
+            "{cfg}:19:24: deploy through backend `tk` (kind tekton): deploys go to webhook, argocd, flux or kubernetes backends"
+        ),
+    ] {
+        assert!(err.contains(e.as_str()), "missing {e:?} in:\n{err}");
+    }
+}
+
+/// The deploy kinds' needs, each at its line: what a backend lacks, what a
+/// deploy names wrongly or names for another kind, and approvals.
+#[test]
+fn deploy_kinds_and_approvals_are_checked_at_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "deploy.yaml",
+        r#"backends:
+  ci: { kind: webhook, url: "http://ci.example.com" }
+  argo: { kind: argocd, url: "https://argocd.example.com" }
+  flux: { kind: flux, url: "https://flux.example.com/hook/1" }
+  k8s: { kind: kubernetes, kubeconfig: /nonexistent/kubeconfig }
+  k8s2: { kind: kubernetes, api_url: "https://k8s.example.com" }
+images:
+  - name: registry.example.com/a:1
+    build: { backend: k8s2 }
+  - name: registry.example.com/b:1
+    build: { backend: ci }
+    deploy: { backend: argo, namespace: shop }
+  - name: registry.example.com/c:1
+    build: { backend: ci }
+    deploy: { backend: k8s2, workload: pod/c }
+  - name: registry.example.com/d:1
+    build: { backend: ci }
+    deploy: { backend: k8s2, workload: deployment/d, app: x }
+    approval: { expires: 1h, before: deploy-ish }
+  - name: registry.example.com/e:1
+    build: { backend: ci }
+    approval: { }
+"#,
+    );
+    let o = lineaged(&["check", "-c", &cfg]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    for e in [
+        format!("{cfg}:3:9: backend `argo` (kind argocd) needs `token_env or token_file`"),
+        format!(
+            "{cfg}:4:9: backend `flux` (kind flux) needs `secret_env or secret_file (the Receiver's HMAC token)`"
+        ),
+        format!("{cfg}:5:40: cannot read kubeconfig /nonexistent/kubeconfig"),
+        format!(
+            "{cfg}:9:23: build of registry.example.com/a:1 through backend `k8s2` (kind kubernetes): it deploys, it does not build"
+        ),
+        format!(
+            "{cfg}:12:24: deploy through backend `argo` (kind argocd) needs `app` (the application's name)"
+        ),
+        format!("{cfg}:12:41: deploy.namespace is not used by backend `argo` (kind argocd)"),
+        format!(
+            "{cfg}:15:40: workload must be deployment/NAME, statefulset/NAME or daemonset/NAME, got `pod/c`"
+        ),
+        format!("{cfg}:18:59: deploy.app is not used by backend `k8s2` (kind kubernetes)"),
+        format!("{cfg}:19:38: approval.before must be `deploy` or `build`, got `deploy-ish`"),
+        format!(
+            "{cfg}:22:15: registry.example.com/e:1 asks for approval before a stage it does not have"
         ),
     ] {
         assert!(err.contains(e.as_str()), "missing {e:?} in:\n{err}");

@@ -409,7 +409,9 @@ fn deploy(
             );
         }
     };
-    use BackendKind::{Argocd, Kubernetes};
+    use BackendKind::{Argocd, Kubernetes, Webhook};
+    only(ctx, &d.app, "app", &[Webhook, Argocd]);
+    only(ctx, &d.environment, "environment", &[Webhook]);
     only(ctx, &d.app_namespace, "app_namespace", &[Argocd]);
     only(ctx, &d.project, "project", &[Argocd]);
     only(ctx, &d.source, "source", &[Argocd]);

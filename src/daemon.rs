@@ -131,6 +131,10 @@ pub async fn start(
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{addr}"));
+        let notifier =
+            crate::notify::Notifier::new(cfg.clone(), store.clone(), callback_base.clone());
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(async move { notifier.run(token).await }));
         let dispatcher = Arc::new(Dispatcher::new(
             cfg.clone(),
             store.clone(),

@@ -13,6 +13,7 @@ pub mod deploy;
 pub mod dispatch;
 pub mod lineage;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod registry;
 pub mod rollout;

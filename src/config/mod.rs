@@ -68,6 +68,88 @@ pub struct Config {
     /// Declared images in declaration order, then implicit external parents.
     pub images: Vec<Image>,
     pub policy: Policy,
+    /// Where people hear about rollouts (issue 15).
+    pub notifications: Vec<Sink>,
+}
+
+/// A notification sink.
+#[derive(Debug, Clone)]
+pub struct Sink {
+    pub name: String,
+    pub kind: SinkKind,
+    pub url: Secret,
+    /// webhook: signs with Standard Webhooks headers.
+    pub secret: Option<Secret>,
+    pub on: Vec<NotifyOn>,
+    /// Globs; empty: every image.
+    pub images: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    /// A Slack incoming webhook (`{"text", "blocks"}`).
+    Slack,
+    /// A Teams workflow webhook (a message with an Adaptive Card).
+    Teams,
+    /// JSON signed per Standard Webhooks.
+    Webhook,
+}
+
+impl SinkKind {
+    pub const ALL: [SinkKind; 3] = [SinkKind::Slack, SinkKind::Teams, SinkKind::Webhook];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkKind::Slack => "slack",
+            SinkKind::Teams => "teams",
+            SinkKind::Webhook => "webhook",
+        }
+    }
+}
+
+/// What a sink hears about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyOn {
+    RolloutStarted,
+    RolloutFinished,
+    RolloutFailed,
+    ImageBlocked,
+    GateRefused,
+    ApprovalPending,
+    DeployFailed,
+    RegistryDown,
+}
+
+impl NotifyOn {
+    pub const ALL: [NotifyOn; 8] = [
+        NotifyOn::RolloutStarted,
+        NotifyOn::RolloutFinished,
+        NotifyOn::RolloutFailed,
+        NotifyOn::ImageBlocked,
+        NotifyOn::GateRefused,
+        NotifyOn::ApprovalPending,
+        NotifyOn::DeployFailed,
+        NotifyOn::RegistryDown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyOn::RolloutStarted => "rollout_started",
+            NotifyOn::RolloutFinished => "rollout_finished",
+            NotifyOn::RolloutFailed => "rollout_failed",
+            NotifyOn::ImageBlocked => "image_blocked",
+            NotifyOn::GateRefused => "gate_refused",
+            NotifyOn::ApprovalPending => "approval_pending",
+            NotifyOn::DeployFailed => "deploy_failed",
+            NotifyOn::RegistryDown => "registry_down",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<NotifyOn> {
+        NotifyOn::ALL.into_iter().find(|k| k.as_str() == s)
+    }
 }
 
 impl Config {

@@ -25,6 +25,30 @@ pub struct RawFile {
     #[serde(default)]
     pub images: Vec<RawImage>,
     pub policy: Option<Spanned<RawPolicy>>,
+    #[serde(default)]
+    pub notifications: Vec<Spanned<RawNotification>>,
+}
+
+/// A notification sink: `kind` slack, teams or webhook; its URL (a Slack or
+/// Teams webhook URL is a credential: `url_env`/`url_file`); what it hears.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotification {
+    pub name: Option<S>,
+    pub kind: S,
+    pub url: Option<S>,
+    pub url_env: Option<S>,
+    pub url_file: Option<S>,
+    /// webhook: the Standard Webhooks signing secret.
+    pub secret_env: Option<S>,
+    pub secret_file: Option<S>,
+    /// Event kinds: rollout_started, rollout_finished, rollout_failed,
+    /// image_blocked, gate_refused, approval_pending, deploy_failed,
+    /// registry_down.
+    pub on: Vec<S>,
+    /// Only events about these images (globs over normalised references).
+    #[serde(default)]
+    pub images: Vec<S>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -260,6 +260,7 @@ pub(super) fn validate(
     let mut registries = Vec::new();
     let mut backends: BTreeMap<String, (usize, Spanned<RawBackend>)> = BTreeMap::new();
     let mut images = Vec::new();
+    let mut notifications = Vec::new();
 
     for (f, (_, raw)) in files.into_iter().enumerate() {
         database.put(&mut ctx, f, raw.database, "database");
@@ -288,6 +289,7 @@ pub(super) fn validate(
             }
         }
         images.extend(raw.images.into_iter().map(|i| (f, i)));
+        notifications.extend(raw.notifications.into_iter().map(|n| (f, n)));
     }
 
     let database = build_database(&mut ctx, database.slot);
@@ -334,6 +336,7 @@ pub(super) fn validate(
         &registries,
         &policy,
     );
+    let notifications = super::validate_parts::notifications(&mut ctx, notifications);
 
     if !ctx.diags.is_empty() {
         let order = |d: &Diagnostic| ctx.files.iter().position(|f| *f == d.file);
@@ -342,6 +345,7 @@ pub(super) fn validate(
         return Err(diags);
     }
     Ok(Config {
+        notifications,
         sources: ctx.files,
         database,
         listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),

@@ -428,3 +428,119 @@ fn cors_origin_ok(v: &str) -> bool {
         && !host.contains(['/', '?', '#', '@', ' '])
         && axum::http::HeaderValue::from_str(v).is_ok()
 }
+
+/// `notifications:`: each sink's kind, URL (a secret for Slack and Teams),
+/// event kinds and image globs; names unique (default `kind-N`).
+pub(super) fn notifications(
+    ctx: &mut Ctx,
+    raw: Vec<(usize, Spanned<RawNotification>)>,
+) -> Vec<Sink> {
+    let mut out: Vec<Sink> = Vec::new();
+    for (i, (f, n)) in raw.into_iter().enumerate() {
+        let at = n.referenced;
+        let n = n.value;
+        let Some(kind) = SinkKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == n.kind.value)
+        else {
+            ctx.err(
+                f,
+                n.kind.referenced,
+                format!(
+                    "notification kind must be slack, teams or webhook, got `{}`",
+                    n.kind.value
+                ),
+            );
+            continue;
+        };
+        let name = ctx
+            .opt_text(f, &n.name)
+            .unwrap_or_else(|| format!("{}-{}", kind.as_str(), i + 1));
+        if out.iter().any(|s| s.name == name) {
+            ctx.err(f, at, format!("notification `{name}` is declared twice"));
+        }
+        let url = match (&n.url, ctx.secret(f, &n.url_env, &n.url_file, "url")) {
+            (Some(u), None) if n.url_env.is_none() && n.url_file.is_none() => {
+                if kind != SinkKind::Webhook {
+                    ctx.err(
+                        f,
+                        u.referenced,
+                        format!(
+                            "a {} webhook URL is a credential: give it as url_env or url_file",
+                            kind.as_str()
+                        ),
+                    );
+                }
+                ctx.http_url(f, &n.url, "url").map(Secret::new)
+            }
+            (Some(u), _) => {
+                ctx.err(f, u.referenced, "set only one of url, url_env and url_file");
+                None
+            }
+            (None, Some(s)) => {
+                if s.expose().starts_with("http://") || s.expose().starts_with("https://") {
+                    Some(s)
+                } else {
+                    ctx.err(
+                        f,
+                        at,
+                        "the notification URL must be an http:// or https:// URL",
+                    );
+                    None
+                }
+            }
+            (None, None) => {
+                if n.url_env.is_none() && n.url_file.is_none() {
+                    ctx.err(
+                        f,
+                        at,
+                        format!("notification `{name}` needs url, url_env or url_file"),
+                    );
+                }
+                None
+            }
+        };
+        let secret = ctx.secret(f, &n.secret_env, &n.secret_file, "secret");
+        if secret.is_some() && kind != SinkKind::Webhook {
+            ctx.err(
+                f,
+                at,
+                format!("notification `{name}`: secret signs webhook sinks only"),
+            );
+        }
+        let mut on = Vec::new();
+        for e in &n.on {
+            match NotifyOn::parse(&e.value) {
+                Some(k) if !on.contains(&k) => on.push(k),
+                Some(_) => {}
+                None => {
+                    let all: Vec<&str> = NotifyOn::ALL.iter().map(|k| k.as_str()).collect();
+                    ctx.err(
+                        f,
+                        e.referenced,
+                        format!("unknown event `{}` (one of {})", e.value, all.join(", ")),
+                    );
+                }
+            }
+        }
+        if n.on.is_empty() {
+            ctx.err(
+                f,
+                at,
+                format!("notification `{name}` needs `on:` (the events it hears)"),
+            );
+        }
+        let images = n.images.iter().filter_map(|g| ctx.text(f, g)).collect();
+        if let Some(url) = url {
+            out.push(Sink {
+                name,
+                kind,
+                url,
+                secret,
+                on,
+                images,
+            });
+        }
+    }
+    out
+}

@@ -33,7 +33,11 @@ use crate::store::{JobRecord, JobState, Store, now_millis};
 const LEASE: Duration = Duration::from_secs(120);
 
 /// The job kinds this dispatcher delivers.
-const KINDS: [&str; 2] = [JobKind::Rebuild.as_str(), JobKind::Deploy.as_str()];
+const KINDS: [&str; 3] = [
+    JobKind::Rebuild.as_str(),
+    JobKind::Deploy.as_str(),
+    JobKind::Notify.as_str(),
+];
 
 pub struct Dispatcher {
     cfg: Arc<Config>,
@@ -220,6 +224,7 @@ impl Dispatcher {
         // Whether a 2xx means done (a deploy to a backend with `ack: sync`).
         let mut sync = false;
         let outcome = match JobPayload::decode(&job.kind, &job.payload) {
+            Ok(JobPayload::Notify(p)) => return self.notify(&job, &p, started).await,
             Err(e) => Err(DispatchError::Invalid(e.to_string())),
             Ok(payload) => match self.cfg.backends.get(payload.backend()) {
                 None => Err(DispatchError::Invalid(format!(
@@ -299,9 +304,11 @@ impl Dispatcher {
                             "deploys go to webhook, argocd, flux or kubernetes backends, not {}",
                             b.kind.as_str()
                         ))),
-                        JobPayload::Verify(_) => Err(DispatchError::Invalid(
-                            "verify jobs are run by the gate worker, not delivered".into(),
-                        )),
+                        JobPayload::Verify(_) | JobPayload::Notify(_) => {
+                            Err(DispatchError::Invalid(
+                                "verify jobs are run by the gate worker, not delivered".into(),
+                            ))
+                        }
                     };
                     match req {
                         Ok(mut req) => {
@@ -317,6 +324,66 @@ impl Dispatcher {
         };
         self.finish(&job, kind_label, started, outcome.map(Sent::Accepted), sync)
             .await
+    }
+
+    /// Sends a notification. Its job is completed or failed directly: no
+    /// rollout row waits on it, and it writes no event (an event about a
+    /// notification would be heard again).
+    async fn notify(
+        &self,
+        job: &JobRecord,
+        p: &crate::rollout::NotifyPayload,
+        started: std::time::Instant,
+    ) {
+        let sent = match self.cfg.notifications.iter().find(|s| s.name == p.sink) {
+            None => Err(DispatchError::Invalid(format!(
+                "notification sink `{}` is no longer configured",
+                p.sink
+            ))),
+            Some(sink) => {
+                crate::notify::send::deliver(
+                    &self.http,
+                    sink,
+                    job,
+                    &p.message,
+                    Duration::from_secs(30),
+                )
+                .await
+            }
+        };
+        crate::metrics::metrics().dispatched(
+            "notify",
+            match &sent {
+                Ok(_) => "accepted",
+                Err(e) if e.retryable() => "retry",
+                Err(_) => "failed",
+            },
+            started.elapsed().as_secs_f64(),
+        );
+        let now = now_millis();
+        let recorded = match sent {
+            Ok(status) => {
+                let result = serde_json::json!({ "delivered": true, "status": status });
+                retry_db("record the notification", || {
+                    self.store
+                        .complete(job.id, &self.worker, Some(&result), now)
+                })
+                .await
+                .map(|_| ())
+            }
+            Err(e) => {
+                tracing::warn!(sink = p.sink, error = %e, "notification not delivered");
+                let f = e.into_failure();
+                retry_db("record the failure", || {
+                    self.store.fail(job.id, &self.worker, &f, now)
+                })
+                .await
+                .map(|_| ())
+            }
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "cannot record the notification");
+        }
     }
 
     /// Records what a delivery attempt came to: accepted (done, when

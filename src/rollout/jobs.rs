@@ -17,16 +17,24 @@ pub enum JobKind {
     Deploy,
     /// Run the supply-chain gates on a digest (lineaged's own worker).
     Verify,
+    /// Tell a notification sink about an event.
+    Notify,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 3] = [JobKind::Rebuild, JobKind::Deploy, JobKind::Verify];
+    pub const ALL: [JobKind; 4] = [
+        JobKind::Rebuild,
+        JobKind::Deploy,
+        JobKind::Verify,
+        JobKind::Notify,
+    ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             JobKind::Rebuild => "rebuild",
             JobKind::Deploy => "deploy",
             JobKind::Verify => "verify",
+            JobKind::Notify => "notify",
         }
     }
 
@@ -103,12 +111,21 @@ pub struct VerifyPayload {
     pub rollout_id: i64,
 }
 
+/// Payload of a `notify` job: the finished message for one sink.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NotifyPayload {
+    /// The sink's name in `notifications:`.
+    pub sink: String,
+    pub message: crate::notify::Message,
+}
+
 /// A decoded job payload.
 #[derive(Debug, Clone)]
 pub enum JobPayload {
     Rebuild(RebuildPayload),
     Deploy(DeployPayload),
     Verify(VerifyPayload),
+    Notify(NotifyPayload),
 }
 
 /// A job whose kind or payload this version cannot read.
@@ -131,6 +148,7 @@ impl JobPayload {
             JobKind::Rebuild => JobPayload::Rebuild(serde_json::from_str(payload).map_err(bad)?),
             JobKind::Deploy => JobPayload::Deploy(serde_json::from_str(payload).map_err(bad)?),
             JobKind::Verify => JobPayload::Verify(serde_json::from_str(payload).map_err(bad)?),
+            JobKind::Notify => JobPayload::Notify(serde_json::from_str(payload).map_err(bad)?),
         })
     }
 
@@ -139,6 +157,7 @@ impl JobPayload {
             JobPayload::Rebuild(_) => JobKind::Rebuild,
             JobPayload::Deploy(_) => JobKind::Deploy,
             JobPayload::Verify(_) => JobKind::Verify,
+            JobPayload::Notify(_) => JobKind::Notify,
         }
     }
 
@@ -146,8 +165,8 @@ impl JobPayload {
         match self {
             JobPayload::Rebuild(p) => &p.callback_token,
             JobPayload::Deploy(p) => &p.callback_token,
-            // Gates run inside lineaged: nobody calls back.
-            JobPayload::Verify(_) => "",
+            // Gates and notifications: nobody calls back.
+            JobPayload::Verify(_) | JobPayload::Notify(_) => "",
         }
     }
 
@@ -156,6 +175,7 @@ impl JobPayload {
             JobPayload::Rebuild(p) => &p.backend,
             JobPayload::Deploy(p) => &p.deploy.backend,
             JobPayload::Verify(_) => "",
+            JobPayload::Notify(p) => &p.sink,
         }
     }
 
@@ -164,6 +184,7 @@ impl JobPayload {
             JobPayload::Rebuild(p) => serde_json::to_value(p),
             JobPayload::Deploy(p) => serde_json::to_value(p),
             JobPayload::Verify(p) => serde_json::to_value(p),
+            JobPayload::Notify(p) => serde_json::to_value(p),
         }
         .unwrap_or_default()
     }
@@ -191,7 +212,7 @@ mod tests {
         assert_eq!(back.kind(), JobKind::Deploy);
         assert_eq!(back.callback_token(), "t");
         assert!(matches!(
-            JobPayload::decode("notify", "{}"),
+            JobPayload::decode("notarize", "{}"),
             Err(PayloadError::UnknownKind(_))
         ));
         let e = JobPayload::decode("rebuild", "{}").unwrap_err().to_string();

@@ -29,7 +29,8 @@ use std::sync::Arc;
 pub use approve::Decision;
 pub use cause::{Cause, ChangeCause, JoinedData};
 pub use jobs::{
-    DeployPayload, JobKind, JobPayload, ParentDigest, PayloadError, RebuildPayload, VerifyPayload,
+    DeployPayload, JobKind, JobPayload, NotifyPayload, ParentDigest, PayloadError, RebuildPayload,
+    VerifyPayload,
 };
 pub use machine::{Outcome, Stages};
 pub use progress::Delivered;

@@ -303,6 +303,7 @@ impl Engine {
                     JobKind::Rebuild => r.job_id = Some(e.id),
                     JobKind::Deploy => r.deploy_job_id = Some(e.id),
                     JobKind::Verify => r.verify_job_id = Some(e.id),
+                    JobKind::Notify => {}
                 }
             }
         }

@@ -13,6 +13,7 @@ mod changes;
 mod gates;
 mod health;
 mod lease;
+mod notify;
 mod queue;
 mod retry;
 mod rollouts;

@@ -38,6 +38,10 @@ pub struct Platform {
     pub flux: Mutex<Vec<Value>>,
     /// GETs an object needs, after a change, to report it rolled out.
     pub steps: Mutex<u32>,
+    /// Notifications received: (sink kind, body, webhook-id).
+    pub notes: Mutex<Vec<(String, Value, String)>>,
+    /// Statuses the notification sinks answer first (then success).
+    pub note_answers: Mutex<std::collections::VecDeque<u16>>,
 }
 
 impl Platform {
@@ -124,6 +128,11 @@ impl Platform {
                 .unwrap_or("")
                 .to_string()
         };
+        for kind in ["slack", "teams", "hooks"] {
+            if path.starts_with(&format!("/{kind}/")) {
+                return self.note(kind, &path, &h, &body);
+            }
+        }
         if let Some(rest) = path.strip_prefix("/flux/hook/") {
             let want = lineaged::dispatch::tekton::signature(SECRET.as_bytes(), &body);
             if h("x-signature") != want {
@@ -164,6 +173,71 @@ impl Platform {
             return self.argo(method, name, sync, body);
         }
         status(404, "NotFound", "no such path")
+    }
+
+    /// A Slack incoming webhook (200 `ok`), a Teams workflow webhook (202)
+    /// or a Standard Webhooks receiver (checks the signature; 204).
+    fn note(&self, kind: &str, path: &str, h: &dyn Fn(&str) -> String, body: &[u8]) -> Response {
+        if let Some(code) = self.note_answers.lock().unwrap().pop_front() {
+            return (StatusCode::from_u16(code).unwrap(), "try later").into_response();
+        }
+        if h("content-type") != "application/json" {
+            return (StatusCode::BAD_REQUEST, "invalid_payload").into_response();
+        }
+        let mut v: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(_) => return (StatusCode::BAD_REQUEST, "invalid_payload").into_response(),
+        };
+        let id = h("webhook-id");
+        match kind {
+            "slack" => {
+                if !v["text"].is_string() || !v["blocks"].is_array() {
+                    return (StatusCode::BAD_REQUEST, "no_text").into_response();
+                }
+            }
+            "teams" => {
+                let card = &v["attachments"][0];
+                if v["type"] != "message"
+                    || card["contentType"] != "application/vnd.microsoft.card.adaptive"
+                    || card["content"]["type"] != "AdaptiveCard"
+                {
+                    return (StatusCode::BAD_REQUEST, "not an adaptive card message")
+                        .into_response();
+                }
+            }
+            _ => {
+                let ts: i64 = h("webhook-timestamp").parse().unwrap_or(0);
+                let key = lineaged::dispatch::webhook::signing_key(SECRET);
+                if !lineaged::dispatch::webhook::verify(
+                    &key,
+                    &id,
+                    ts,
+                    body,
+                    &h("webhook-signature"),
+                ) {
+                    return (StatusCode::UNAUTHORIZED, "bad signature").into_response();
+                }
+            }
+        }
+        // Which sink it was, for the test (not part of any API).
+        v["_path"] = json!(path);
+        self.notes.lock().unwrap().push((kind.to_string(), v, id));
+        match kind {
+            "slack" => (StatusCode::OK, "ok").into_response(),
+            "teams" => StatusCode::ACCEPTED.into_response(),
+            _ => StatusCode::NO_CONTENT.into_response(),
+        }
+    }
+
+    /// Notifications a sink kind received.
+    pub fn notes_of(&self, kind: &str) -> Vec<(Value, String)> {
+        self.notes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _, _)| k == kind)
+            .map(|(_, v, i)| (v.clone(), i.clone()))
+            .collect()
     }
 
     fn kube(&self, method: Method, ctype: &str, ns: &str, name: &str, body: Value) -> Response {

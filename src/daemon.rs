@@ -250,6 +250,9 @@ async fn drive_engine(
             if let Err(e) = engine.expire_approvals().await {
                 tracing::warn!(error = %e, "approval expiry check failed");
             }
+            if let Err(e) = engine.open_windows(crate::store::now_millis()).await {
+                tracing::warn!(error = %e, "deploy window check failed");
+            }
         }
     }
 }

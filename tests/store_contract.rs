@@ -657,6 +657,27 @@ async fn rollout_rows_save_in_batches_and_upsert(db: &TestDb) {
         .find(|r| r.image == "r.example.com/img0004:1")
         .unwrap();
     assert_eq!((one.wave, one.state.as_str()), (2, "waiting"));
+    // Every state the machine has is storable, with every field.
+    let mut tx = store.begin().await.unwrap();
+    let all: Vec<RolloutImage> = lineaged::rollout::ImageState::ALL
+        .iter()
+        .map(|st| {
+            let mut r = RolloutImage::new(rid, &format!("r.example.com/{st}:1"), 1, T0);
+            r.state = *st;
+            r.approval_id = Some(3);
+            r.approved_digest = Some("sha256:a".into());
+            r.build_approved = true;
+            r.not_before = Some(T0 + 1);
+            r
+        })
+        .collect();
+    store.save_rollout_images_in(&mut tx, &all).await.unwrap();
+    tx.commit().await.unwrap();
+    let saved = store.rollout_images(rid).await.unwrap();
+    for want in &all {
+        let got = saved.iter().find(|r| r.image == want.image).unwrap();
+        assert_eq!(got, want);
+    }
 }
 
 macro_rules! contract {

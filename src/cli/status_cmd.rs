@@ -95,7 +95,7 @@ async fn fetch(args: &StatusArgs) -> Result<Value, String> {
             // "succeeded": images through every stage (state `done`).
             "succeeded": count("done"),
             "building": count("building") + count("queued") + count("built") + count("verifying"),
-            "deploying": count("awaiting_approval") + count("deploying"),
+            "deploying": count("awaiting_approval") + count("waiting_for_window") + count("deploying"),
             "waiting": count("waiting"),
             "failed": count("failed") + count("blocked") + count("refused") + count("deploy_failed"),
         }));

@@ -12,6 +12,7 @@ mod validate;
 mod validate_images;
 mod validate_parts;
 mod validate_policy;
+pub mod window;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,6 +25,7 @@ use crate::registry::ImageRef;
 pub use load::{load, load_str};
 pub use secret::{Secret, SecretSource};
 pub use text::{format_duration, parse_duration};
+pub use window::DeployWindow;
 
 /// The default polling schedule: every five minutes (cron with seconds).
 pub const DEFAULT_SCHEDULE: &str = "0 */5 * * * *";
@@ -210,6 +212,7 @@ pub struct Defaults {
     pub settle: Duration,
     /// `defaults.approval`: None when not set, Some(None) for `required: false`.
     pub approval: Option<Option<Approval>>,
+    pub deploy_window: Option<DeployWindow>,
 }
 
 /// A person's yes before an image moves on.
@@ -510,6 +513,8 @@ pub struct Image {
     /// Resolved: the image's own, else the first matching rule's, else the
     /// defaults'. Only where its stage exists (a build, a deploy).
     pub approval: Option<Approval>,
+    /// Resolved like `approval`; only on images with a deploy.
+    pub deploy_window: Option<DeployWindow>,
     /// Declared only as someone's parent, not in `images:`.
     pub implicit: bool,
     pub origin: Option<Origin>,
@@ -672,8 +677,12 @@ pub struct PolicyRule {
     pub apply_to: ApplyTo,
     pub signatures: Option<SignatureRule>,
     pub scan: Option<ScanRule>,
-    /// The rule's `approval` (Some(None): `required: false`).
+    /// The rule's `approval` (Some(None): `required: false`). Not part of
+    /// the policy hash: it changes no verdict.
+    #[serde(skip)]
     pub approval: Option<Option<Approval>>,
+    #[serde(skip)]
+    pub deploy_window: Option<DeployWindow>,
     /// `file:line:col` of the rule (or of the shorthand).
     #[serde(skip)]
     pub origin: String,
@@ -773,6 +782,15 @@ impl Policy {
             (r.signatures.is_some() || r.scan.is_some())
                 && r.images.iter().any(|g| glob_match(g, image))
         })
+    }
+
+    /// The `deploy_window` of the first rule that sets one and matches `image`.
+    pub fn window_for(&self, image: &str) -> Option<DeployWindow> {
+        self.rules
+            .iter()
+            .filter(|r| r.deploy_window.is_some())
+            .find(|r| r.images.iter().any(|g| glob_match(g, image)))
+            .and_then(|r| r.deploy_window.clone())
     }
 
     /// The `approval` of the first rule that sets one and matches `image`.

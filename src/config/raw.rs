@@ -70,6 +70,20 @@ pub struct RawDefaults {
     pub settle: Option<S>,
     /// A person approves every deploy (unless an image or rule says).
     pub approval: Option<Spanned<RawApproval>>,
+    /// When deploys may go out (unless an image or rule says).
+    pub deploy_window: Option<Spanned<RawWindow>>,
+}
+
+/// `deploy_window: { days: [mon-fri], hours: "09:00-17:00", timezone: Europe/Berlin }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindow {
+    /// Default: every day.
+    #[serde(default)]
+    pub days: Vec<S>,
+    pub hours: S,
+    /// IANA name; default UTC.
+    pub timezone: Option<S>,
 }
 
 /// `approval: { required: true, expires: 24h, before: deploy }`.
@@ -198,6 +212,7 @@ pub struct RawImage {
     pub build: Option<RawBuild>,
     pub deploy: Option<RawDeploy>,
     pub approval: Option<Spanned<RawApproval>>,
+    pub deploy_window: Option<Spanned<RawWindow>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,6 +297,7 @@ pub struct RawRule {
     pub signatures: Option<RawSignatures>,
     pub scan: Option<RawRuleScan>,
     pub approval: Option<Spanned<RawApproval>>,
+    pub deploy_window: Option<Spanned<RawWindow>>,
 }
 
 #[derive(Debug, Deserialize)]

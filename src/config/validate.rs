@@ -51,6 +51,59 @@ impl Ctx<'_> {
         }
     }
 
+    /// A `deploy_window:` section.
+    pub fn window(
+        &mut self,
+        f: usize,
+        w: &Option<serde_saphyr::Spanned<super::raw::RawWindow>>,
+    ) -> Option<super::DeployWindow> {
+        use super::window::{parse_days, parse_hours, parse_timezone};
+        let w = w.as_ref()?;
+        let v = &w.value;
+        let mut ok = true;
+        let mut days_text = Vec::new();
+        for d in &v.days {
+            if let Some(t) = self.text(f, d) {
+                if let Err(m) = parse_days(std::slice::from_ref(&t)) {
+                    self.err(f, d.referenced, m);
+                    ok = false;
+                }
+                days_text.push(t);
+            }
+        }
+        let days = parse_days(&days_text).unwrap_or([true; 7]);
+        let hours = self.text(f, &v.hours).unwrap_or_default();
+        let (start, end) = parse_hours(&hours).unwrap_or_else(|m| {
+            self.err(f, v.hours.referenced, m);
+            ok = false;
+            (0, 1)
+        });
+        let tz_name = self
+            .opt_text(f, &v.timezone)
+            .unwrap_or_else(|| "UTC".into());
+        let tz = match parse_timezone(&tz_name) {
+            Ok(tz) => tz,
+            Err(m) => {
+                let at = v.timezone.as_ref().map_or(w.referenced, |t| t.referenced);
+                self.err(f, at, m);
+                ok = false;
+                jiff::tz::TimeZone::UTC
+            }
+        };
+        let days_shown = if v.days.is_empty() {
+            "every day".to_string()
+        } else {
+            days_text.join(",")
+        };
+        ok.then(|| super::DeployWindow {
+            days,
+            start,
+            end,
+            tz,
+            text: format!("{days_shown} {hours} {tz_name}"),
+        })
+    }
+
     /// An `approval:` section: None when absent, Some(None) for
     /// `required: false`.
     pub fn approval(
@@ -412,9 +465,11 @@ fn build_defaults(ctx: &mut Ctx, raw: Option<(usize, Spanned<RawDefaults>)>) -> 
         build_timeout: DEFAULT_BUILD_TIMEOUT,
         settle: std::time::Duration::ZERO,
         approval: None,
+        deploy_window: None,
     };
     let Some((f, d)) = raw else { return out };
     out.approval = ctx.approval(f, &d.value.approval);
+    out.deploy_window = ctx.window(f, &d.value.deploy_window);
     if let Some(s) = d.value.schedule.as_ref().and_then(|s| ctx.schedule(f, s)) {
         out.schedule = s;
     }

@@ -94,6 +94,20 @@ pub(super) fn images(
                 ApprovalStage::Deploy => deploy.is_some(),
                 ApprovalStage::Build => build.is_some(),
             });
+        let deploy_window = ctx
+            .window(f, &r.deploy_window)
+            .or_else(|| policy.window_for(&name.to_string()))
+            .or_else(|| defaults.deploy_window.clone())
+            .filter(|_| deploy.is_some());
+        if let Some(w) = &r.deploy_window
+            && deploy.is_none()
+        {
+            ctx.err(
+                f,
+                w.referenced,
+                format!("{name} has a deploy_window but no deploy:"),
+            );
+        }
         if let Some(a) = &r.approval
             && a.value.required != Some(false)
             && approval.is_none()
@@ -132,6 +146,7 @@ pub(super) fn images(
                 build,
                 deploy,
                 approval,
+                deploy_window,
                 implicit: false,
                 origin: Some(ctx.origin(f, r.name.referenced)),
             },
@@ -159,6 +174,7 @@ pub(super) fn images(
                     build: None,
                     deploy: None,
                     approval: None,
+                    deploy_window: None,
                     implicit: true,
                     origin: Some(ctx.origin(file, at)),
                 },

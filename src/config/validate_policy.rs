@@ -98,6 +98,7 @@ pub(super) fn policy(ctx: &mut Ctx, raw: Option<(usize, Spanned<RawPolicy>)>) ->
                 authorities: vec![a],
             }),
             approval: None,
+            deploy_window: None,
             scan: shorthand_scan.map(|max_severity| ScanRule {
                 max_severity,
                 ignore_unfixed: false,
@@ -373,8 +374,18 @@ fn rule(ctx: &mut Ctx, f: usize, r: &Spanned<RawRule>) -> Option<PolicyRule> {
         ok = false;
     }
     let approval = ctx.approval(f, &r.approval);
-    if signatures.is_none() && scan.is_none() && approval.is_none() && ok {
-        ctx.err(f, at, "a rule needs `signatures`, `scan` or `approval`");
+    let deploy_window = ctx.window(f, &r.deploy_window);
+    if signatures.is_none()
+        && scan.is_none()
+        && approval.is_none()
+        && r.deploy_window.is_none()
+        && ok
+    {
+        ctx.err(
+            f,
+            at,
+            "a rule needs `signatures`, `scan`, `approval` or `deploy_window`",
+        );
         ok = false;
     }
     ok.then_some(PolicyRule {
@@ -384,6 +395,7 @@ fn rule(ctx: &mut Ctx, f: usize, r: &Spanned<RawRule>) -> Option<PolicyRule> {
         signatures,
         scan,
         approval,
+        deploy_window,
         origin,
     })
 }

@@ -22,6 +22,7 @@ mod plan;
 mod progress;
 mod state;
 mod verify;
+mod window;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -217,6 +217,25 @@ impl Engine {
                     let Some(r) = rows.get_mut(&image) else {
                         continue;
                     };
+                    // Outside its deploy window: wait for the opening.
+                    let window = self.image(&image).and_then(|i| i.deploy_window.as_ref());
+                    if let Some(w) = window
+                        && let Some(opens) = w.next_opening(now)
+                    {
+                        r.state = ImageState::WaitingForWindow;
+                        r.not_before = Some(opens);
+                        r.updated_at = now;
+                        changed.push(image.clone());
+                        self.event(
+                            tx,
+                            "deploy_waiting_for_window",
+                            (Some(&image), Some(rollout), None),
+                            json!({ "opens_at": opens, "window": w.text }),
+                            now,
+                        )
+                        .await?;
+                        continue;
+                    }
                     if let Some(job) = self.deploy_job(r, now) {
                         to_enqueue.push((image.clone(), JobKind::Deploy, job));
                         changed.push(image);

@@ -5,7 +5,7 @@ use std::fmt;
 
 /// Where one image is in a rollout's pipeline:
 /// `waiting → queued → building → built → verifying → awaiting_approval →
-/// deploying → done`, or one of the ends `failed`, `deploy_failed`,
+/// waiting_for_window → deploying → done`, or one of the ends `failed`, `deploy_failed`,
 /// `blocked`, `refused`, `cancelled`. Stages an image's config does not use
 /// are skipped.
 #[derive(
@@ -25,6 +25,8 @@ pub enum ImageState {
     Verifying,
     /// Waiting for a person to approve the deploy (issue 15).
     AwaitingApproval,
+    /// Built and cleared, waiting for its deploy window to open.
+    WaitingForWindow,
     /// Deploy job enqueued or delivered; waiting for its result.
     Deploying,
     /// Every stage the image uses finished.
@@ -42,13 +44,14 @@ pub enum ImageState {
 }
 
 impl ImageState {
-    pub const ALL: [ImageState; 13] = [
+    pub const ALL: [ImageState; 14] = [
         ImageState::Waiting,
         ImageState::Queued,
         ImageState::Building,
         ImageState::Built,
         ImageState::Verifying,
         ImageState::AwaitingApproval,
+        ImageState::WaitingForWindow,
         ImageState::Deploying,
         ImageState::Done,
         ImageState::Failed,
@@ -66,6 +69,7 @@ impl ImageState {
             ImageState::Built => "built",
             ImageState::Verifying => "verifying",
             ImageState::AwaitingApproval => "awaiting_approval",
+            ImageState::WaitingForWindow => "waiting_for_window",
             ImageState::Deploying => "deploying",
             ImageState::Done => "done",
             ImageState::Failed => "failed",
@@ -100,6 +104,7 @@ impl ImageState {
             self,
             ImageState::Built
                 | ImageState::AwaitingApproval
+                | ImageState::WaitingForWindow
                 | ImageState::Deploying
                 | ImageState::Done
                 | ImageState::DeployFailed
@@ -249,6 +254,7 @@ mod tests {
                         | ImageState::Built
                         | ImageState::Verifying
                         | ImageState::AwaitingApproval
+                        | ImageState::WaitingForWindow
                         | ImageState::Deploying
                 ),
                 "{s}"

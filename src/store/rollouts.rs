@@ -45,6 +45,8 @@ pub struct RolloutImage {
     pub approved_digest: Option<String>,
     /// A person approved building it (`approval.before: build`).
     pub build_approved: bool,
+    /// `waiting_for_window`: when the deploy window opens.
+    pub not_before: Option<Millis>,
     /// The CI run of the rebuild job, when its CI named one (read from the
     /// job; only the rollout listing fills it).
     #[sqlx(default)]
@@ -72,6 +74,7 @@ impl RolloutImage {
             approval_id: None,
             approved_digest: None,
             build_approved: false,
+            not_before: None,
             run_url: None,
         }
     }
@@ -81,16 +84,17 @@ impl RolloutImage {
     }
 }
 
-const SAVE: &str = "INSERT INTO rollout_images (rollout_id, image, wave, state, job_id, rerun, build_deadline, built_digest, reason, callback_token, updated_at, build_attempts, deploy_job_id, verify_job_id, verified_digest, approval_id, approved_digest, build_approved)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+const SAVE: &str = "INSERT INTO rollout_images (rollout_id, image, wave, state, job_id, rerun, build_deadline, built_digest, reason, callback_token, updated_at, build_attempts, deploy_job_id, verify_job_id, verified_digest, approval_id, approved_digest, build_approved, not_before)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
 ON CONFLICT (rollout_id, image) DO UPDATE SET
     wave = excluded.wave, state = excluded.state, job_id = excluded.job_id, rerun = excluded.rerun,
     build_deadline = excluded.build_deadline, built_digest = excluded.built_digest, reason = excluded.reason,
     callback_token = excluded.callback_token, updated_at = excluded.updated_at, build_attempts = excluded.build_attempts,
     deploy_job_id = excluded.deploy_job_id, verify_job_id = excluded.verify_job_id, verified_digest = excluded.verified_digest,
-    approval_id = excluded.approval_id, approved_digest = excluded.approved_digest, build_approved = excluded.build_approved";
+    approval_id = excluded.approval_id, approved_digest = excluded.approved_digest, build_approved = excluded.build_approved,
+    not_before = excluded.not_before";
 const SAVE_VALUES: &str =
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)";
 
 impl Store {
     /// The running rollout (locked on Postgres for this transaction), or a
@@ -167,14 +171,14 @@ impl Store {
     }
 
     /// `save_rollout_image_in` for many rows: multi-row upserts of up to
-    /// 500 rows (18 parameters each), so planning 10,000 images is 20
+    /// 500 rows (19 parameters each), so planning 10,000 images is 20
     /// statements, not 10,000.
     pub async fn save_rollout_images_in(
         &self,
         tx: &mut Tx,
         rows: &[RolloutImage],
     ) -> Result<(), StoreError> {
-        const COLS: usize = 18;
+        const COLS: usize = 19;
         for chunk in rows.chunks(500) {
             let values = (0..chunk.len())
                 .map(|r| {
@@ -191,7 +195,7 @@ impl Store {
                     q = q.bind(ri.rollout_id).bind(&ri.image).bind(ri.wave).bind(ri.state.as_str()).bind(ri.job_id).bind(ri.rerun)
                         .bind(ri.build_deadline).bind(&ri.built_digest).bind(&ri.reason).bind(&ri.callback_token).bind(ri.updated_at).bind(ri.build_attempts)
                         .bind(ri.deploy_job_id).bind(ri.verify_job_id).bind(&ri.verified_digest)
-                        .bind(ri.approval_id).bind(&ri.approved_digest).bind(ri.build_approved);
+                        .bind(ri.approval_id).bind(&ri.approved_digest).bind(ri.build_approved).bind(ri.not_before);
                 }
                 q.execute(&mut *c).await?.rows_affected()
             });
@@ -482,6 +486,13 @@ impl Store {
     }
 
     /// Builds and deploys past their deadline (no result reported in time).
+    /// Rows whose deploy window has opened.
+    pub async fn opened_windows(&self, now: Millis) -> Result<Vec<RolloutImage>, StoreError> {
+        Ok(on_pool!(self, p => sqlx::query_as(
+            "SELECT * FROM rollout_images WHERE state = 'waiting_for_window' AND not_before <= $1 ORDER BY rollout_id, image LIMIT 1000")
+            .bind(now).fetch_all(p).await?))
+    }
+
     pub async fn overdue_builds(&self, now: Millis) -> Result<Vec<RolloutImage>, StoreError> {
         Ok(on_pool!(self, p => sqlx::query_as(
             "SELECT * FROM rollout_images WHERE state IN ('building', 'deploying') AND build_deadline < $1 ORDER BY rollout_id, image LIMIT 1000")

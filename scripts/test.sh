@@ -11,6 +11,10 @@ command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The dashboard test drives Debian's Chromium with playwright-core (npm).
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     echo "test.sh: installing ${missing[*]}" >&2
@@ -20,6 +24,12 @@ if ((${#missing[@]})); then
     echo "test.sh: please install: sudo apt-get install ${missing[*]}" >&2
     exit 1
   fi
+fi
+
+# playwright-core, pinned in tests/browser/package-lock.json.
+if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
+  echo "test.sh: installing playwright-core (npm ci in tests/browser)" >&2
+  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error >/dev/null
 fi
 
 # Postgres for the store tests: the machine's server on 127.0.0.1:5432 when

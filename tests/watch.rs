@@ -533,8 +533,11 @@ async fn a_failing_registry_is_backed_off_shown_degraded_and_recovers() {
     );
     mode.store(2, Ordering::Relaxed); // 429 + Retry-After
     let h = wait_for(&store, "rate limited", |h| {
-        h.as_ref()
-            .is_some_and(|h| h.last_error.as_deref().is_some_and(|e| e.contains("429")))
+        h.as_ref().is_some_and(|h| {
+            h.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("(HTTP 429)"))
+        })
     })
     .await
     .unwrap();

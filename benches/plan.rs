@@ -75,7 +75,7 @@ fn benches(c: &mut Criterion) {
             Node {
                 parents,
                 stages,
-                gates: Default::default(),
+                ..Default::default()
             },
         );
         let mut r = RolloutImage::new(1, &name, if i < 100 { 1 } else { 2 }, 0);

@@ -82,7 +82,7 @@ pub fn format_duration(d: Duration) -> String {
     }
     // Days from two on: "24h" reads better than "1d".
     for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-        if s % n == 0 && (unit != "d" || s >= 2 * 86_400) {
+        if s.is_multiple_of(n) && (unit != "d" || s >= 2 * 86_400) {
             return format!("{}{unit}", s / n);
         }
     }

@@ -688,3 +688,35 @@ fn policy_keys_and_quorums_are_checked_at_load() {
         assert!(err.contains(e.as_str()), "missing {e:?} in:\n{err}");
     }
 }
+
+/// Notification sinks' needs, each at its line.
+#[test]
+fn notification_sinks_are_checked_at_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "notify.yaml",
+        r#"notifications:
+  - { kind: slack, url: "https://hooks.slack.com/services/T/B/X", on: [rollout_started] }
+  - { kind: pager, url: "https://example.com", on: [rollout_started] }
+  - { kind: webhook, url: "https://example.com/hook", on: [rollout_begun] }
+  - { kind: email, from: "not an address", to: [ops@example.com], smtp: { host: smtp.example.com, tls: none, username: u, password_env: LINEAGED_TEST_TOKEN }, on: [approval_pending] }
+  - { kind: teams, url_env: LINEAGED_TEST_TOKEN, on: [] }
+"#,
+    );
+    let o = lineaged(&["check", "-c", &cfg]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    for e in [
+        format!("{cfg}:2:25: a slack webhook URL is a credential: give it as url_env or url_file"),
+        format!(
+            "{cfg}:3:13: notification kind must be slack, teams, webhook or email, got `pager`"
+        ),
+        format!("{cfg}:4:60: unknown event `rollout_begun`"),
+        format!("{cfg}:5:73: smtp: a password is never sent without TLS (tls: none)"),
+        format!("{cfg}:5:26: from: not a mail address: `not an address`"),
+        format!("{cfg}:6:5: notification `teams-5` needs `on:` (the events it hears)"),
+    ] {
+        assert!(err.contains(e.as_str()), "missing {e:?} in:\n{err}");
+    }
+}

@@ -18,7 +18,7 @@ const K8S: &str = r#"{ kind: kubernetes, api_url: "{plat}/k8s", token_env: T_CI_
 const ENTRY: &str =
     "{ backend: deployer, namespace: shop, workload: deployment/{name}, container: app }";
 
-async fn world(db: &str, plat: &str, dir: &std::path::Path) -> World {
+async fn world(db: &str, plat: &str, dir: &std::path::Path, smtp: u16) -> World {
     let file = |name: &str, url: String| {
         let p = dir.join(name);
         std::fs::write(&p, url).unwrap();
@@ -39,6 +39,7 @@ notifications:
   - {{ name: ops-teams, kind: teams, url_file: "{teams}", on: [rollout_started, approval_pending, rollout_finished] }}
   - {{ name: audit, kind: webhook, url: "{plat}/hooks/lineaged", secret_env: T_CI_SECRET, on: [rollout_started, approval_pending, rollout_finished, rollout_failed, deploy_failed] }}
   - {{ name: w-team, kind: webhook, url: "{plat}/hooks/w-team", secret_env: T_CI_SECRET, on: [approval_pending], images: ["{{registry}}/team/w:*"] }}
+  - {{ name: ops-mail, kind: email, smtp: {{ host: 127.0.0.1, port: {smtp}, tls: none }}, from: "lineaged <lineaged@example.com>", to: [ops@example.com, "Release <release@example.com>"], on: [approval_pending] }}
 "#
     );
     let w = World::with_deployer(
@@ -117,7 +118,8 @@ async fn sinks_hear_start_approvals_and_finish_once_each() {
         let db = TestDb::new(backend).await;
         let (plat, url) = Platform::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let w = world(db.url(), &url, dir.path()).await;
+        let (smtp, smtp_port) = support::smtp::Smtp::start().await;
+        let w = world(db.url(), &url, dir.path(), smtp_port).await;
         plat.add_deployment("shop", "w", &w.full("team/w"));
         plat.add_deployment("shop", "x", &w.full("team/x"));
         // Every sink is down for its first few calls.
@@ -191,10 +193,28 @@ async fn sinks_hear_start_approvals_and_finish_once_each() {
                 .ends_with(&format!("/api/v1/rollouts/{rollout}"))),
             "{d}"
         );
+        // Two mails, one per approval, each to both recipients, with the
+        // job's key as Message-ID.
+        let mails = smtp.mails.lock().unwrap().clone();
+        assert_eq!(mails.len(), 2, "{backend}: {mails:?}");
+        assert!(smtp.errors.lock().unwrap().is_empty(), "{:?}", smtp.errors);
+        for m in &mails {
+            assert_eq!(m.from, "<lineaged@example.com>");
+            assert_eq!(m.to, vec!["<ops@example.com>", "<release@example.com>"]);
+            assert!(
+                m.data.contains("Subject: [lineaged] 127.0.0.1:")
+                    && m.data.contains("waits for approval")
+                    && m.data.contains("Message-ID: <")
+                    && m.data.contains("@lineaged>")
+                    && m.data.contains("Approve or reject its deploy"),
+                "{}",
+                m.data
+            );
+        }
         // The notify jobs all succeeded; the failures were retried.
         let jobs = store.jobs(None, 0, 1000).await.unwrap();
         let notify: Vec<_> = jobs.iter().filter(|j| j.kind == "notify").collect();
-        assert_eq!(notify.len(), 13, "{backend}");
+        assert_eq!(notify.len(), 15, "{backend}");
         assert!(notify.iter().all(|j| j.state == "succeeded"), "{notify:?}");
         assert!(notify.iter().any(|j| j.attempt > 1));
         // The Slack and Teams URLs are credentials: never in a job.
@@ -212,7 +232,8 @@ async fn kills_neither_lose_nor_double_messages() {
         let db = TestDb::new(backend).await;
         let (plat, url) = Platform::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let w = world(db.url(), &url, dir.path()).await;
+        let (_smtp, smtp_port) = support::smtp::Smtp::start().await;
+        let w = world(db.url(), &url, dir.path(), smtp_port).await;
         plat.add_deployment("shop", "w", &w.full("team/w"));
         plat.add_deployment("shop", "x", &w.full("team/x"));
         plat.note_answers.lock().unwrap().extend([503; 8]);

@@ -79,12 +79,38 @@ pub struct Config {
 pub struct Sink {
     pub name: String,
     pub kind: SinkKind,
+    /// slack, teams, webhook: where to POST (email: unused, empty).
     pub url: Secret,
     /// webhook: signs with Standard Webhooks headers.
     pub secret: Option<Secret>,
+    /// email: the SMTP server and the envelope.
+    pub email: Option<Email>,
     pub on: Vec<NotifyOn>,
     /// Globs; empty: every image.
     pub images: Vec<String>,
+}
+
+/// An email sink: `smtp: { host, port, tls, username, password_env }`,
+/// `from`, `to`.
+#[derive(Debug, Clone)]
+pub struct Email {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub from: String,
+    pub to: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// STARTTLS on the submission port (default, 587).
+    Starttls,
+    /// TLS from the first byte (465).
+    Tls,
+    /// Plain text: a relay on localhost or inside the cluster only.
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -96,16 +122,24 @@ pub enum SinkKind {
     Teams,
     /// JSON signed per Standard Webhooks.
     Webhook,
+    /// Mail over SMTP.
+    Email,
 }
 
 impl SinkKind {
-    pub const ALL: [SinkKind; 3] = [SinkKind::Slack, SinkKind::Teams, SinkKind::Webhook];
+    pub const ALL: [SinkKind; 4] = [
+        SinkKind::Slack,
+        SinkKind::Teams,
+        SinkKind::Webhook,
+        SinkKind::Email,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             SinkKind::Slack => "slack",
             SinkKind::Teams => "teams",
             SinkKind::Webhook => "webhook",
+            SinkKind::Email => "email",
         }
     }
 }

@@ -49,6 +49,25 @@ pub struct RawNotification {
     /// Only events about these images (globs over normalised references).
     #[serde(default)]
     pub images: Vec<S>,
+    /// email: the SMTP server.
+    pub smtp: Option<Spanned<RawSmtp>>,
+    /// email: `lineaged <lineaged@example.com>`.
+    pub from: Option<S>,
+    /// email: recipients.
+    #[serde(default)]
+    pub to: Vec<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSmtp {
+    pub host: S,
+    pub port: Option<Spanned<u16>>,
+    /// `starttls` (default), `tls` or `none`.
+    pub tls: Option<S>,
+    pub username: Option<S>,
+    pub password_env: Option<S>,
+    pub password_file: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -447,7 +447,7 @@ pub(super) fn notifications(
                 f,
                 n.kind.referenced,
                 format!(
-                    "notification kind must be slack, teams or webhook, got `{}`",
+                    "notification kind must be slack, teams, webhook or email, got `{}`",
                     n.kind.value
                 ),
             );
@@ -459,45 +459,68 @@ pub(super) fn notifications(
         if out.iter().any(|s| s.name == name) {
             ctx.err(f, at, format!("notification `{name}` is declared twice"));
         }
-        let url = match (&n.url, ctx.secret(f, &n.url_env, &n.url_file, "url")) {
-            (Some(u), None) if n.url_env.is_none() && n.url_file.is_none() => {
-                if kind != SinkKind::Webhook {
-                    ctx.err(
-                        f,
-                        u.referenced,
-                        format!(
-                            "a {} webhook URL is a credential: give it as url_env or url_file",
-                            kind.as_str()
-                        ),
-                    );
+        let email = if kind == SinkKind::Email {
+            email_sink(ctx, f, at, &name, &n)
+        } else {
+            if n.smtp.is_some() || n.from.is_some() || !n.to.is_empty() {
+                ctx.err(
+                    f,
+                    at,
+                    format!("notification `{name}`: smtp, from and to are for kind email"),
+                );
+            }
+            None
+        };
+        let url = if kind == SinkKind::Email {
+            if n.url.is_some() || n.url_env.is_some() || n.url_file.is_some() {
+                ctx.err(
+                    f,
+                    at,
+                    format!("notification `{name}`: an email sink takes smtp, not url"),
+                );
+            }
+            email.as_ref().map(|_| Secret::new(""))
+        } else {
+            match (&n.url, ctx.secret(f, &n.url_env, &n.url_file, "url")) {
+                (Some(u), None) if n.url_env.is_none() && n.url_file.is_none() => {
+                    if kind != SinkKind::Webhook {
+                        ctx.err(
+                            f,
+                            u.referenced,
+                            format!(
+                                "a {} webhook URL is a credential: give it as url_env or url_file",
+                                kind.as_str()
+                            ),
+                        );
+                    }
+                    ctx.http_url(f, &n.url, "url").map(Secret::new)
                 }
-                ctx.http_url(f, &n.url, "url").map(Secret::new)
-            }
-            (Some(u), _) => {
-                ctx.err(f, u.referenced, "set only one of url, url_env and url_file");
-                None
-            }
-            (None, Some(s)) => {
-                if s.expose().starts_with("http://") || s.expose().starts_with("https://") {
-                    Some(s)
-                } else {
-                    ctx.err(
-                        f,
-                        at,
-                        "the notification URL must be an http:// or https:// URL",
-                    );
+                (Some(u), _) => {
+                    ctx.err(f, u.referenced, "set only one of url, url_env and url_file");
                     None
                 }
-            }
-            (None, None) => {
-                if n.url_env.is_none() && n.url_file.is_none() {
-                    ctx.err(
-                        f,
-                        at,
-                        format!("notification `{name}` needs url, url_env or url_file"),
-                    );
+                (None, Some(s)) => {
+                    if s.expose().starts_with("http://") || s.expose().starts_with("https://") {
+                        Some(s)
+                    } else {
+                        ctx.err(
+                            f,
+                            at,
+                            "the notification URL must be an http:// or https:// URL",
+                        );
+                        None
+                    }
                 }
-                None
+                (None, None) => {
+                    if n.url_env.is_none() && n.url_file.is_none() {
+                        ctx.err(
+                            f,
+                            at,
+                            format!("notification `{name}` needs url, url_env or url_file"),
+                        );
+                    }
+                    None
+                }
             }
         };
         let secret = ctx.secret(f, &n.secret_env, &n.secret_file, "secret");
@@ -537,10 +560,109 @@ pub(super) fn notifications(
                 kind,
                 url,
                 secret,
+                email,
                 on,
                 images,
             });
         }
     }
     out
+}
+
+/// An email sink's `smtp`, `from` and `to`.
+fn email_sink(
+    ctx: &mut Ctx,
+    f: usize,
+    at: serde_saphyr::Location,
+    name: &str,
+    n: &RawNotification,
+) -> Option<Email> {
+    let Some(smtp) = &n.smtp else {
+        ctx.err(
+            f,
+            at,
+            format!("notification `{name}` (kind email) needs `smtp: {{ host }}`"),
+        );
+        return None;
+    };
+    let v = &smtp.value;
+    let tls = match v.tls.as_ref().map(|t| t.value.as_str()) {
+        None | Some("starttls") => SmtpTls::Starttls,
+        Some("tls") => SmtpTls::Tls,
+        Some("none") => SmtpTls::None,
+        Some(other) => {
+            let loc = v.tls.as_ref().map_or(smtp.referenced, |t| t.referenced);
+            ctx.err(
+                f,
+                loc,
+                format!("smtp.tls must be starttls, tls or none, got `{other}`"),
+            );
+            SmtpTls::Starttls
+        }
+    };
+    let port = v.port.as_ref().map(|p| p.value).unwrap_or(match tls {
+        SmtpTls::Starttls => 587,
+        SmtpTls::Tls => 465,
+        SmtpTls::None => 25,
+    });
+    let password = ctx.secret(f, &v.password_env, &v.password_file, "password");
+    let username = ctx.opt_text(f, &v.username);
+    if password.is_some() != username.is_some() {
+        ctx.err(
+            f,
+            smtp.referenced,
+            "smtp: give username and password_env/password_file together",
+        );
+    }
+    if password.is_some() && tls == SmtpTls::None {
+        ctx.err(
+            f,
+            smtp.referenced,
+            "smtp: a password is never sent without TLS (tls: none)",
+        );
+    }
+    let address_ok = |a: &str| crate::notify::email::mailbox(a).is_ok();
+    let Some(from_raw) = &n.from else {
+        ctx.err(
+            f,
+            at,
+            format!("notification `{name}` (kind email) needs `from`"),
+        );
+        return None;
+    };
+    let from = ctx.text(f, from_raw)?;
+    if !address_ok(&from) {
+        ctx.err(
+            f,
+            from_raw.referenced,
+            format!("from: not a mail address: `{from}`"),
+        );
+    }
+    let mut to = Vec::new();
+    for t in &n.to {
+        if let Some(v) = ctx.text(f, t) {
+            if !address_ok(&v) {
+                ctx.err(f, t.referenced, format!("to: not a mail address: `{v}`"));
+            }
+            to.push(v);
+        }
+    }
+    if to.is_empty() {
+        ctx.err(
+            f,
+            at,
+            format!("notification `{name}` (kind email) needs `to`"),
+        );
+        return None;
+    }
+    let host = ctx.text(f, &v.host)?;
+    Some(Email {
+        host,
+        port,
+        tls,
+        username,
+        password,
+        from,
+        to,
+    })
 }

@@ -9,6 +9,7 @@
 //! the same `webhook-id` on every attempt); a failing sink shows as a
 //! failing job and never holds a rollout back.
 
+pub mod email;
 mod message;
 pub mod send;
 

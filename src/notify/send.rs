@@ -20,6 +20,10 @@ use crate::store::JobRecord;
 /// The body a sink gets for `m`.
 pub fn body(kind: SinkKind, m: &Message) -> Value {
     match kind {
+        SinkKind::Email => {
+            let (subject, text) = super::email::render(m);
+            json!({ "subject": subject, "text": text })
+        }
         SinkKind::Slack => slack(m),
         SinkKind::Teams => teams(m),
         SinkKind::Webhook => json!({
@@ -102,6 +106,11 @@ pub async fn deliver(
     m: &Message,
     timeout: std::time::Duration,
 ) -> Result<u16, DispatchError> {
+    if let Some(e) = &sink.email {
+        return super::email::deliver(e, &job.idempotency_key, m, timeout)
+            .await
+            .map(|()| 250);
+    }
     let body = serde_json::to_vec(&body(sink.kind, m)).unwrap_or_default();
     let mut secrets = vec![sink.url.expose().to_string()];
     let mut req = http

@@ -6,6 +6,7 @@ pub mod fleet;
 pub mod platform;
 pub mod registry;
 pub mod signer;
+pub mod smtp;
 
 use lineaged::store::{OpenOptions, Store};
 

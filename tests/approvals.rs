@@ -14,12 +14,8 @@ use lineaged::store::{RolloutImage, Store};
 use serde_json::{Value, json};
 use support::TestDb;
 use support::fleet::{Lineage, Serve, TOKEN, World, rollouts_finished, until};
-use support::platform::Platform;
+use support::platform::{K8S, K8S_ENTRY, Platform};
 use support::signer::Signer;
-
-const K8S: &str = r#"{ kind: kubernetes, api_url: "{plat}/k8s", token_env: T_CI_TOKEN }"#;
-const ENTRY: &str =
-    "{ backend: deployer, namespace: shop, workload: deployment/{name}, container: app }";
 
 /// Managed images need the CI's cosign signature before deploy and
 /// cascade, and `approval` (YAML flow mapping) before `before`.
@@ -39,20 +35,12 @@ async fn world(db: &str, plat: &str, approval: &str) -> (World, Arc<Signer>, tem
         "webhook",
         &policy,
         &K8S.replace("{plat}", plat),
-        ENTRY,
+        K8S_ENTRY,
     )
     .await;
     *w.ci.signer.lock().unwrap() = Some(signer.clone());
     // A write token for the release manager (the daemon gets T_CI_TOKEN).
-    let text = std::fs::read_to_string(&w.cfg).unwrap();
-    std::fs::write(
-        &w.cfg,
-        text.replace(
-            "api: { public_read: true }",
-            "api: { public_read: true, tokens: [{ name: release-manager, role: write, token_env: T_CI_TOKEN }] }",
-        ),
-    )
-    .unwrap();
+    let w = w.with_write_token();
     (w, signer, keys)
 }
 
@@ -104,8 +92,7 @@ async fn a_deploy_waits_for_a_person_and_survives_a_restart() {
         let db = TestDb::new(backend).await;
         let (plat, url) = Platform::start().await;
         let (w, _signer, _keys) = world(db.url(), &url, "{ expires: 1h }").await;
-        plat.add_deployment("shop", "w", &w.full("team/w"));
-        plat.add_deployment("shop", "x", &w.full("team/x"));
+        plat.add_workloads(&w, &["team/w", "team/x"]);
         let serve = Serve::start(&w.cfg, "approve-node");
         let store = w.store_when_observed().await;
         w.push_base("base/a").await;
@@ -268,8 +255,7 @@ async fn a_newer_base_withdraws_the_approval_of_the_digest_it_replaces() {
     let db = TestDb::new("postgres").await;
     let (plat, url) = Platform::start().await;
     let (w, _signer, _keys) = world(db.url(), &url, "{ expires: 1h }").await;
-    plat.add_deployment("shop", "w", &w.full("team/w"));
-    plat.add_deployment("shop", "x", &w.full("team/x"));
+    plat.add_workloads(&w, &["team/w", "team/x"]);
     let _serve = Serve::start(&w.cfg, "reask-node");
     let store = w.store_when_observed().await;
     w.push_base("base/a").await;

@@ -16,12 +16,8 @@ use std::time::Duration;
 use serde_json::Value;
 use support::TestDb;
 use support::fleet::{Lineage, Serve, TOKEN, World, rollouts_finished, until};
-use support::platform::Platform;
+use support::platform::{K8S, K8S_ENTRY, Platform};
 use support::signer::Signer;
-
-const K8S: &str = r#"{ kind: kubernetes, api_url: "{plat}/k8s", token_env: T_CI_TOKEN }"#;
-const ENTRY: &str =
-    "{ backend: deployer, namespace: shop, workload: deployment/{name}, container: app }";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approvals_are_decided_from_the_dashboard_in_chromium() {
@@ -48,21 +44,12 @@ async fn approvals_are_decided_from_the_dashboard_in_chromium() {
         "webhook",
         &policy,
         &K8S.replace("{plat}", &url),
-        ENTRY,
+        K8S_ENTRY,
     )
     .await;
     *w.ci.signer.lock().unwrap() = Some(signer);
-    let text = std::fs::read_to_string(&w.cfg).unwrap();
-    std::fs::write(
-        &w.cfg,
-        text.replace(
-            "api: { public_read: true }",
-            "api: { public_read: true, tokens: [{ name: release-manager, role: write, token_env: T_CI_TOKEN }] }",
-        ),
-    )
-    .unwrap();
-    plat.add_deployment("shop", "w", &w.full("team/w"));
-    plat.add_deployment("shop", "x", &w.full("team/x"));
+    let w = w.with_write_token();
+    plat.add_workloads(&w, &["team/w", "team/x"]);
     let _serve = Serve::start(&w.cfg, "browser-node");
     let store = w.store_when_observed().await;
     w.push_base("base/a").await;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use lineaged::store::{RolloutImage, Store};
 use support::TestDb;
 use support::fleet::{Lineage, Serve, TOKEN, World, rollouts_finished, until};
-use support::platform::Platform;
+use support::platform::{K8S, Platform};
 
 const DEPLOYED: [&str; 2] = ["team/w", "team/x"];
 
@@ -46,8 +46,6 @@ fn built_ref(rows: &[RolloutImage], w: &World, repo: &str) -> String {
     format!("{}/{repo}@{d}", w.reg.addr)
 }
 
-const K8S: &str = r#"{ kind: kubernetes, api_url: "{plat}/k8s", token_env: T_CI_TOKEN }"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_workloads_are_patched_to_the_built_digest_and_watched() {
     for backend in ["sqlite", "postgres"] {
@@ -60,10 +58,7 @@ async fn kubernetes_workloads_are_patched_to_the_built_digest_and_watched() {
             "{ backend: deployer, namespace: shop, workload: deployment/{name}, container: app }",
         )
         .await;
-        for repo in DEPLOYED {
-            let name = repo.rsplit('/').next().unwrap();
-            plat.add_deployment("shop", name, &w.full(repo));
-        }
+        plat.add_workloads(&w, &DEPLOYED);
         let _serve = Serve::start(&w.cfg, "k8s-node");
         let store = w.store_when_observed().await;
         w.push_base("base/a").await;
@@ -299,10 +294,7 @@ async fn kills_during_kubernetes_deploys_patch_nothing_twice() {
             "{ backend: deployer, namespace: shop, workload: deployment/{name}, container: app }",
         )
         .await;
-        for repo in DEPLOYED {
-            let name = repo.rsplit('/').next().unwrap();
-            plat.add_deployment("shop", name, &w.full(repo));
-        }
+        plat.add_workloads(&w, &DEPLOYED);
         *plat.steps.lock().unwrap() = 8;
         let mut serve = Serve::start(&w.cfg, "kill-node");
         let store = w.store_when_observed().await;

@@ -9,11 +9,7 @@ use std::time::Duration;
 use lineaged::store::now_millis;
 use support::TestDb;
 use support::fleet::{Lineage, Serve, World, rollouts_finished, until};
-use support::platform::Platform;
-
-const K8S: &str = r#"{ kind: kubernetes, api_url: "{plat}/k8s", token_env: T_CI_TOKEN }"#;
-const ENTRY: &str =
-    "{ backend: deployer, namespace: shop, workload: deployment/{name}, container: app }";
+use support::platform::{K8S, K8S_ENTRY, Platform};
 
 fn hhmmss(ms: i64) -> String {
     let s = (ms / 1000).rem_euclid(86_400);
@@ -33,11 +29,10 @@ async fn deploys_wait_for_their_window_and_go_at_the_opening() {
             "webhook",
             policy,
             &K8S.replace("{plat}", &url),
-            ENTRY,
+            K8S_ENTRY,
         )
         .await;
-        plat.add_deployment("shop", "w", &w.full("team/w"));
-        plat.add_deployment("shop", "x", &w.full("team/x"));
+        plat.add_workloads(&w, &["team/w", "team/x"]);
         // Opens 15 s from now (UTC), for an hour, every day.
         let opens = (now_millis() / 1000 + 15) * 1000;
         let text = std::fs::read_to_string(&w.cfg).unwrap();

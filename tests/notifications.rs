@@ -12,11 +12,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::TestDb;
 use support::fleet::{Lineage, Serve, TOKEN, World, until};
-use support::platform::Platform;
-
-const K8S: &str = r#"{ kind: kubernetes, api_url: "{plat}/k8s", token_env: T_CI_TOKEN }"#;
-const ENTRY: &str =
-    "{ backend: deployer, namespace: shop, workload: deployment/{name}, container: app }";
+use support::platform::{K8S, K8S_ENTRY, Platform};
 
 async fn world(db: &str, plat: &str, dir: &std::path::Path, smtp: u16) -> World {
     let file = |name: &str, url: String| {
@@ -42,26 +38,17 @@ notifications:
   - {{ name: ops-mail, kind: email, smtp: {{ host: 127.0.0.1, port: {smtp}, tls: none }}, from: "lineaged <lineaged@example.com>", to: [ops@example.com, "Release <release@example.com>"], on: [approval_pending] }}
 "#
     );
-    let w = World::with_deployer(
+    World::with_deployer(
         Lineage::issue(),
         db,
         &["team/w", "team/x"],
         "webhook",
         &extra,
         &K8S.replace("{plat}", plat),
-        ENTRY,
+        K8S_ENTRY,
     )
-    .await;
-    let text = std::fs::read_to_string(&w.cfg).unwrap();
-    std::fs::write(
-        &w.cfg,
-        text.replace(
-            "api: { public_read: true }",
-            "api: { public_read: true, tokens: [{ name: release-manager, role: write, token_env: T_CI_TOKEN }] }",
-        ),
-    )
-    .unwrap();
-    w
+    .await
+    .with_write_token()
 }
 
 async fn approve_all(w: &World, n: usize) {
@@ -120,8 +107,7 @@ async fn sinks_hear_start_approvals_and_finish_once_each() {
         let dir = tempfile::tempdir().unwrap();
         let (smtp, smtp_port) = support::smtp::Smtp::start().await;
         let w = world(db.url(), &url, dir.path(), smtp_port).await;
-        plat.add_deployment("shop", "w", &w.full("team/w"));
-        plat.add_deployment("shop", "x", &w.full("team/x"));
+        plat.add_workloads(&w, &["team/w", "team/x"]);
         // Every sink is down for its first few calls.
         plat.note_answers
             .lock()
@@ -234,8 +220,7 @@ async fn kills_neither_lose_nor_double_messages() {
         let dir = tempfile::tempdir().unwrap();
         let (_smtp, smtp_port) = support::smtp::Smtp::start().await;
         let w = world(db.url(), &url, dir.path(), smtp_port).await;
-        plat.add_deployment("shop", "w", &w.full("team/w"));
-        plat.add_deployment("shop", "x", &w.full("team/x"));
+        plat.add_workloads(&w, &["team/w", "team/x"]);
         plat.note_answers.lock().unwrap().extend([503; 8]);
         let mut serve = Serve::start(&w.cfg, "notify-kill");
         let store = w.store_when_observed().await;

@@ -747,6 +747,21 @@ images:
         }
     }
 
+    /// Adds an API token `release-manager` (write role) read from
+    /// `T_CI_TOKEN`, which every `Serve` sets.
+    pub fn with_write_token(self) -> World {
+        let text = std::fs::read_to_string(&self.cfg).unwrap();
+        std::fs::write(
+            &self.cfg,
+            text.replace(
+                "api: { public_read: true }",
+                "api: { public_read: true, tokens: [{ name: release-manager, role: write, token_env: T_CI_TOKEN }] }",
+            ),
+        )
+        .unwrap();
+        self
+    }
+
     /// A config for a second replica: same database, another port.
     pub fn replica_cfg(&self) -> std::path::PathBuf {
         let text = std::fs::read_to_string(&self.cfg).unwrap();

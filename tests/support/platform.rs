@@ -26,6 +26,12 @@ use serde_json::{Value, json};
 
 use super::fleet::{SECRET, TOKEN};
 
+/// A `kubernetes` deploy backend on the peer (`{plat}`: its URL).
+pub const K8S: &str = r#"{ kind: kubernetes, api_url: "{plat}/k8s", token_env: T_CI_TOKEN }"#;
+/// Each deployed image's `deploy:` on [`K8S`]: `deployment/<name>` in `shop`.
+pub const K8S_ENTRY: &str =
+    "{ backend: deployer, namespace: shop, workload: deployment/{name}, container: app }";
+
 #[derive(Default)]
 pub struct Platform {
     /// Deployments by `namespace/name`.
@@ -78,6 +84,15 @@ impl Platform {
             .lock()
             .unwrap()
             .insert(format!("{ns}/{name}"), json!({ "obj": d, "progress": -1 }));
+    }
+
+    /// A Deployment in `shop` per repo (`team/w` → `deployment/w`), running
+    /// the image's tag.
+    pub fn add_workloads(&self, w: &super::fleet::World, repos: &[&str]) {
+        for repo in repos {
+            let name = repo.rsplit('/').next().unwrap();
+            self.add_deployment("shop", name, &w.full(repo));
+        }
     }
 
     /// An application with a kustomize source overriding `image` and one

@@ -349,3 +349,50 @@ async fn kills_during_kubernetes_deploys_patch_nothing_twice() {
         serve.stop();
     }
 }
+
+/// A rollout cancelled while its deploys are watched: the deploy jobs end
+/// and nobody looks at the workloads any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_rollout_stops_watching_its_deploys() {
+    use std::sync::atomic::Ordering;
+    let db = TestDb::new("postgres").await;
+    let (plat, url) = Platform::start().await;
+    let w = world(
+        db.url(),
+        &url,
+        K8S,
+        "{ backend: deployer, namespace: shop, workload: deployment/{name}, container: app }",
+    )
+    .await
+    .with_write_token();
+    plat.add_workloads(&w, &DEPLOYED);
+    *plat.steps.lock().unwrap() = 100_000;
+    let _serve = Serve::start(&w.cfg, "cancel-node");
+    let store = w.store_when_observed().await;
+    w.push_base("base/a").await;
+    let p = plat.clone();
+    until("both patched and watched", Duration::from_secs(60), || {
+        let p = p.clone();
+        async move { p.writes.lock().unwrap().len() == 2 && p.looks.load(Ordering::Relaxed) > 6 }
+    })
+    .await;
+    let id = store.rollouts(1).await.unwrap()[0].id;
+    let r = reqwest::Client::new()
+        .post(format!("{}/rollouts/{id}/cancel", w.api()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = plat.looks.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(plat.looks.load(Ordering::Relaxed), before, "still watching");
+    let jobs = store.jobs(None, 0, 1000).await.unwrap();
+    assert!(
+        jobs.iter()
+            .filter(|j| j.kind == "deploy")
+            .all(|j| j.state == "cancelled" || j.state == "failed"),
+        "{jobs:?}"
+    );
+}

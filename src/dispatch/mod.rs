@@ -409,6 +409,22 @@ impl Dispatcher {
         );
         let took_ms = started.elapsed().as_millis() as u64;
         match outcome {
+            Ok(Sent::Waiting(note)) if !self.engine.deploy_wanted(job).await.unwrap_or(true) => {
+                // Nothing deploys through this job any more: stop watching.
+                tracing::info!(note, "deploy no longer wanted; watching stops");
+                let f = crate::store::Failure::Permanent {
+                    error: format!(
+                        "no image deploys through this job any more (last seen: {note})"
+                    ),
+                };
+                if let Err(e) = self
+                    .store
+                    .fail(job.id, &self.worker, &f, now_millis())
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot end the deploy job");
+                }
+            }
             Ok(Sent::Waiting(note)) => {
                 let now = now_millis();
                 let next = now + crate::deploy::poll_delay(job.created_at, now).as_millis() as i64;

@@ -9,6 +9,19 @@ use super::{Engine, ImageState};
 use crate::store::{Millis, StoreError};
 
 impl Engine {
+    /// Whether a deploy job still has an image deploying through it: a
+    /// watched deploy whose image moved on (cancelled, removed from the
+    /// config, failed by its timeout) must stop looking.
+    pub async fn deploy_wanted(&self, job: &crate::store::JobRecord) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .rollout_image_for_job(job.id)
+            .await?
+            .is_some_and(|ri| {
+                ri.state == ImageState::Deploying && ri.deploy_job_id == Some(job.id)
+            }))
+    }
+
     /// Deploys whose window has opened by `now` go out. Returns how many.
     pub async fn open_windows(&self, now: Millis) -> Result<usize, StoreError> {
         let mut n = 0;

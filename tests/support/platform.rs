@@ -46,6 +46,8 @@ pub struct Platform {
     pub steps: Mutex<u32>,
     /// Notifications received: (sink kind, body, webhook-id).
     pub notes: Mutex<Vec<(String, Value, String)>>,
+    /// GETs of Kubernetes workloads (a watched deploy's looks).
+    pub looks: std::sync::atomic::AtomicUsize,
     /// Statuses the notification sinks answer first (then success).
     pub note_answers: Mutex<std::collections::VecDeque<u16>>,
 }
@@ -267,6 +269,8 @@ impl Platform {
         };
         match method.as_str() {
             "GET" => {
+                self.looks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // The controller moves one step per look after a change
                 // (progress -1: settled).
                 let steps = *self.steps.lock().unwrap() as i64;

@@ -7,6 +7,7 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -258,4 +259,50 @@ async fn kills_neither_lose_nor_double_messages() {
         assert!(per.values().all(|s| s.len() == 1), "{backend}: {per:?}");
         serve.stop();
     }
+}
+
+/// History is not announced: without sinks the notifier's cursor follows
+/// the log, so a sink configured later hears only what happens after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_configured_later_hears_no_history() {
+    use lineaged::notify::Notifier;
+    use lineaged::store::{NewEvent, now_millis};
+    let db = TestDb::new("sqlite").await;
+    let store = db.store().await;
+    let event = |i: i64| NewEvent {
+        kind: "approval_pending".into(),
+        image: Some(format!("r.example.com/team/a{i}:1")),
+        rollout_id: None,
+        job_id: None,
+        data: json!({ "approval_id": i, "stage": "deploy" }),
+    };
+    for i in 0..5 {
+        store.append_event(&event(i), now_millis()).await.unwrap();
+    }
+    let none = Arc::new(lineaged::config::load_str("none.yaml", "{}", &|_| None).unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task =
+        tokio::spawn(Notifier::new(none, store.clone(), "http://l".into()).run(stop.clone()));
+    let s = store.clone();
+    until("cursor at the end", Duration::from_secs(10), || {
+        let s = s.clone();
+        async move { s.notify_cursor().await.unwrap() == 5 }
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap();
+    store.append_event(&event(5), now_millis()).await.unwrap();
+    let cfg = Arc::new(
+        lineaged::config::load_str(
+            "sinks.yaml",
+            "notifications:\n  - { kind: webhook, url: \"http://127.0.0.1:9/h\", on: [approval_pending] }\n",
+            &|_| None,
+        )
+        .unwrap(),
+    );
+    let n = Notifier::new(cfg, store.clone(), "http://l".into());
+    assert_eq!(n.pump(now_millis()).await.unwrap(), 1);
+    let jobs = store.jobs(None, 0, 100).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert!(jobs[0].payload.contains("a5:1"), "{}", jobs[0].payload);
 }

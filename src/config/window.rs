@@ -74,6 +74,11 @@ pub fn parse_hours(s: &str) -> Result<(u32, u32), String> {
         parse_time(a).ok_or_else(bad)?,
         parse_time(b).ok_or_else(bad)?,
     );
+    if a >= 86_400 {
+        return Err(format!(
+            "hours `{s}`: a window opens by 23:59:59 (24:00 is the next day's 00:00)"
+        ));
+    }
     if a == b {
         return Err(format!("hours `{s}` open and close at the same time"));
     }
@@ -199,6 +204,8 @@ mod tests {
     fn bad_input_says_what_is_wrong() {
         assert!(parse_hours("9-5").unwrap_err().contains("HH:MM-HH:MM"));
         assert!(parse_hours("09:00-09:00").is_err());
+        assert!(parse_hours("24:00-06:00").unwrap_err().contains("00:00"));
+        assert_eq!(parse_hours("00:00-24:00").unwrap(), (0, 86_400));
         assert!(
             parse_days(&["funday".into()])
                 .unwrap_err()

@@ -124,7 +124,12 @@ pub async fn reconcile(
             "application {app}: sync running (health {health})"
         ))));
     }
-    if matches!(phase, "Failed" | "Error") && !live {
+    // Whether the last sync operation was of the source naming the digest
+    // (`syncResult.source` is the source it synced): ours, not an older one.
+    let ours = obj
+        .pointer("/status/operationState/syncResult/source")
+        .is_some_and(|s| s.to_string().contains(&t.payload.digest));
+    if ours && matches!(phase, "Failed" | "Error") {
         return Err(DispatchError::Failed(said(&format!(
             "application {app}: sync {}",
             phase.to_lowercase()
@@ -136,7 +141,10 @@ pub async fn reconcile(
             t.reference
         ))));
     }
-    if live && sync_status == "Synced" && health == "Healthy" {
+    // Done when the digest is live and healthy after our sync: the whole
+    // application need not be Synced (`prune: false` leaves extras, and
+    // unrelated drift is not this deploy's business).
+    if live && health == "Healthy" && (sync_status == "Synced" || (ours && phase == "Succeeded")) {
         let ui = match &d.app_namespace {
             Some(ns) => format!(
                 "{}/applications/{}/{}",
@@ -147,14 +155,15 @@ pub async fn reconcile(
             None => format!("{}/applications/{}", client.base, segment(app)),
         };
         return Ok(Progress::Done {
-            detail: format!("application {app}: Synced and Healthy on {}", t.reference),
+            detail: format!("application {app}: Healthy on {}", t.reference),
             url: Some(ui),
         });
     }
-    if sync_status == "OutOfSync" {
-        // Set before a crash, never synced (or synced before Argo CD saw
-        // the change): ask again. A sync already under way is answered
-        // "another operation is already in progress", which is fine.
+    if !ours {
+        // Set before a crash and never synced, or synced before Argo CD saw
+        // the change: ask (once: from then on the operation is ours). A
+        // sync already under way is answered "another operation is already
+        // in progress", which is fine.
         sync(client, b, &path, ident(json!({ "prune": false }))).await?;
     }
     Ok(Progress::Waiting(said(&format!(

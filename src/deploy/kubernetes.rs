@@ -95,6 +95,18 @@ pub async fn reconcile(
     let path = w.path(ns);
     let mut obj = client.call(Method::GET, &path, None, b.timeout).await?;
     let container = container_name(&obj, d.container.as_deref(), &w)?;
+    // A workload that only changes pods when they are deleted is refused
+    // before it is touched.
+    let strategy = obj
+        .pointer("/spec/updateStrategy/type")
+        .and_then(Value::as_str)
+        .unwrap_or("RollingUpdate");
+    if w.kind != WorkloadKind::Deployment && strategy == "OnDelete" {
+        return Err(DispatchError::Invalid(format!(
+            "{} in {ns}: update strategy OnDelete changes pods only when they are deleted; use RollingUpdate",
+            w.label()
+        )));
+    }
     let rollout = t.payload.rollout_id.to_string();
     let current = container_image(&obj, &container);
     let annotated = obj

@@ -276,8 +276,17 @@ impl Dispatcher {
                             if matches!(b.kind, BackendKind::Argocd | BackendKind::Kubernetes) =>
                         {
                             // lineaged deploys these itself: one look per
-                            // attempt, no request to build.
-                            let looked = self.deployers.reconcile(b, p).await;
+                            // attempt, no request to build. A job no image
+                            // deploys through any more (cancelled, removed,
+                            // timed out, retried by hand) must not touch the
+                            // target: it could roll a newer digest back.
+                            let looked = if self.engine.deploy_wanted(&job).await.unwrap_or(true) {
+                                self.deployers.reconcile(b, p).await
+                            } else {
+                                Err(DispatchError::Invalid(
+                                    "no image deploys through this job any more: rebuild the image to deploy it again".into(),
+                                ))
+                            };
                             return self
                                 .finish(
                                     &job,

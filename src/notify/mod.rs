@@ -38,6 +38,9 @@ pub struct Notifier {
     /// The dashboard's base URL for links (`api.public_url` or the listen
     /// address).
     base_url: String,
+    /// An id gap in the log and when this process first saw it: the grace
+    /// is timed by this process's clock, not by a writer's.
+    gap: std::sync::Mutex<Option<(i64, Millis)>>,
 }
 
 impl Notifier {
@@ -46,16 +49,21 @@ impl Notifier {
             cfg,
             store,
             base_url: base_url.trim_end_matches('/').to_string(),
+            gap: std::sync::Mutex::new(None),
         }
     }
 
     /// Passes over the event log every second until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        if self.cfg.notifications.is_empty() {
-            return;
-        }
         loop {
-            match self.pump(now_millis()).await {
+            // Without sinks the cursor follows the log's end: a sink
+            // configured later hears what happens from then on, not history.
+            let pass = if self.cfg.notifications.is_empty() {
+                self.store.notify_cursor_to_end().await.map(|()| 0)
+            } else {
+                self.pump(now_millis()).await
+            };
+            match pass {
                 Ok(n) if n > 0 => tracing::debug!(messages = n, "notifications enqueued"),
                 Ok(_) => {}
                 Err(e) => {
@@ -71,23 +79,34 @@ impl Notifier {
 
     /// One pass: the events after the cursor become notify jobs, and the
     /// cursor moves past them, in one transaction (the cursor row is
-    /// locked on Postgres: replicas take turns). Returns the jobs enqueued.
+    /// locked on Postgres: replicas take turns). The messages are composed
+    /// before it, so the write lock is held only to enqueue; when another
+    /// replica moved the cursor meanwhile, this pass does nothing. `now` is
+    /// the clock; returns the jobs enqueued.
     pub async fn pump(&self, now: Millis) -> Result<usize, StoreError> {
-        // A cheap look first: most passes find nothing new.
         let cursor = self.store.notify_cursor().await?;
-        if self.store.events_after(cursor, 1).await?.is_empty() {
+        let events = self.store.events_after(cursor, BATCH).await?;
+        if events.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.store.begin_engine().await?;
-        let cursor = self.store.lock_notify_cursor_in(&mut tx).await?;
-        let events = self.store.events_after(cursor, BATCH).await?;
         let mut last = cursor;
         let mut jobs = Vec::new();
         for e in &events {
             // A gap may be a transaction still committing: wait for it a
-            // while rather than skip its events for good.
-            if e.id != last + 1 && now - e.at < GAP_GRACE_MS {
-                break;
+            // while (from when this process first saw it) rather than skip
+            // its events for good.
+            if e.id != last + 1 {
+                let mut gap = self.gap.lock().unwrap_or_else(|p| p.into_inner());
+                let seen = match *gap {
+                    Some((id, at)) if id == last => at,
+                    _ => {
+                        *gap = Some((last, now));
+                        now
+                    }
+                };
+                if now - seen < GAP_GRACE_MS {
+                    break;
+                }
             }
             last = e.id;
             for on in hears(e) {
@@ -101,6 +120,11 @@ impl Notifier {
             }
         }
         if last == cursor {
+            return Ok(0);
+        }
+        let mut tx = self.store.begin_engine().await?;
+        if self.store.lock_notify_cursor_in(&mut tx).await? != cursor {
+            // Another replica took this stretch.
             return Ok(0);
         }
         self.store.enqueue_many_in(&mut tx, &jobs, now).await?;

@@ -17,8 +17,9 @@ pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 
 /// What asking for an approval came to.
 pub(super) enum Asked {
-    /// A request is pending.
-    Pending,
+    /// A request is pending (or, approved before, the deploy waits for its
+    /// window).
+    Waiting,
     /// This digest was approved before: its deploy job.
     Deploy(NewJob),
     /// This digest was rejected (or expired) before: refused again.
@@ -62,9 +63,10 @@ impl Engine {
         match earlier {
             Some(a) if a.state == "approved" => {
                 r.approved_digest = digest;
-                match self.deploy_job(r, now) {
+                // Still within its deploy window, if it has one.
+                match self.deploy_or_wait(tx, r, now).await? {
                     Some(job) => Ok(Asked::Deploy(job)),
-                    None => Ok(Asked::Pending),
+                    None => Ok(Asked::Waiting),
                 }
             }
             Some(a) => {
@@ -106,7 +108,7 @@ impl Engine {
                 r.reason = None;
                 let data = json!({ "approval_id": id, "stage": stage, "digest": digest, "expires_at": expires_at });
                 self.event(tx, "approval_pending", at, data, now).await?;
-                Ok(Asked::Pending)
+                Ok(Asked::Waiting)
             }
         }
     }

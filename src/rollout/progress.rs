@@ -141,6 +141,12 @@ impl Engine {
                     r.state = state;
                     r.reason = Some(reason.clone());
                     r.updated_at = now;
+                    // Nobody waits on its approval any more.
+                    if let Some(a) = r.approval_id.take() {
+                        self.store
+                            .decide_approval_in(tx, a, "superseded", "lineaged", Some(&reason), now)
+                            .await?;
+                    }
                     changed.push(image.clone());
                     self.event(
                         tx,
@@ -209,7 +215,7 @@ impl Engine {
                             to_enqueue.push((image.clone(), JobKind::Deploy, job));
                         }
                         super::approve::Asked::Refused => blocked_here.push(image.clone()),
-                        super::approve::Asked::Pending => {}
+                        super::approve::Asked::Waiting => {}
                     }
                     changed.push(image);
                 }
@@ -217,29 +223,10 @@ impl Engine {
                     let Some(r) = rows.get_mut(&image) else {
                         continue;
                     };
-                    // Outside its deploy window: wait for the opening.
-                    let window = self.image(&image).and_then(|i| i.deploy_window.as_ref());
-                    if let Some(w) = window
-                        && let Some(opens) = w.next_opening(now)
-                    {
-                        r.state = ImageState::WaitingForWindow;
-                        r.not_before = Some(opens);
-                        r.updated_at = now;
-                        changed.push(image.clone());
-                        self.event(
-                            tx,
-                            "deploy_waiting_for_window",
-                            (Some(&image), Some(rollout), None),
-                            json!({ "opens_at": opens, "window": w.text }),
-                            now,
-                        )
-                        .await?;
-                        continue;
-                    }
-                    if let Some(job) = self.deploy_job(r, now) {
+                    if let Some(job) = self.deploy_or_wait(tx, r, now).await? {
                         to_enqueue.push((image.clone(), JobKind::Deploy, job));
-                        changed.push(image);
                     }
+                    changed.push(image);
                 }
                 Action::DeployFailed { image, reason } => {
                     let Some(r) = rows.get_mut(&image) else {

@@ -6,9 +6,33 @@
 use serde_json::json;
 
 use super::{Engine, ImageState};
-use crate::store::{Millis, StoreError};
+use crate::store::{Millis, NewJob, RolloutImage, StoreError, Tx};
 
 impl Engine {
+    /// The deploy job of `r`'s built digest, or, outside its image's deploy
+    /// window, `r` waiting for the opening (and None).
+    pub(super) async fn deploy_or_wait(
+        &self,
+        tx: &mut Tx,
+        r: &mut RolloutImage,
+        now: Millis,
+    ) -> Result<Option<NewJob>, StoreError> {
+        let window = self.image(&r.image).and_then(|i| i.deploy_window.as_ref());
+        if let Some(w) = window
+            && let Some(opens) = w.next_opening(now)
+        {
+            r.state = ImageState::WaitingForWindow;
+            r.not_before = Some(opens);
+            r.updated_at = now;
+            let at = (Some(r.image.as_str()), Some(r.rollout_id), None);
+            let data = json!({ "opens_at": opens, "window": w.text });
+            self.event(tx, "deploy_waiting_for_window", at, data, now)
+                .await?;
+            return Ok(None);
+        }
+        Ok(self.deploy_job(r, now))
+    }
+
     /// Whether a deploy job still has an image deploying through it: a
     /// watched deploy whose image moved on (cancelled, removed from the
     /// config, failed by its timeout) must stop looking.

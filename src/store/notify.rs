@@ -31,6 +31,14 @@ impl Store {
         Ok(())
     }
 
+    /// Moves the cursor to the log's end (no sinks hear anything).
+    pub async fn notify_cursor_to_end(&self) -> Result<(), StoreError> {
+        on_pool!(self, p => sqlx::query(
+            "UPDATE cursors SET position = (SELECT COALESCE(MAX(id), 0) FROM events) WHERE name = 'notify'")
+            .execute(p).await?.rows_affected());
+        Ok(())
+    }
+
     /// The image's digest before `not` (its tag's top-level digest), if
     /// it had another.
     pub async fn previous_digest(

@@ -383,15 +383,18 @@ impl Platform {
                             .collect();
                         obj["status"]["summary"]["images"] = json!(live);
                         obj["status"]["sync"]["status"] = json!("Synced");
+                        let source = obj["spec"]["source"].clone();
                         if name.starts_with("broken") {
                             obj["status"]["health"] = json!({ "status": "Degraded",
                                 "message": "Deployment \"api\" exceeded its progress deadline" });
                             obj["status"]["operationState"] = json!({ "phase": "Succeeded",
-                                "message": "successfully synced (all tasks run)" });
+                                "message": "successfully synced (all tasks run)",
+                                "syncResult": { "revision": "main", "source": source } });
                         } else {
                             obj["status"]["health"] = json!({ "status": "Healthy" });
                             obj["status"]["operationState"] = json!({ "phase": "Succeeded",
-                                "message": "successfully synced (all tasks run)" });
+                                "message": "successfully synced (all tasks run)",
+                                "syncResult": { "revision": "main", "source": source } });
                         }
                     } else {
                         obj["status"]["operationState"] = json!({ "phase": "Running", "message": "waiting for healthy state of apps/Deployment/api" });

@@ -83,6 +83,22 @@ async fn kubernetes_workloads_are_patched_to_the_built_digest_and_watched() {
         }
         // Images without deploy: were not touched.
         assert_eq!(plat.writes.lock().unwrap().len(), 2, "{backend}");
+        // The registry, polled without a failure, is listed as healthy.
+        let regs: serde_json::Value = reqwest::get(format!("{}/registries", w.api()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let reg = regs["registries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["host"] == w.reg.addr)
+            .unwrap_or_else(|| panic!("{backend}: registry missing: {regs}"))
+            .clone();
+        assert_eq!(reg["state"], "healthy", "{reg}");
+        assert!(reg["last_success_at"].is_i64(), "{reg}");
         let events = store.events_after(0, 10_000).await.unwrap();
         assert_eq!(
             events

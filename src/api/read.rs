@@ -573,9 +573,19 @@ pub async fn registries(
     headers: HeaderMap,
 ) -> Result<Json<Registries>, ApiError> {
     authorize(&s, &headers, Role::Read)?;
-    Ok(Json(Registries {
-        registries: s.store.registry_health().await?,
-    }))
+    let mut registries = s.store.registry_health().await?;
+    // Every registry lineaged talks to, checked or not yet.
+    let mut hosts: Vec<String> = s.cfg.registries.iter().map(|r| r.host.clone()).collect();
+    hosts.extend(s.cfg.images.iter().map(|i| i.name.registry().to_string()));
+    hosts.sort();
+    hosts.dedup();
+    for host in hosts {
+        if !registries.iter().any(|r| r.host == host) {
+            registries.push(crate::store::RegistryHealth::unchecked(&host));
+        }
+    }
+    registries.sort_by(|a, b| a.host.cmp(&b.host));
+    Ok(Json(Registries { registries }))
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]

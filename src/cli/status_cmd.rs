@@ -126,7 +126,7 @@ async fn fetch(args: &StatusArgs) -> Result<Value, String> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|r| r["state"] != "healthy")
+        .filter(|r| r["state"] != "healthy" && r["state"] != "unchecked")
         .cloned()
         .collect();
     Ok(serde_json::json!({

@@ -17,6 +17,24 @@ pub struct RegistryHealth {
     pub updated_at: Millis,
 }
 
+impl RegistryHealth {
+    /// A registry nothing has been asked of yet.
+    pub fn unchecked(host: &str) -> RegistryHealth {
+        RegistryHealth {
+            host: host.to_string(),
+            state: "unchecked".into(),
+            consecutive_errors: 0,
+            last_error: None,
+            last_error_at: None,
+            last_success_at: None,
+            next_attempt_at: None,
+            ratelimit_remaining: None,
+            ratelimit_limit: None,
+            updated_at: 0,
+        }
+    }
+}
+
 /// healthy: the last call worked; degraded: 1–2 failures in a row; down: 3+.
 pub fn health_state(consecutive_errors: i32) -> &'static str {
     match consecutive_errors {

@@ -127,7 +127,13 @@ pub fn default_node_id() -> String {
 struct RegistryState {
     consecutive_errors: i32,
     next_attempt: Millis,
+    /// When a success was last written to the store: a healthy registry
+    /// shows as healthy (with its last success) without a write per check.
+    recorded_at: Millis,
 }
+
+/// How often a healthy registry's success is written.
+const HEALTH_REFRESH_MS: Millis = 60_000;
 
 struct Outcome {
     index: usize,
@@ -470,7 +476,11 @@ impl Watcher {
         };
         let after = state.consecutive_errors;
         let next_attempt = (state.next_attempt > 0).then_some(state.next_attempt);
-        if (before != after || error.is_some() || budget.is_some())
+        let refresh = error.is_none() && now - state.recorded_at >= HEALTH_REFRESH_MS;
+        if before != after || error.is_some() || budget.is_some() || refresh {
+            state.recorded_at = now;
+        }
+        if (before != after || error.is_some() || budget.is_some() || refresh)
             && let Err(e) = self
                 .store
                 .record_registry_health(

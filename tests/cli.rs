@@ -720,3 +720,51 @@ fn notification_sinks_are_checked_at_their_lines() {
         assert!(err.contains(e.as_str()), "missing {e:?} in:\n{err}");
     }
 }
+
+/// Logs carry colour codes only on a terminal; `--log-format json` writes
+/// one JSON object per line for log shippers.
+#[test]
+fn logs_are_plain_off_a_terminal_and_json_on_request() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = write(
+        dir.path(),
+        "serve.yaml",
+        &format!(
+            "database: {{ url: \"sqlite://{}/l.db\" }}\nlisten: \"127.0.0.1:{port}\"\n",
+            dir.path().display()
+        ),
+    );
+    for json in [false, true] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lineaged"));
+        if json {
+            cmd.args(["--log-format", "json"]);
+        }
+        let mut child = cmd
+            .args(["serve", "-c", &cfg])
+            .env("LINEAGED_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            !first.contains('\u{1b}'),
+            "colour codes in a pipe: {first:?}"
+        );
+        if json {
+            let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+            assert!(v["level"].is_string() && v["message"].is_string(), "{v}");
+        } else {
+            assert!(first.contains(" INFO "), "{first}");
+        }
+    }
+}

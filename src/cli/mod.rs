@@ -34,6 +34,16 @@ pub const EXIT_USAGE: u8 = 2;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as text (coloured only on a terminal) or JSON, one object
+    /// per line, for log shippers
+    #[arg(long, global = true, value_enum, env = "LINEAGED_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -279,7 +289,7 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    init_tracing();
+    init_tracing(cli.log_format);
     crate::init_tls();
     match cli.command {
         Command::Serve(a) => serve_cmd::serve(&a),
@@ -328,13 +338,21 @@ fn generate(a: &GenerateArgs) -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("LINEAGED_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        // Colour codes only where a person reads them: a file or a log
+        // collector gets plain text.
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 /// Loads the config, printing every diagnostic to stderr on failure.

@@ -119,7 +119,9 @@ api:
         assert!(err.contains(e.as_str()), "missing {e:?} in:\n{err}");
     }
     assert!(
-        err.contains(&format!("{cfg}:20:15: invalid schedule `every tuesday`")),
+        err.contains(&format!(
+            "{cfg}:20:15: invalid schedule `every tuesday`: 2 fields; a schedule has 5 (min hour day month weekday)"
+        )),
         "{err}"
     );
     assert!(

@@ -262,14 +262,26 @@ impl Ctx<'_> {
 /// Cron with seconds (6 or 7 fields). A classic 5-field crontab line is
 /// accepted and runs at second 0.
 pub fn normalise_schedule(v: &str) -> Result<String, String> {
+    const EXAMPLE: &str =
+        "e.g. `*/5 * * * *` (every 5 minutes) or `0 0 3 * * *` (03:00 daily, seconds first)";
     let fields = v.split_whitespace().count();
+    if !(5..=7).contains(&fields) {
+        return Err(format!(
+            "invalid schedule `{v}`: {fields} field{}; a schedule has 5 (min hour day month weekday) or 6-7 with seconds first (and a year), {EXAMPLE}",
+            if fields == 1 { "" } else { "s" }
+        ));
+    }
     let expr = if fields == 5 {
         format!("0 {v}")
     } else {
         v.trim().to_string()
     };
-    cron::Schedule::from_str(&expr).map(|_| expr).map_err(|e| {
-        format!("invalid schedule `{v}`: {e} (cron fields: sec min hour day month weekday)")
+    // The cron crate's own message is the expression with a caret under
+    // it, over several lines: say what is allowed instead, on one.
+    cron::Schedule::from_str(&expr).map(|_| expr).map_err(|_| {
+        format!(
+            "invalid schedule `{v}`: a field is out of range or malformed (seconds and minutes 0-59, hours 0-23, days 1-31, months 1-12 or jan-dec, weekdays 0-6 or sun-sat; `*`, `*/n`, `a-b`, `a,b`), {EXAMPLE}"
+        )
     })
 }
 
@@ -483,4 +495,30 @@ fn build_defaults(ctx: &mut Ctx, raw: Option<(usize, Spanned<RawDefaults>)>) -> 
         out.settle = t;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalise_schedule;
+
+    #[test]
+    fn schedules_say_what_is_wrong_on_one_line() {
+        assert_eq!(normalise_schedule("*/5 * * * *").unwrap(), "0 */5 * * * *");
+        assert_eq!(normalise_schedule("0 0 3 * * *").unwrap(), "0 0 3 * * *");
+        for bad in [
+            "*/5 * * *",
+            "61 * * * *",
+            "every tuesday",
+            "* * * * * * * *",
+        ] {
+            let e = normalise_schedule(bad).unwrap_err();
+            assert!(!e.contains('\n'), "{e:?}");
+            assert!(e.contains("e.g. `*/5 * * * *`"), "{e}");
+        }
+        assert!(
+            normalise_schedule("61 * * * *")
+                .unwrap_err()
+                .contains("out of range")
+        );
+    }
 }

@@ -66,6 +66,7 @@ async fn fetch(args: &StatusArgs) -> Result<Value, String> {
         }
     };
     let stale = get(format!("/images?state=stale&limit={ROWS}")).await?;
+    let unchecked = get(format!("/images?state=unchecked&limit={ROWS}")).await?;
     let erroring = get(format!("/images?state=error&limit={ROWS}")).await?;
     let rollouts = get(format!("/rollouts?state=running&limit={ROWS}")).await?;
     let failed = get(format!("/jobs?state=failed&limit={ROWS}")).await?;
@@ -131,6 +132,7 @@ async fn fetch(args: &StatusArgs) -> Result<Value, String> {
         .collect();
     Ok(serde_json::json!({
         "stale_images": stale["images"],
+        "unchecked_images": unchecked["images"],
         "failing_images": erroring["images"],
         "running_rollouts": rollouts_detail,
         "failing_jobs": jobs,
@@ -237,6 +239,15 @@ pub fn render(report: &Value) -> String {
     let mut out = String::new();
     let list = |k: &str| report[k].as_array().cloned().unwrap_or_default();
     approvals_table(&mut out, "Awaiting approval", &list("pending_approvals"));
+    // "Stale (0)" would read as all fresh while nothing was checked yet.
+    let unchecked = list("unchecked_images").len();
+    if unchecked > 0 {
+        let more = if unchecked >= ROWS { "+" } else { "" };
+        out.push_str(&format!(
+            "Not checked yet: {unchecked}{more} image{} (no digest read from its registry yet, so not judged stale or fresh)\n\n",
+            if unchecked == 1 { "" } else { "s" }
+        ));
+    }
     table(
         &mut out,
         "Stale images",
@@ -362,4 +373,26 @@ pub fn render(report: &Value) -> String {
             .collect(),
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render;
+    use serde_json::json;
+
+    #[test]
+    fn unchecked_images_are_not_called_fresh() {
+        let report = json!({
+            "stale_images": [],
+            "unchecked_images": [{ "name": "r/a:1" }, { "name": "r/b:1" }],
+            "pending_approvals": [{ "id": 4, "state": "pending", "stage": "deploy",
+                "expires_at": crate::store::now_millis() + 7_200_000, "digest": "sha256:0123456789abcdef0", "image": "r/c:1" }],
+        });
+        let text = render(&report);
+        assert!(text.contains("Not checked yet: 2 images"), "{text}");
+        assert!(text.starts_with("Awaiting approval (1)"), "{text}");
+        assert!(text.contains("in 1h") || text.contains("in 2h"), "{text}");
+        let none = render(&json!({ "stale_images": [], "unchecked_images": [] }));
+        assert!(!none.contains("Not checked yet"), "{none}");
+    }
 }

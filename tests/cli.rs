@@ -770,3 +770,39 @@ fn logs_are_plain_off_a_terminal_and_json_on_request() {
         }
     }
 }
+
+/// Typos get a suggestion: an unknown key names the field it was probably
+/// meant to be; a parent one letter away from a declared image is not
+/// silently watched as a new external image.
+#[test]
+fn typos_get_did_you_mean() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = write(
+        dir.path(),
+        "key.yaml",
+        "images:\n  - name: a:1\n    form: [b:1]\n",
+    );
+    let err = stderr(&lineaged(&["check", "-c", &key]));
+    assert!(
+        err.contains(&format!(
+            "{key}:3:5: unknown field `form`, expected one of name, from,"
+        )) && err.contains("did you mean `from`?"),
+        "{err}"
+    );
+    let parent = write(
+        dir.path(),
+        "parent.yaml",
+        "backends:\n  ci: { kind: webhook, url: \"http://ci.example.com\" }\nimages:\n  - name: alpine:3\n  - name: registry.example.com/app:1\n    from: [alpne:3]\n    build: { backend: ci }\n  - name: registry.example.com/tool:1\n    from: [\"python:3.11\", \"alpine:3.20\"]\n    build: { backend: ci }\n",
+    );
+    let o = lineaged(&["check", "-c", &parent]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "{parent}:5:11: registry.example.com/app:1: parent alpne:3 is not declared; did you mean alpine:3?"
+        )),
+        "{err}"
+    );
+    // Another tag of a declared repository, or an unrelated name, is fine.
+    assert_eq!(err.matches("did you mean").count(), 1, "{err}");
+}

@@ -197,9 +197,27 @@ fn plain_message(e: &serde_saphyr::Error) -> String {
         )
     } else if msg.contains("recursion limit") || msg.contains("depth") {
         format!("refused: nesting is too deep ({msg})")
+    } else if let Some(hint) = did_you_mean(msg) {
+        format!("{msg}; did you mean `{hint}`?")
     } else {
         msg.to_string()
     }
+}
+
+/// For "unknown field `form`, expected one of name, from, …": the field
+/// the typo was probably meant to be.
+fn did_you_mean(msg: &str) -> Option<String> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    let (field, rest) = rest.split_once('`')?;
+    let expected = rest
+        .split_once("expected one of ")
+        .or_else(|| rest.split_once("expected "))?
+        .1;
+    let names: Vec<&str> = expected
+        .split(',')
+        .map(|n| n.trim().trim_matches('`'))
+        .collect();
+    super::text::closest(field, names).map(str::to_string)
 }
 
 fn line_col(bytes: &[u8], offset: usize) -> (u64, u64) {

@@ -74,6 +74,44 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
     })
 }
 
+/// Edit distance (insertions, deletions, substitutions and swaps of two
+/// neighbours: `form` is one edit from `from`), for "did you mean".
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// The candidate closest to `word` when it is close enough to be a typo
+/// (at most 2 edits, and fewer than half the word).
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = 2.min(word.chars().count().saturating_sub(1) / 2).max(1);
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, _)| *d > 0 && *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
 /// The shortest exact form `parse_duration` reads back: `24h`, `90s`.
 pub fn format_duration(d: Duration) -> String {
     let s = d.as_secs();
@@ -92,6 +130,19 @@ pub fn format_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn typos_find_their_word() {
+        assert_eq!(edit_distance("form", "from"), 1);
+        assert_eq!(edit_distance("alpne", "alpine"), 1);
+        assert_eq!(closest("form", ["name", "from", "schedule"]), Some("from"));
+        assert_eq!(
+            closest("shcedule", ["name", "from", "schedule"]),
+            Some("schedule")
+        );
+        assert_eq!(closest("xyz", ["name", "from"]), None);
+        assert_eq!(closest("buld", ["build", "deploy"]), Some("build"));
+    }
 
     #[test]
     fn durations_format_back() {

@@ -157,10 +157,39 @@ pub(super) fn images(
 
     // Parents nobody declared are external images watched with the defaults.
     let declared = out.len();
+    // A parent whose repository is one typo away from a declared image's
+    // is most likely that image misspelt (`alpne:3` for `alpine:3`): left
+    // alone it would become an external image and the real child would
+    // never be rebuilt.
+    let repo = |r: &ImageRef| format!("{}/{}", r.registry(), r.repository());
+    let declared_repos: Vec<(String, String)> = out
+        .iter()
+        .map(|p| (repo(&p.image.name), p.image.name.familiar()))
+        .collect();
     for i in 0..declared {
         for p in out[i].image.parents.clone() {
             if index.contains_key(&p) {
                 continue;
+            }
+            let pr = repo(&p);
+            if !declared_repos.iter().any(|(r, _)| *r == pr)
+                && let Some(near) =
+                    super::text::closest(&pr, declared_repos.iter().map(|(r, _)| r.as_str()))
+            {
+                let name = declared_repos
+                    .iter()
+                    .find(|(r, _)| r == near)
+                    .map(|(_, n)| n.clone())
+                    .unwrap_or_default();
+                let (child, parent) = (out[i].image.name.familiar(), p.familiar());
+                let (file, at) = (out[i].file, out[i].at);
+                ctx.err(
+                    file,
+                    at,
+                    format!(
+                        "{child}: parent {parent} is not declared; did you mean {name}? (to watch {parent} as an external base, list it under images:)"
+                    ),
+                );
             }
             index.insert(p.clone(), out.len());
             let (file, at) = (out[i].file, out[i].at);

@@ -161,22 +161,35 @@ pub(super) fn images(
     // is most likely that image misspelt (`alpne:3` for `alpine:3`): left
     // alone it would become an external image and the real child would
     // never be rebuilt.
-    let repo = |r: &ImageRef| format!("{}/{}", r.registry(), r.repository());
-    let declared_repos: Vec<(String, String)> = out
-        .iter()
-        .map(|p| (repo(&p.image.name), p.image.name.familiar()))
-        .collect();
+    // Compared within one namespace (registry and path up to the last
+    // `/`), on the last segment: cheap at 100,000 images.
+    let split = |r: &ImageRef| {
+        let full = format!("{}/{}", r.registry(), r.repository());
+        match full.rsplit_once('/') {
+            Some((ns, last)) => (ns.to_string(), last.to_string()),
+            None => (String::new(), full),
+        }
+    };
+    let mut declared_repos: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for p in &out {
+        let (ns, last) = split(&p.image.name);
+        declared_repos
+            .entry(ns)
+            .or_default()
+            .push((last, p.image.name.familiar()));
+    }
     for i in 0..declared {
         for p in out[i].image.parents.clone() {
             if index.contains_key(&p) {
                 continue;
             }
-            let pr = repo(&p);
-            if !declared_repos.iter().any(|(r, _)| *r == pr)
+            let (ns, last) = split(&p);
+            let same_ns = declared_repos.get(&ns).map(Vec::as_slice).unwrap_or(&[]);
+            if !same_ns.iter().any(|(r, _)| *r == last)
                 && let Some(near) =
-                    super::text::closest(&pr, declared_repos.iter().map(|(r, _)| r.as_str()))
+                    super::text::closest(&last, same_ns.iter().map(|(r, _)| r.as_str()))
             {
-                let name = declared_repos
+                let name = same_ns
                     .iter()
                     .find(|(r, _)| r == near)
                     .map(|(_, n)| n.clone())

@@ -306,3 +306,47 @@ async fn a_sink_configured_later_hears_no_history() {
     assert_eq!(jobs.len(), 1);
     assert!(jobs[0].payload.contains("a5:1"), "{}", jobs[0].payload);
 }
+
+/// Two replicas on one Postgres, each running a notifier: they take turns
+/// on the cursor, so every sink hears each event once, Slack included
+/// (which has no id to deduplicate by).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_send_each_message_once() {
+    let db = TestDb::new("postgres").await;
+    let (plat, url) = Platform::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (smtp, smtp_port) = support::smtp::Smtp::start().await;
+    let w = world(db.url(), &url, dir.path(), smtp_port).await;
+    plat.add_workloads(&w, &["team/w", "team/x"]);
+    let one = Serve::start(&w.cfg, "notify-replica-1");
+    let two = Serve::start(&w.replica_cfg(), "notify-replica-2");
+    let store = w.store_when_observed().await;
+    w.push_base("base/a").await;
+    approve_all(&w, 2).await;
+    let states = support::fleet::rollouts_finished(&store, 1, Duration::from_secs(60)).await;
+    assert_eq!(states, vec!["succeeded"]);
+    let p = plat.clone();
+    until("all notifications", Duration::from_secs(60), || {
+        let p = p.clone();
+        async move { p.notes.lock().unwrap().len() >= 13 }
+    })
+    .await;
+    // Time for a duplicate to show up, if there were one.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rollout = store.rollouts(1).await.unwrap().remove(0).id;
+    let want = vec![
+        format!("{} waits for approval", w.full("team/w")),
+        format!("{} waits for approval", w.full("team/x")),
+        format!("Rollout {rollout} started"),
+        format!("Rollout {rollout} succeeded"),
+    ];
+    assert_eq!(titles(&plat, "slack"), want);
+    assert_eq!(titles(&plat, "teams"), want);
+    let hooks = plat.notes_of("hooks");
+    assert_eq!(hooks.len(), 5, "{hooks:?}");
+    assert_eq!(smtp.mails.lock().unwrap().len(), 2);
+    let jobs = store.jobs(None, 0, 1000).await.unwrap();
+    assert_eq!(jobs.iter().filter(|j| j.kind == "notify").count(), 15);
+    one.stop();
+    two.stop();
+}

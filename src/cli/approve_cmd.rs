@@ -1,10 +1,8 @@
 //! `lineaged approvals`, `lineaged approve ID`, `lineaged reject ID`: the
 //! dashboard's approval buttons from a shell, through the daemon's API.
 
-use std::process::ExitCode;
-use std::time::Duration;
-
 use serde_json::{Value, json};
+use std::process::ExitCode;
 
 use super::{ApprovalsArgs, DecideArgs, EXIT_FAILED, Output};
 
@@ -51,6 +49,7 @@ pub fn decide(args: &DecideArgs, approve: bool) -> ExitCode {
     }
 }
 
+/// One call to the daemon, on a runtime of its own.
 fn call(
     url: &str,
     timeout: u64,
@@ -59,42 +58,12 @@ fn call(
     body: Option<Value>,
 ) -> Result<Value, String> {
     let rt = super::runtime(false).map_err(|_| "cannot start a runtime".to_string())?;
-    let token = std::env::var("LINEAGED_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty());
-    let base = url.trim_end_matches('/').to_string();
+    let api = super::api_client::Api::new(url, super::api_client::Api::env_token(), timeout)?;
     rt.block_on(async move {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(timeout.max(1)))
-            .build()
-            .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
-        let full = format!("{base}/api/v1{path}");
-        let mut r = match method {
-            "POST" => http.post(&full),
-            _ => http.get(&full),
-        };
-        if let Some(t) = &token {
-            r = r.bearer_auth(t);
+        match (method, body) {
+            ("POST", Some(b)) => api.post(path, b).await,
+            _ => api.get(path).await,
         }
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.map_err(|e| {
-            format!(
-                "cannot reach {base}: {}",
-                crate::cli::store_cmd::error_chain(&e)
-            )
-        })?;
-        let status = resp.status();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            return Err(format!(
-                "{} {path}: {}",
-                status.as_u16(),
-                v["message"].as_str().unwrap_or("no message")
-            ));
-        }
-        Ok(v)
     })
 }
 

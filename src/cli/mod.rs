@@ -11,6 +11,7 @@ use crate::config::{self, Config};
 use crate::lineage::{GraphFormat, Lineage};
 use crate::registry::ImageRef;
 
+mod api_client;
 mod approve_cmd;
 mod resolve_cmd;
 mod serve_cmd;

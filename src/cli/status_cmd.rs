@@ -2,7 +2,6 @@
 //! tables: stale images, running rollouts, failing jobs, degraded registries.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use serde_json::Value;
 
@@ -36,34 +35,10 @@ pub fn status(args: &StatusArgs) -> ExitCode {
 }
 
 async fn fetch(args: &StatusArgs) -> Result<Value, String> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(args.timeout.max(1)))
-        .build()
-        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
-    let base = args.url.trim_end_matches('/');
+    let api = super::api_client::Api::new(&args.url, args.token.clone(), args.timeout)?;
     let get = |path: String| {
-        let mut r = http.get(format!("{base}/api/v1{path}"));
-        if let Some(t) = &args.token {
-            r = r.bearer_auth(t);
-        }
-        async move {
-            let resp = r.send().await.map_err(|e| {
-                format!(
-                    "cannot reach {base}: {}",
-                    crate::cli::store_cmd::error_chain(&e)
-                )
-            })?;
-            let status = resp.status();
-            let body: Value = resp.json().await.unwrap_or(Value::Null);
-            if !status.is_success() {
-                let msg = body["message"].as_str().unwrap_or("no message");
-                return Err(format!(
-                    "{base}/api/v1{path}: HTTP {}: {msg}",
-                    status.as_u16()
-                ));
-            }
-            Ok(body)
-        }
+        let api = &api;
+        async move { api.get(&path).await }
     };
     let stale = get(format!("/images?state=stale&limit={ROWS}")).await?;
     let unchecked = get(format!("/images?state=unchecked&limit={ROWS}")).await?;

@@ -806,3 +806,45 @@ fn typos_get_did_you_mean() {
     // Another tag of a declared repository, or an unrelated name, is fine.
     assert_eq!(err.matches("did you mean").count(), 1, "{err}");
 }
+
+/// Three typos take one `check`: every unknown key is reported (nested,
+/// in sequences, with block values under them), and the rest of the file
+/// is still validated. A backend with a bad kind is reported once, not
+/// again as "unknown backend" where images use it.
+#[test]
+fn every_unknown_key_and_other_problem_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "typos.yaml",
+        "backends:\n  ci:\n    kind: webhok\n    url: \"http://ci.example.com\"\n  gh:\n    kind: github_actions\n    tokn_env: GH\nimages:\n  - name: a:1\n    form: [b:1]\n    schedule: \"every day\"\n    build: { backend: ci }\n  - nmae: c:1\n    name: registry.example.com/d:1\n    build:\n      backend: ci\n      inptus:\n        x: y\n        z: w\n    deploy: { backend: nowhere, tyop: 1 }\n",
+    );
+    let o = lineaged(&["check", "-c", &cfg]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    for want in [
+        format!("{cfg}:3:11: backend `ci`: unknown kind `webhok`"),
+        format!("{cfg}:7:5: unknown field `tokn_env`"),
+        format!("{cfg}:10:5: unknown field `form`"),
+        format!("{cfg}:13:5: unknown field `nmae`"),
+        format!("{cfg}:17:7: unknown field `inptus`"),
+        format!("{cfg}:20:24: unknown backend `nowhere`"),
+        format!("{cfg}:20:33: unknown field `tyop`"),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+    assert!(err.contains("did you mean `webhook`?"), "{err}");
+    assert!(err.contains("did you mean `token_env`?"), "{err}");
+    assert!(err.contains("did you mean `name`?"), "{err}");
+    // The schedule is checked too, though the file had unknown keys.
+    assert!(err.contains(&format!("{cfg}:11:")), "{err}");
+    // `ci` is reported once, for its kind.
+    assert!(!err.contains("unknown backend `ci`"), "{err}");
+    // In file order.
+    let lines: Vec<u64> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{cfg}:")))
+        .filter_map(|l| l.split(':').next()?.parse().ok())
+        .collect();
+    assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{err}");
+}

@@ -45,22 +45,42 @@ fn load_bytes(
 ) -> Result<Config, ConfigError> {
     let mut diagnostics = Vec::new();
     let mut parsed = Vec::with_capacity(texts.len());
+    let mut broken = false;
     for (file, result) in parse_all(texts) {
-        match result {
-            Ok(raw) => parsed.push((file, raw)),
-            Err(d) => diagnostics.push(d),
+        diagnostics.extend(result.diagnostics);
+        match result.raw {
+            Some(raw) => parsed.push((file, raw)),
+            None => broken = true,
         }
     }
     // Later checks would only add noise about what the broken files declare.
-    if !diagnostics.is_empty() {
+    // Unknown keys are not that: the rest of the file is checked without them.
+    if broken {
         return Err(ConfigError::Invalid(diagnostics));
     }
-    validate(parsed, env).map_err(ConfigError::Invalid)
+    let order: Vec<PathBuf> = parsed.iter().map(|(f, _)| f.clone()).collect();
+    match validate(parsed, env) {
+        Ok(config) if diagnostics.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigError::Invalid(diagnostics)),
+        Err(more) => {
+            diagnostics.extend(more);
+            let at = |d: &Diagnostic| order.iter().position(|f| *f == d.file);
+            diagnostics.sort_by_key(|d| (at(d), d.line, d.column));
+            Err(ConfigError::Invalid(diagnostics))
+        }
+    }
+}
+
+/// One file's parse: the document (unless it could not be read at all) and
+/// what was wrong with it.
+struct Parsed {
+    raw: Option<RawFile>,
+    diagnostics: Vec<Diagnostic>,
 }
 
 /// Parses files on all cores (YAML parsing is most of a large load), keeping
 /// their order.
-fn parse_all(texts: Vec<(PathBuf, Vec<u8>)>) -> Vec<(PathBuf, Result<RawFile, Diagnostic>)> {
+fn parse_all(texts: Vec<(PathBuf, Vec<u8>)>) -> Vec<(PathBuf, Parsed)> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(texts.len());
@@ -74,8 +94,7 @@ fn parse_all(texts: Vec<(PathBuf, Vec<u8>)>) -> Vec<(PathBuf, Result<RawFile, Di
             .collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut results: Vec<Option<Result<RawFile, Diagnostic>>> =
-        (0..texts.len()).map(|_| None).collect();
+    let mut results: Vec<Option<Parsed>> = (0..texts.len()).map(|_| None).collect();
     let slots = std::sync::Mutex::new(&mut results);
     std::thread::scope(|scope| {
         for _ in 0..workers {
@@ -97,8 +116,10 @@ fn parse_all(texts: Vec<(PathBuf, Vec<u8>)>) -> Vec<(PathBuf, Result<RawFile, Di
         .into_iter()
         .zip(results)
         .map(|((f, _), r)| {
-            let r =
-                r.unwrap_or_else(|| Err(diag(&f, 1, 1, "file was not parsed (internal error)")));
+            let r = r.unwrap_or_else(|| Parsed {
+                raw: None,
+                diagnostics: vec![diag(&f, 1, 1, "file was not parsed (internal error)")],
+            });
             (f, r)
         })
         .collect()
@@ -138,26 +159,77 @@ fn diag(file: &Path, line: u64, column: u64, message: impl Into<String>) -> Diag
     }
 }
 
-/// Parses one file. Budgets scale with the file's size, so a 100,000-image
-/// lineage loads while an alias bomb or a deeply nested document (whose
-/// expansion is far larger than its text) is refused early with little memory.
-fn parse_file(file: &Path, bytes: &[u8]) -> Result<RawFile, Diagnostic> {
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        let (line, col) = line_col(bytes, e.valid_up_to());
-        diag(file, line, col, "file is not valid UTF-8")
-    })?;
+/// Parses one file, reporting every unknown key in one run: each one is
+/// reported, blanked out (keeping every other line and column where it
+/// was) and the file parsed again, so a config with three typos takes one
+/// `check`, and the rest of the file is still validated.
+fn parse_file(file: &Path, bytes: &[u8]) -> Parsed {
+    let failed = |d| Parsed {
+        raw: None,
+        diagnostics: vec![d],
+    };
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let (line, col) = line_col(bytes, e.valid_up_to());
+            return failed(diag(file, line, col, "file is not valid UTF-8"));
+        }
+    };
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let blank = text
         .lines()
         .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---");
     if blank {
-        return Err(diag(
+        return failed(diag(
             file,
             1,
             1,
             "file is empty: expected a mapping with `images:` and other sections",
         ));
     }
+    let mut diagnostics = Vec::new();
+    let mut edited: Option<String> = None;
+    loop {
+        let current = edited.as_deref().unwrap_or(text);
+        let e = match parse_text(current) {
+            Ok(raw) => {
+                return Parsed {
+                    raw: Some(raw),
+                    diagnostics,
+                };
+            }
+            Err(e) => e,
+        };
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line().max(1), l.column().max(1)))
+            .unwrap_or((1, 1));
+        let message = plain_message(&e);
+        let unknown_key = message.starts_with("unknown field `");
+        diagnostics.push(diag(file, line, column, message));
+        // A hundred typos in one file is enough to be going on with.
+        if !unknown_key || diagnostics.len() >= 100 {
+            return Parsed {
+                raw: None,
+                diagnostics,
+            };
+        }
+        match without_entry(current, line, column) {
+            Some(next) => edited = Some(next),
+            None => {
+                return Parsed {
+                    raw: None,
+                    diagnostics,
+                };
+            }
+        }
+    }
+}
+
+/// Budgets scale with the text's size, so a 100,000-image lineage loads
+/// while an alias bomb or a deeply nested document (whose expansion is far
+/// larger than its text) is refused early with little memory.
+fn parse_text(text: &str) -> Result<RawFile, serde_saphyr::Error> {
     let len = text.len();
     let options = serde_saphyr::options! {
         budget: serde_saphyr::budget! {
@@ -169,13 +241,47 @@ fn parse_file(file: &Path, bytes: &[u8]) -> Result<RawFile, Diagnostic> {
             max_documents: 1,
         },
     };
-    serde_saphyr::from_str_with_options::<RawFile>(text, options).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line().max(1), l.column().max(1)))
-            .unwrap_or((1, 1));
-        diag(file, line, column, plain_message(&e))
-    })
+    serde_saphyr::from_str_with_options::<RawFile>(text, options)
+}
+
+/// The text with the block-style mapping entry whose key starts at
+/// `line`:`column` (1-based) blanked out: the key and its value to the end
+/// of the line, and the lines below indented deeper (or a sequence at the
+/// key's own indentation). Every other line keeps its number and columns.
+/// `None` when the key is not the first thing on its line (flow style).
+fn without_entry(text: &str, line: u64, column: u64) -> Option<String> {
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    let first = usize::try_from(line).ok()?.checked_sub(1)?;
+    let col = usize::try_from(column).ok()?.checked_sub(1)?;
+    let head = lines.get(first)?;
+    let cut = head.char_indices().nth(col).map(|(i, _)| i)?;
+    let before = &head[..cut];
+    if !before.chars().all(|c| c == ' ' || c == '-') {
+        // In a flow mapping (`{ backend: ci, typo: 1 }`): spaces over the
+        // entry and its comma, when it ends on this line.
+        let end = flow_entry_end(&head[cut..])?;
+        let mut line = head.to_string();
+        line.replace_range(cut..cut + end, &" ".repeat(end));
+        lines[first] = "";
+        let mut out = lines.join("\n");
+        let start: usize = lines[..first].iter().map(|l| l.len() + 1).sum();
+        out.insert_str(start, &line);
+        return Some(out);
+    }
+    lines[first] = before;
+    let indent = |l: &str| l.len() - l.trim_start_matches(' ').len();
+    for l in lines.iter_mut().skip(first + 1) {
+        let t = l.trim();
+        let inside = t.is_empty()
+            || t.starts_with('#')
+            || indent(l) > col
+            || (indent(l) == col && t.starts_with('-'));
+        if !inside {
+            break;
+        }
+        *l = "";
+    }
+    Some(lines.join("\n"))
 }
 
 /// The error's message without serde-saphyr's own position suffix or snippet:
@@ -218,6 +324,28 @@ fn did_you_mean(msg: &str) -> Option<String> {
         .map(|n| n.trim().trim_matches('`'))
         .collect();
     super::text::closest(field, names).map(str::to_string)
+}
+
+/// Byte length of a flow entry (`key: value,`) at the start of `rest`,
+/// with its comma; the closing `}` is left. `None` when it does not end on
+/// this line.
+fn flow_entry_end(rest: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut quote: Option<char> = None;
+    for (i, c) in rest.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '[' | '{') => depth += 1,
+            (None, ']' | '}') if depth > 0 => depth -= 1,
+            (None, '}') => return Some(i),
+            (None, ',') if depth == 0 => return Some(i + 1),
+            (None, '#') => return None,
+            _ => {}
+        }
+    }
+    None
 }
 
 fn line_col(bytes: &[u8], offset: usize) -> (u64, u64) {

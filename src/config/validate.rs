@@ -18,6 +18,9 @@ pub(super) struct Ctx<'a> {
     files: Vec<PathBuf>,
     pub diags: Vec<Diagnostic>,
     env: Env<'a>,
+    /// Backends declared with an unknown kind: already reported, so a
+    /// reference to one is not reported again as undeclared.
+    pub broken_backends: std::collections::BTreeSet<String>,
 }
 
 impl Ctx<'_> {
@@ -315,6 +318,7 @@ pub(super) fn validate(
         files: files.iter().map(|(p, _)| p.clone()).collect(),
         diags: Vec::new(),
         env,
+        broken_backends: Default::default(),
     };
     let mut database = Single { slot: None };
     let mut listen = Single { slot: None };

@@ -246,17 +246,23 @@ fn known_backend<'b>(
     backends: &'b BTreeMap<String, Backend>,
 ) -> Option<&'b Backend> {
     let b = backends.get(&s.value);
-    if b.is_none() {
+    if b.is_none() && !ctx.broken_backends.contains(&s.value) {
         let names: Vec<&str> = backends.keys().map(String::as_str).collect();
         let known = if names.is_empty() {
             "none declared".to_string()
         } else {
             names.join(", ")
         };
+        let hint = super::text::closest(&s.value, names.iter().copied())
+            .map(|n| format!("; did you mean `{n}`?"))
+            .unwrap_or_default();
         ctx.err(
             f,
             s.referenced,
-            format!("unknown backend `{}` (declared backends: {known})", s.value),
+            format!(
+                "unknown backend `{}` (declared backends: {known}){hint}",
+                s.value
+            ),
         );
     }
     b

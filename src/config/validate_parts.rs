@@ -249,15 +249,19 @@ pub(super) fn backends(
             .map(|(_, k)| *k)
         else {
             let kinds: Vec<&str> = BackendKind::ALL.iter().map(|(s, _)| *s).collect();
+            let hint = super::text::closest(&b.kind.value, kinds.iter().copied())
+                .map(|k| format!("; did you mean `{k}`?"))
+                .unwrap_or_default();
             ctx.err(
                 f,
                 b.kind.referenced,
                 format!(
-                    "backend `{name}`: unknown kind `{}` (one of {})",
+                    "backend `{name}`: unknown kind `{}` (one of {}){hint}",
                     b.kind.value,
                     kinds.join(", ")
                 ),
             );
+            ctx.broken_backends.insert(name);
             continue;
         };
         let url = ctx.http_url(f, &b.url, "url");

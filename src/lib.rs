@@ -26,3 +26,20 @@ pub mod watch;
 pub fn init_tls() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// An error with its sources on one line (`error sending request: dns
+/// error: failed to lookup address …`): the cause underneath is usually the
+/// useful part. A source whose text is already in the line is not repeated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        let msg = src.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = src.source();
+    }
+    s
+}

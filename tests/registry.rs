@@ -510,3 +510,72 @@ async fn a_slow_registry_times_out_as_a_retryable_error() {
     }
     assert!(err.retryable());
 }
+
+/// `check --online` looks every external base up: a typo in `from:` that
+/// the offline check cannot know (`alpne` is close to no declared image) is
+/// reported where it is written, and an unreachable registry says why (the
+/// refused connection, not just "error sending request").
+#[tokio::test]
+async fn check_online_reports_missing_bases_and_unreachable_registries() {
+    let reg = TestRegistry::start(RegistryOptions::default()).await;
+    reg.push_image(
+        "base/alpine",
+        "3",
+        "x",
+        ("linux", "amd64"),
+        map(&[]),
+        map(&[]),
+    )
+    .await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let a = &reg.addr;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "registries:\n  - host: \"{a}\"\n    insecure: true\n  - host: \"127.0.0.1:{dead}\"\n    insecure: true\n\
+             backends:\n  ci: {{ kind: webhook, url: \"http://127.0.0.1:9/\" }}\n\
+             images:\n  - name: \"{a}/app:1\"\n    from: [\"{a}/base/alpne:3\"]\n    build: {{ backend: ci }}\n\
+             \x20 - name: \"{a}/tool:1\"\n    from: [\"{a}/base/alpine:3\", \"127.0.0.1:{dead}/x:1\"]\n    build: {{ backend: ci }}\n"
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_lineaged");
+    // Offline the typo passes: nothing declared is close to it.
+    let out = std::process::Command::new(bin)
+        .args(["check", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = std::process::Command::new(bin)
+        .args(["check", "--online", "--timeout", "5", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let path = cfg.display();
+    assert!(
+        err.contains(&format!(
+            "{path}:9:11: {a}/base/alpne:3 does not exist ({a} has no such manifest)"
+        )) && err.contains(&format!("base of {a}/app:1")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("cannot check 127.0.0.1:{dead}/x:1"))
+            && err.contains("refused")
+            && err.contains(&format!("base of {a}/tool:1")),
+        "{err}"
+    );
+    assert!(
+        err.contains("1 of 3 external images exist, 1 do not, 1 could not be checked"),
+        "{err}"
+    );
+    assert!(!err.contains(&format!("{a}/base/alpine:3 does")), "{err}");
+}

@@ -13,6 +13,7 @@ use crate::registry::ImageRef;
 
 mod api_client;
 mod approve_cmd;
+mod check_cmd;
 mod resolve_cmd;
 mod serve_cmd;
 mod status_cmd;
@@ -30,7 +31,15 @@ pub const EXIT_USAGE: u8 = 2;
     about = "Keeps container images rebuilt on fresh base images",
     long_about = "lineaged tracks image lineage (image → base images), watches registries for \
                   base image changes and rebuilds every descendant once, in dependency order, \
-                  through CI webhooks.\n\nExit codes: 0 success, 1 failed check or run, 2 bad usage."
+                  through CI webhooks.\n\nCONFIG is ./lineaged.yaml unless -c or LINEAGED_CONFIG \
+                  says otherwise.\n\nExit codes: 0 success, 1 failed check or run, 2 bad usage.",
+    arg_required_else_help = true,
+    after_help = "Examples:\n  \
+        lineaged check -c config/example.yaml\n  \
+        lineaged plan -c config/example.yaml --changed python:3.12-slim\n  \
+        lineaged serve -c lineage.d/\n  \
+        lineaged status --output json | jq '.stale[].image'\n\n\
+        See it work: scripts/demo.sh (a registry, a 3-level lineage and a CI, on this machine)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -50,12 +59,32 @@ pub enum LogFormat {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the daemon: watch registries and serve the API (until SIGINT/SIGTERM)
+    #[command(after_help = "Examples:\n  \
+        lineaged serve -c config/example.yaml\n  \
+        LINEAGED_CONFIG=/etc/lineaged LINEAGED_LOG_FORMAT=json lineaged serve")]
     Serve(ConfigArg),
     /// Validate a config; every error as file:line:col: message
-    Check(ConfigArg),
+    #[command(
+        long_about = "Validate a config without starting anything: YAML, unknown keys (with \
+                  did-you-mean), references between images, backends and registries, cycles, \
+                  schedules, secrets present. Every problem is printed as file:line:col: message, \
+                  all in one run.\n\nWith --online, also ask the configured registries whether \
+                  every external base image exists (a typo in `from:` otherwise becomes a new \
+                  external image that never changes).\n\nExit codes: 0 valid, 1 problems found, \
+                  2 bad usage.",
+        after_help = "Examples:\n  lineaged check -c lineaged.yaml\n  \
+        lineaged check -c lineage.d/ --online"
+    )]
+    Check(CheckArgs),
     /// Dry run: the waves of rebuilds a change of the given images would cause
+    #[command(after_help = "Examples:\n  \
+        lineaged plan -c config/example.yaml --changed python:3.12-slim\n  \
+        lineaged plan --changed debian:bookworm-slim --output json | jq '.waves | length'")]
     Plan(PlanArgs),
     /// Print the lineage graph
+    #[command(after_help = "Examples:\n  \
+        lineaged graph -c config/example.yaml | dot -Tsvg > lineage.svg\n  \
+        lineaged graph --format mermaid")]
     Graph(GraphArgs),
     /// Apply the database migrations and exit
     Migrate(ConfigArg),
@@ -115,15 +144,59 @@ pub enum Command {
                   only warned), 1 any refused or could not be checked, 2 bad usage."
     )]
     Verify(VerifyArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell)
+    #[command(after_help = "Examples:\n  \
+        lineaged completions bash > /etc/bash_completion.d/lineaged\n  \
+        lineaged completions zsh > \"${fpath[1]}/_lineaged\"\n  \
+        lineaged completions fish > ~/.config/fish/completions/lineaged.fish")]
+    Completions(CompletionsArgs),
+    /// Print the man page (or write one per command with --out-dir)
+    #[command(after_help = "Examples:\n  \
+        lineaged man | man -l -\n  \
+        lineaged man --out-dir /usr/local/share/man/man1")]
+    Man(ManArgs),
     /// Write a synthetic lineage of N images (for benchmarks)
     #[command(hide = true)]
     Generate(GenerateArgs),
 }
 
 #[derive(clap::Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ManArgs {
+    /// Write lineaged.1 and lineaged-COMMAND.1 here instead of printing lineaged.1
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Also resolve every external image through the configured registries
+    /// and report those that do not exist (needs network access)
+    #[arg(long)]
+    pub online: bool,
+    /// Per-request timeout in seconds for --online
+    #[arg(long, default_value_t = 30, requires = "online")]
+    pub timeout: u64,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct ConfigArg {
     /// Config file, or a directory of *.yaml/*.yml files merged in name order
-    #[arg(short, long, value_name = "CONFIG", env = "LINEAGED_CONFIG")]
+    #[arg(
+        short,
+        long,
+        value_name = "CONFIG",
+        env = "LINEAGED_CONFIG",
+        default_value = "lineaged.yaml"
+    )]
     pub config: PathBuf,
 }
 
@@ -134,6 +207,7 @@ pub struct PlanArgs {
     /// A changed image (repeatable), e.g. python:3.12-slim
     #[arg(long = "changed", value_name = "REF", required = true, value_parser = parse_ref)]
     pub changed: Vec<ImageRef>,
+    /// Output: text (a table for people) or json (for scripts and `jq`)
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }
@@ -163,6 +237,7 @@ pub struct VerifyArgs {
     /// Which rules to apply: deploy, cascade, or all gates the rule has
     #[arg(long, default_value = "all", value_parser = ["all", "deploy", "cascade"])]
     pub purpose: String,
+    /// Output: text (a table for people) or json (for scripts and `jq`)
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }
@@ -195,6 +270,7 @@ pub struct StatusArgs {
     /// API token (read role is enough); from the environment only
     #[arg(skip = std::env::var("LINEAGED_TOKEN").ok().filter(|t| !t.is_empty()))]
     pub token: Option<String>,
+    /// Output: text (a table for people) or json (for scripts and `jq`)
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
     /// Per-request timeout in seconds
@@ -220,7 +296,7 @@ pub struct ApprovalsArgs {
     /// Decided ones too (newest first)
     #[arg(long)]
     pub all: bool,
-    /// text (a table) or json (the API's answer)
+    /// Output: text (a table for people) or json (for scripts and `jq`)
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }
@@ -240,6 +316,8 @@ pub struct DecideArgs {
 pub struct GraphArgs {
     #[command(flatten)]
     pub config: ConfigArg,
+    /// Graph format: dot (Graphviz), mermaid (Markdown, GitHub renders it) or
+    /// json (nodes and edges, for tools)
     #[arg(long, value_enum, default_value_t = Format::Dot)]
     pub format: Format,
 }
@@ -294,7 +372,9 @@ pub fn main() -> ExitCode {
     crate::init_tls();
     match cli.command {
         Command::Serve(a) => serve_cmd::serve(&a),
-        Command::Check(a) => check(&a),
+        Command::Check(a) => check_cmd::check(&a),
+        Command::Completions(a) => completions(&a),
+        Command::Man(a) => man(&a),
         Command::Plan(a) => plan(&a),
         Command::Graph(a) => graph(&a),
         Command::Migrate(a) => store_cmd::migrate(&a),
@@ -356,8 +436,52 @@ fn init_tracing(format: LogFormat) {
     };
 }
 
+fn completions(a: &CompletionsArgs) -> ExitCode {
+    use clap::CommandFactory as _;
+    let mut cmd = Cli::command();
+    clap_complete::generate(a.shell, &mut cmd, "lineaged", &mut std::io::stdout());
+    ExitCode::SUCCESS
+}
+
+fn man(a: &ManArgs) -> ExitCode {
+    use clap::CommandFactory as _;
+    let cmd = Cli::command();
+    let Some(dir) = &a.out_dir else {
+        let mut page = Vec::new();
+        return match clap_mangen::Man::new(cmd).render(&mut page) {
+            Ok(()) => {
+                let _ = std::io::stdout().lock().write_all(&page);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot render the man page: {e}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        };
+    };
+    let written = std::fs::create_dir_all(dir).and_then(|()| clap_mangen::generate_to(cmd, dir));
+    match written {
+        Ok(()) => {
+            eprintln!("wrote man pages to {}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot write man pages to {}: {e}", dir.display());
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
 /// Loads the config, printing every diagnostic to stderr on failure.
 pub(crate) fn load_config(arg: &ConfigArg) -> Result<Config, ExitCode> {
+    if !arg.config.exists() {
+        eprintln!(
+            "error: no config at {}: pass -c FILE|DIR or set LINEAGED_CONFIG \
+             (an example: config/example.yaml; `lineaged schema` for editors)",
+            arg.config.display()
+        );
+        return Err(ExitCode::from(EXIT_FAILED));
+    }
     config::load(&arg.config).map_err(|e| {
         let lines = e.diagnostics();
         let mut err = std::io::stderr().lock();
@@ -389,27 +513,8 @@ pub(crate) fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, Exi
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
-fn print(s: &str) {
+pub(crate) fn print(s: &str) {
     let _ = std::io::stdout().lock().write_all(s.as_bytes());
-}
-
-fn check(arg: &ConfigArg) -> ExitCode {
-    let cfg = match load_config(arg) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let managed = cfg.managed_count();
-    let implicit = cfg.images.iter().filter(|i| i.implicit).count();
-    print(&format!(
-        "ok: {} images ({managed} managed, {} external of which {implicit} implicit), {} backends, {} registries, from {} file{}\n",
-        cfg.images.len(),
-        cfg.images.len() - managed,
-        cfg.backends.len(),
-        cfg.registries.len(),
-        cfg.sources.len(),
-        if cfg.sources.len() == 1 { "" } else { "s" },
-    ));
-    ExitCode::SUCCESS
 }
 
 fn plan(args: &PlanArgs) -> ExitCode {

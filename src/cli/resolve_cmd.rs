@@ -47,7 +47,7 @@ pub fn resolve(args: &ResolveArgs) -> ExitCode {
     }
 }
 
-async fn resolve_with_retries(
+pub(super) async fn resolve_with_retries(
     client: &RegistryClient,
     r: &ImageRef,
     platforms: &[crate::config::Platform],

@@ -41,17 +41,4 @@ pub fn migrate(arg: &ConfigArg) -> ExitCode {
     })
 }
 
-/// An error with its sources, on one line.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        let msg = src.to_string();
-        if !s.contains(&msg) {
-            s.push_str(": ");
-            s.push_str(&msg);
-        }
-        cur = src.source();
-    }
-    s
-}
+pub(crate) use crate::error_chain;

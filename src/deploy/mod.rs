@@ -185,7 +185,7 @@ impl Client {
         let r = req
             .send()
             .await
-            .map_err(|e| DispatchError::Network(error_chain(&e)))
+            .map_err(|e| DispatchError::Network(crate::error_chain(&e)))
             .map_err(|e| scrub(e, &secrets))?;
         let status = r.status().as_u16();
         let headers = r.headers().clone();
@@ -207,18 +207,6 @@ impl Client {
 
 fn read_pem(p: &std::path::Path) -> Result<Vec<u8>, String> {
     std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-}
-
-/// An HTTP error with its causes (a TLS or DNS failure is the useful part).
-fn error_chain(e: &reqwest::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// A client trusting `ca` (PEM) besides nothing else when given, with a

@@ -67,12 +67,9 @@ pub async fn crumb(
     url: &str,
     timeout: Duration,
 ) -> Result<Option<(String, String, Option<String>)>, DispatchError> {
-    let r = http
-        .get(url)
-        .timeout(timeout)
-        .send()
-        .await
-        .map_err(|e| DispatchError::Network(format!("crumb: {}", e.without_url())))?;
+    let r = http.get(url).timeout(timeout).send().await.map_err(|e| {
+        DispatchError::Network(format!("crumb: {}", crate::error_chain(&e.without_url())))
+    })?;
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let body = super::request::read_capped(r, 16 * 1024).await;

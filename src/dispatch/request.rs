@@ -354,7 +354,7 @@ pub async fn send(
     let r = post
         .send()
         .await
-        .map_err(|e| DispatchError::Network(e.without_url().to_string()))
+        .map_err(|e| DispatchError::Network(crate::error_chain(&e.without_url())))
         .map_err(|e| scrub(e, &req.secrets))?;
     let status = r.status().as_u16();
     let headers = r.headers().clone();

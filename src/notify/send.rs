@@ -135,7 +135,7 @@ pub async fn deliver(
         .body(body)
         .send()
         .await
-        .map_err(|e| DispatchError::Network(e.without_url().to_string()))
+        .map_err(|e| DispatchError::Network(crate::error_chain(&e.without_url())))
         .map_err(|e| scrub(e, &secrets))?;
     let status = r.status().as_u16();
     let headers = r.headers().clone();

@@ -39,7 +39,9 @@ pub enum RegistryError {
         status: u16,
         detail: String,
     },
-    #[error("{registry}: {kind}: {source}")]
+    /// The message carries the whole chain: "error sending request" alone
+    /// hides the DNS, TLS or refused connection underneath.
+    #[error("{registry}: {kind}: {}", crate::error_chain(source))]
     Transport {
         registry: String,
         kind: &'static str,

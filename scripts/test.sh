@@ -11,6 +11,8 @@ command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The config schema is checked with an independent validator (Python's).
+python3 -c 'import jsonschema, yaml' >/dev/null 2>&1 || missing+=(python3-jsonschema python3-yaml)
 # The dashboard test drives Debian's Chromium with playwright-core (npm).
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)

@@ -51,6 +51,13 @@ fn help_on_every_command_and_usage_errors_exit_2() {
         &["resolve"],
         &["status"],
         &["trigger"],
+        &["verify"],
+        &["approvals"],
+        &["approve"],
+        &["reject"],
+        &["schema"],
+        &["completions"],
+        &["man"],
     ] {
         let mut args = cmd.to_vec();
         args.push("--help");
@@ -58,7 +65,25 @@ fn help_on_every_command_and_usage_errors_exit_2() {
         assert_eq!(o.status.code(), Some(0), "{args:?}");
         assert!(stdout(&o).contains("Usage:"), "{args:?}");
     }
-    assert_eq!(lineaged(&[]).status.code(), Some(2));
+    // `lineaged` alone prints the whole help (to stderr: it is a usage error).
+    let bare = lineaged(&[]);
+    assert_eq!(bare.status.code(), Some(2));
+    for want in [
+        "Usage:",
+        "Commands:",
+        "serve",
+        "check",
+        "Examples:",
+        "scripts/demo.sh",
+    ] {
+        assert!(stderr(&bare).contains(want), "{want}: {}", stderr(&bare));
+    }
+    // Every option says what it is, `--output` included.
+    let plan = stdout(&lineaged(&["plan", "--help"]));
+    assert!(
+        plan.contains("--output <OUTPUT>") && plan.contains("for scripts"),
+        "{plan}"
+    );
     assert_eq!(lineaged(&["frobnicate"]).status.code(), Some(2));
     assert_eq!(lineaged(&["plan", "-c", EXAMPLE]).status.code(), Some(2));
     let o = lineaged(&["plan", "-c", EXAMPLE, "--changed", "Not/A:Ref"]);
@@ -214,7 +239,7 @@ fn bad_files_get_clear_messages() {
                 .join("missing.yaml")
                 .to_string_lossy()
                 .into_owned(),
-            "cannot read",
+            "no config at",
         ),
     ];
     for (cfg, want) in cases {
@@ -847,4 +872,152 @@ fn every_unknown_key_and_other_problem_in_one_run() {
         .filter_map(|l| l.split(':').next()?.parse().ok())
         .collect();
     assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{err}");
+}
+
+/// `-c` defaults to ./lineaged.yaml (or LINEAGED_CONFIG); without one the
+/// error says how to give one.
+#[test]
+fn config_defaults_to_lineaged_yaml_in_the_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |dir: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_lineaged"))
+            .arg("check")
+            .current_dir(dir)
+            .env_remove("LINEAGED_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let o = run(dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no config at lineaged.yaml: pass -c FILE|DIR or set LINEAGED_CONFIG"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::copy(EXAMPLE, dir.path().join("lineaged.yaml")).unwrap();
+    let o = run(dir.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("ok: "));
+}
+
+/// Shell completions for each shell, and man pages rendered by clap.
+#[test]
+fn completions_and_man_pages() {
+    let bash = stdout(&lineaged(&["completions", "bash"]));
+    assert!(
+        bash.contains("_lineaged()") && bash.contains("approvals"),
+        "{bash}"
+    );
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let o = lineaged(&["completions", shell]);
+        assert_eq!(o.status.code(), Some(0), "{shell}");
+        assert!(stdout(&o).contains("check"), "{shell}");
+    }
+    assert_eq!(lineaged(&["completions", "tcsh"]).status.code(), Some(2));
+    // bash accepts the script.
+    let dir = tempfile::tempdir().unwrap();
+    let script = write(dir.path(), "c.bash", &bash);
+    let o = Command::new("bash").args(["-n", &script]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let page = stdout(&lineaged(&["man"]));
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH lineaged 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("lineaged\\-check") || page.contains("check"),
+        "{page}"
+    );
+    let out = dir.path().join("man1");
+    let o = lineaged(&["man", "--out-dir", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for page in [
+        "lineaged.1",
+        "lineaged-check.1",
+        "lineaged-serve.1",
+        "lineaged-approve.1",
+    ] {
+        assert!(out.join(page).is_file(), "{page}");
+    }
+}
+
+/// The JSON Schema: the repository's copy is what `lineaged schema` prints;
+/// every example config validates against it with an independent validator
+/// (Python's jsonschema), and it refuses an unknown key and a bad kind.
+#[test]
+fn schema_is_current_and_validates_the_examples() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let o = lineaged(&["schema"]);
+    assert_eq!(o.status.code(), Some(0));
+    let printed = stdout(&o);
+    let checked_in = std::fs::read_to_string(format!("{root}/docs/lineaged.schema.json")).unwrap();
+    assert!(
+        printed == checked_in,
+        "docs/lineaged.schema.json is stale: run `cargo run -- schema > docs/lineaged.schema.json`"
+    );
+    let v: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(v["$schema"], "https://json-schema.org/draft/2020-12/schema");
+
+    let mut examples = vec![format!("{root}/config/example.yaml")];
+    for dir in ["config/lineage.d", "config/compose"] {
+        let Ok(entries) = std::fs::read_dir(format!("{root}/{dir}")) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml") {
+                examples.push(p.to_string_lossy().into_owned());
+            }
+        }
+    }
+    for ex in &examples {
+        // Editors find the schema from the first line.
+        let first = std::fs::read_to_string(ex).unwrap();
+        let first = first.lines().next().unwrap();
+        let rel = first
+            .strip_prefix("# yaml-language-server: $schema=")
+            .unwrap_or_else(|| panic!("{ex} has no $schema line: {first}"));
+        let target = Path::new(ex).parent().unwrap().join(rel);
+        assert!(target.is_file(), "{ex}: {}", target.display());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let generated = write(
+        dir.path(),
+        "generated.yaml",
+        &stdout(&lineaged(&["generate", "--images", "300"])),
+    );
+    let typo = write(
+        dir.path(),
+        "typo.yaml",
+        "images:\n  - name: a:1\n    form: [b:1]\n",
+    );
+    let kind = write(
+        dir.path(),
+        "kind.yaml",
+        "backends:\n  ci: { kind: webhok, url: \"http://ci\" }\n",
+    );
+    let validate = |files: &[&String]| {
+        Command::new("python3")
+            .arg(format!("{root}/tests/tools/validate_schema.py"))
+            .arg(format!("{root}/docs/lineaged.schema.json"))
+            .args(files)
+            .output()
+            .expect("python3 (scripts/test.sh installs python3-jsonschema)")
+    };
+    let mut good: Vec<&String> = examples.iter().collect();
+    good.push(&generated);
+    let o = validate(&good);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(stdout(&o).matches(": ok").count(), good.len());
+    let o = validate(&[&typo, &kind]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(
+        out.contains("typo.yaml: images/0: Additional properties are not allowed ('form'"),
+        "{out}"
+    );
+    assert!(
+        out.contains("kind.yaml: backends/ci/kind: 'webhok' is not one of"),
+        "{out}"
+    );
 }

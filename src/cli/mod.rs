@@ -144,6 +144,19 @@ pub enum Command {
                   only warned), 1 any refused or could not be checked, 2 bad usage."
     )]
     Verify(VerifyArgs),
+    /// Print the config's JSON Schema (draft 2020-12) for editors
+    #[command(
+        long_about = "Print the JSON Schema (draft 2020-12) of a config file, with every \
+                  field's description, for editor completion and checks. VS Code (with the YAML \
+                  extension) and other yaml-language-server editors use it when a file starts \
+                  with a `# yaml-language-server: $schema=PATH` comment; the repository's copy \
+                  is docs/lineaged.schema.json.\n\nThe schema checks one file's shape; \
+                  `lineaged check` checks everything else (references, cycles, secrets).",
+        after_help = "Example:\n  lineaged schema > lineaged.schema.json\n  \
+        # first line of lineaged.yaml:\n  \
+        # yaml-language-server: $schema=./lineaged.schema.json"
+    )]
+    Schema,
     /// Print shell completions (bash, zsh, fish, elvish, powershell)
     #[command(after_help = "Examples:\n  \
         lineaged completions bash > /etc/bash_completion.d/lineaged\n  \
@@ -374,6 +387,13 @@ pub fn main() -> ExitCode {
         Command::Serve(a) => serve_cmd::serve(&a),
         Command::Check(a) => check_cmd::check(&a),
         Command::Completions(a) => completions(&a),
+        Command::Schema => {
+            let mut s =
+                serde_json::to_string_pretty(&config::schema::json_schema()).unwrap_or_default();
+            s.push('\n');
+            print(&s);
+            ExitCode::SUCCESS
+        }
         Command::Man(a) => man(&a),
         Command::Plan(a) => plan(&a),
         Command::Graph(a) => graph(&a),

@@ -6,6 +6,7 @@
 
 mod load;
 mod raw;
+pub mod schema;
 mod secret;
 mod text;
 mod validate;

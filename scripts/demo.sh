@@ -116,37 +116,14 @@ pids+=($!)
 wait_for "http://127.0.0.1:$ci_port/healthz" "the demo CI"
 
 # --- 4. lineaged on SQLite --------------------------------------------------
-cat >"$work/lineaged.yaml" <<EOF
-# yaml-language-server: \$schema=$root/docs/lineaged.schema.json
-database: { url: "sqlite://$work/lineaged.db" }
-listen: "127.0.0.1:$port"
-api: { public_read: true }
-defaults:
-  schedule: "*/30 * * * * *"    # every 30 s; pushes are seen at once
-registries:
-  - { host: "$registry", insecure: true }
-receivers:
-  distribution: { token_env: DEMO_PUSH_TOKEN }
-backends:
-  demo-ci: { kind: webhook, url: "http://127.0.0.1:$ci_port/", secret_env: DEMO_CI_SECRET }
-images:
-  - name: $registry/demo/base:1
-  - name: $registry/demo/runtime:1
-    from: [$registry/demo/base:1]
-    build: { backend: demo-ci }
-  - name: $registry/demo/api:1
-    from: [$registry/demo/runtime:1]
-    build: { backend: demo-ci }
-  - name: $registry/demo/worker:1
-    from: [$registry/demo/runtime:1]
-    build: { backend: demo-ci }
-  - name: $registry/demo/api-debug:1
-    from: [$registry/demo/api:1]
-    build: { backend: demo-ci }
-EOF
-"$bin" check -c "$work/lineaged.yaml" >&2
-say "starting lineaged serve (SQLite in $work)"
-"$bin" serve -c "$work/lineaged.yaml" >"$work/lineaged.log" 2>&1 &
+# The lineage of docker-compose.yml, with this machine's addresses.
+config=$root/config/compose/lineaged.yaml
+export LINEAGED_DATABASE_URL="sqlite://$work/lineaged.db"
+export LINEAGED_LISTEN="127.0.0.1:$port" LINEAGED_PUBLIC_URL=$api
+export DEMO_REGISTRY=$registry DEMO_CI_URL="http://127.0.0.1:$ci_port/"
+"$bin" check -c "$config" >&2
+say "starting lineaged serve on $config (SQLite in $work)"
+"$bin" serve -c "$config" >"$work/lineaged.log" 2>&1 &
 pids+=($!)
 wait_for "$api/readyz" "lineaged"
 say "the dashboard: $api/ (open it now to watch the rollout)"
@@ -158,7 +135,7 @@ for _ in $(seq 1 100); do
   [[ $unchecked == 0 ]] && break
   sleep 0.2
 done
-"$bin" plan -c "$work/lineaged.yaml" --changed "$registry/demo/base:1" >&2
+"$bin" plan -c "$config" --changed "$registry/demo/base:1" >&2
 
 # --- 5. a new base, and the rollout -----------------------------------------
 last=$(curl -fsS "$api/api/v1/rollouts?limit=1" | python3 -c 'import json,sys; i=json.load(sys.stdin)["rollouts"]; print(i[0]["id"] if i else 0)')

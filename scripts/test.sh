@@ -11,6 +11,13 @@ command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# Packaging: the compose file, the Helm chart (rendered with Go's
+# text/template and sprig, as Helm does), the systemd unit.
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v go >/dev/null 2>&1 || missing+=(golang-go)
+[[ -d /usr/share/gocode/src/github.com/Masterminds/sprig ]] || missing+=(golang-github-masterminds-sprig-dev)
+[[ -d /usr/share/gocode/src/gopkg.in/yaml.v2 ]] || missing+=(golang-gopkg-yaml.v2-dev)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 # The config schema is checked with an independent validator (Python's).
 python3 -c 'import jsonschema, yaml' >/dev/null 2>&1 || missing+=(python3-jsonschema python3-yaml)
 # The dashboard test drives Debian's Chromium with playwright-core (npm).

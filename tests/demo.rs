@@ -81,7 +81,7 @@ fn demo_rolls_a_new_base_through_three_levels_and_ctrl_c_cleans_up() {
     assert_eq!(out.matches("callback HTTP 200").count(), 4, "{out}");
     let work = out
         .lines()
-        .find_map(|l| l.split("SQLite in ").nth(1))
+        .find_map(|l| l.split("(SQLite in ").nth(1))
         .map(|w| w.trim_end_matches(')').to_string())
         .expect("work dir named");
     assert!(std::path::Path::new(&work).is_dir());

@@ -38,7 +38,7 @@ pub const EXIT_USAGE: u8 = 2;
         lineaged check -c config/example.yaml\n  \
         lineaged plan -c config/example.yaml --changed python:3.12-slim\n  \
         lineaged serve -c lineage.d/\n  \
-        lineaged status --output json | jq '.stale[].image'\n\n\
+        lineaged status --output json | jq -r '.stale_images[].name'\n\n\
         See it work: scripts/demo.sh (a registry, a 3-level lineage and a CI, on this machine)."
 )]
 pub struct Cli {

@@ -123,6 +123,9 @@ pub async fn start(
     };
 
     let addr = listener.local_addr().map_err(RunError::Http)?;
+    for w in cfg.warnings() {
+        tracing::warn!("{w}");
+    }
     let lineage = Arc::new(crate::lineage::Lineage::new(&cfg.images));
     let engine = if opts.rollouts {
         let engine = Arc::new(Engine::new(cfg.clone(), store.clone(), lineage.clone()));

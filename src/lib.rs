@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod deploy;
+pub mod discover;
 pub mod dispatch;
 pub mod lineage;
 pub mod metrics;

@@ -1021,3 +1021,34 @@ fn schema_is_current_and_validates_the_examples() {
         "{out}"
     );
 }
+
+/// Listening on 0.0.0.0 without `api.public_url`: CI would be told to call
+/// back http://0.0.0.0:8080; `check` says so (and still passes).
+#[test]
+fn check_warns_when_callbacks_would_go_to_a_wildcard_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = "backends:\n  ci: { kind: webhook, url: \"http://ci.example.com\" }\nimages:\n  - name: registry.example.com/a:1\n    from: [alpine:3]\n    build: { backend: ci }\n";
+    let wild = write(
+        dir.path(),
+        "wild.yaml",
+        &format!("listen: \"0.0.0.0:8080\"\n{body}"),
+    );
+    let o = lineaged(&["check", "-c", &wild]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        stderr(&o)
+            .contains("warning: api.public_url is not set and lineaged listens on 0.0.0.0:8080"),
+        "{}",
+        stderr(&o)
+    );
+    let set = write(
+        dir.path(),
+        "set.yaml",
+        &format!(
+            "listen: \"0.0.0.0:8080\"\napi: {{ public_url: \"https://lineaged.example.com\" }}\n{body}"
+        ),
+    );
+    let o = lineaged(&["check", "-c", &set]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+}

@@ -328,6 +328,14 @@ async fn an_unreachable_registry_is_a_retryable_transport_error() {
     assert!(matches!(err, RegistryError::Transport { .. }), "{err:?}");
     assert!(err.retryable());
     assert_eq!(err.metric_label(), "transport");
+    // What users see (logs, the registries API, the dashboard, `status`)
+    // keeps the cause: not just "error sending request".
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with(&format!("{addr}: connection failed: error sending request"))
+            && shown.contains("Connection refused"),
+        "{shown}"
+    );
 }
 
 #[tokio::test]
@@ -578,4 +586,79 @@ async fn check_online_reports_missing_bases_and_unreachable_registries() {
         "{err}"
     );
     assert!(!err.contains(&format!("{a}/base/alpine:3 does")), "{err}");
+}
+
+/// `discover registry`: the lineage the OCI base annotations of pushed
+/// images imply; an image without them is reported (exit 1).
+#[tokio::test]
+async fn discover_registry_reads_base_annotations() {
+    let reg = TestRegistry::start(RegistryOptions::default()).await;
+    let a = reg.addr.clone();
+    let (base, _) = reg
+        .push_image(
+            "base/alpine",
+            "3",
+            "b",
+            ("linux", "amd64"),
+            map(&[]),
+            map(&[]),
+        )
+        .await;
+    let base_name = format!("{a}/base/alpine:3");
+    reg.push_image(
+        "team/api",
+        "1",
+        "api",
+        ("linux", "amd64"),
+        map(&[(BASE_NAME, &base_name), (BASE_DIGEST, &base)]),
+        map(&[]),
+    )
+    .await;
+    // In the config's labels only (what `docker build --label` gives).
+    reg.push_image(
+        "team/worker",
+        "1",
+        "worker",
+        ("linux", "amd64"),
+        map(&[]),
+        map(&[(BASE_NAME, "docker.io/library/debian:12")]),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        format!("registries:\n  - host: \"{a}\"\n    insecure: true\n"),
+    )
+    .unwrap();
+    let run = |refs: &[String]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lineaged"))
+            .args(["discover", "registry", "-c"])
+            .arg(&cfg)
+            .args(refs)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[format!("{a}/team/api:1"), format!("{a}/team/worker:1")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout,
+        format!(
+            "images:\n  - name: {a}/team/api:1\n    from:\n      - {base_name}\n      # built on {base}\n  - name: {a}/team/worker:1\n    from:\n      - docker.io/library/debian:12\n"
+        )
+    );
+    let out = run(&[format!("{a}/base/alpine:3")]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no org.opencontainers.image.base.name")
+            && err.contains("0 of 1 image name their base"),
+        "{err}"
+    );
 }

@@ -28,6 +28,9 @@ pub fn check(args: &CheckArgs) -> ExitCode {
         cfg.sources.len(),
         if cfg.sources.len() == 1 { "" } else { "s" },
     ));
+    for w in cfg.warnings() {
+        eprintln!("warning: {w}");
+    }
     if !args.online {
         return ExitCode::SUCCESS;
     }

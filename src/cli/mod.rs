@@ -14,6 +14,7 @@ use crate::registry::ImageRef;
 mod api_client;
 mod approve_cmd;
 mod check_cmd;
+mod discover_cmd;
 mod resolve_cmd;
 mod serve_cmd;
 mod status_cmd;
@@ -144,6 +145,9 @@ pub enum Command {
                   only warned), 1 any refused or could not be checked, 2 bad usage."
     )]
     Verify(VerifyArgs),
+    /// Lineage from what you have: Dockerfiles, or the base annotations of pushed images
+    #[command(subcommand)]
+    Discover(discover_cmd::DiscoverCommand),
     /// Print the config's JSON Schema (draft 2020-12) for editors
     #[command(
         long_about = "Print the JSON Schema (draft 2020-12) of a config file, with every \
@@ -270,7 +274,7 @@ pub struct ResolveArgs {
     pub timeout: u64,
 }
 
-fn parse_platform(s: &str) -> Result<crate::config::Platform, String> {
+pub(crate) fn parse_platform(s: &str) -> Result<crate::config::Platform, String> {
     crate::config::Platform::parse(s)
         .ok_or_else(|| format!("expected os/arch[/variant], got `{s}`"))
 }
@@ -364,7 +368,7 @@ pub enum Format {
     Json,
 }
 
-fn parse_ref(s: &str) -> Result<ImageRef, String> {
+pub(crate) fn parse_ref(s: &str) -> Result<ImageRef, String> {
     ImageRef::parse(s).map_err(|e| e.to_string())
 }
 
@@ -387,6 +391,7 @@ pub fn main() -> ExitCode {
         Command::Serve(a) => serve_cmd::serve(&a),
         Command::Check(a) => check_cmd::check(&a),
         Command::Completions(a) => completions(&a),
+        Command::Discover(c) => discover_cmd::discover(&c),
         Command::Schema => {
             let mut s =
                 serde_json::to_string_pretty(&config::schema::json_schema()).unwrap_or_default();

@@ -194,6 +194,24 @@ impl Config {
         self.images.iter().filter(|i| i.is_managed()).count()
     }
 
+    /// Problems that do not stop lineaged but will bite: CI told to call
+    /// back an address it cannot reach.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.api.public_url.is_none()
+            && self.listen.ip().is_unspecified()
+            && self.managed_count() > 0
+        {
+            out.push(format!(
+                "api.public_url is not set and lineaged listens on {}: CI would be told to call \
+                 back http://{}/…, which no other machine can reach; set api.public_url \
+                 (e.g. https://lineaged.example.com)",
+                self.listen, self.listen
+            ));
+        }
+        out
+    }
+
     /// The registry settings for a host, if listed.
     pub fn registry(&self, host: &str) -> Option<&RegistryConfig> {
         self.registries.iter().find(|r| r.host == host)

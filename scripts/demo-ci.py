@@ -98,7 +98,23 @@ def push_image(ref, seed, base=None):
     return headers.get("Docker-Content-Digest") or headers.get("docker-content-digest")
 
 
+def wait_for_registry(host, seconds=60):
+    """The registry may still be starting (docker compose)."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            http("GET", f"http://{host}/v2/", timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return  # it answers (401 with auth): up
+        except OSError as e:
+            if time.time() > deadline:
+                raise SystemExit(f"demo-ci: registry {host} not reachable: {e}")
+            time.sleep(0.5)
+
+
 def cmd_seed(args):
+    wait_for_registry(args.registry)
     digests = {}
     d = push_image(f"{args.registry}/{BASE}", f"base {time.time()}")
     digests[BASE] = d
@@ -111,6 +127,7 @@ def cmd_seed(args):
 
 
 def cmd_bump(args):
+    wait_for_registry(args.registry)
     d = push_image(f"{args.registry}/{BASE}", f"base, patched {time.time()}")
     log(f"pushed a new {args.registry}/{BASE}: {d}")
 

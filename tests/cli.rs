@@ -1052,3 +1052,26 @@ fn check_warns_when_callbacks_would_go_to_a_wildcard_address() {
     assert_eq!(o.status.code(), Some(0));
     assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
 }
+
+/// Unknown keys inside a flow mapping that spans lines, and after a
+/// non-ASCII key on the same line, keep their places.
+#[test]
+fn unknown_keys_in_multi_line_and_non_ascii_flow_mappings() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "flow.yaml",
+        "backends:\n  ci: { kind: webhook,\n        typo: 1 }\n  cd: { kind: webhook, url: \"http://x\", settél: 1, tyop: 2 }\nimages:\n  - name: a:1\n    scedule: x\n",
+    );
+    let err = stderr(&lineaged(&["check", "-c", &cfg]));
+    for want in [
+        format!("{cfg}:3:9: unknown field `typo`"),
+        format!("{cfg}:4:41: unknown field `settél`"),
+        format!("{cfg}:4:52: unknown field `tyop`"),
+        format!("{cfg}:7:5: unknown field `scedule`"),
+        format!("{cfg}:2:7: backend `ci` (kind webhook) needs `url`"),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+    assert!(!err.contains("did not find expected"), "{err}");
+}

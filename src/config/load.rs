@@ -256,12 +256,15 @@ fn without_entry(text: &str, line: u64, column: u64) -> Option<String> {
     let head = lines.get(first)?;
     let cut = head.char_indices().nth(col).map(|(i, _)| i)?;
     let before = &head[..cut];
-    if !before.chars().all(|c| c == ' ' || c == '-') {
-        // In a flow mapping (`{ backend: ci, typo: 1 }`): spaces over the
-        // entry and its comma, when it ends on this line.
+    let in_flow = flow_depth(lines[..first].iter().copied().chain([before])) > 0;
+    if in_flow || !before.chars().all(|c| c == ' ' || c == '-') {
+        // In a flow mapping (`{ backend: ci, typo: 1 }`, maybe over several
+        // lines): spaces over the entry and its comma, when it ends on this
+        // line; one space per character keeps later columns.
         let end = flow_entry_end(&head[cut..])?;
         let mut line = head.to_string();
-        line.replace_range(cut..cut + end, &" ".repeat(end));
+        let width = head[cut..cut + end].chars().count();
+        line.replace_range(cut..cut + end, &" ".repeat(width));
         lines[first] = "";
         let mut out = lines.join("\n");
         let start: usize = lines[..first].iter().map(|l| l.len() + 1).sum();
@@ -324,6 +327,29 @@ fn did_you_mean(msg: &str) -> Option<String> {
         .map(|n| n.trim().trim_matches('`'))
         .collect();
     super::text::closest(field, names).map(str::to_string)
+}
+
+/// How many flow collections (`{`, `[`) are open at the end of these lines
+/// (quotes and comments skipped).
+fn flow_depth<'a>(lines: impl Iterator<Item = &'a str>) -> usize {
+    let mut depth = 0usize;
+    for l in lines {
+        let mut quote: Option<char> = None;
+        let mut prev = ' ';
+        for c in l.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '#') if prev.is_whitespace() => break,
+                (None, '"' | '\'') if depth > 0 || prev.is_whitespace() => quote = Some(c),
+                (None, '{' | '[') => depth += 1,
+                (None, '}' | ']') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            prev = c;
+        }
+    }
+    depth
 }
 
 /// Byte length of a flow entry (`key: value,`) at the start of `rest`,

@@ -279,10 +279,9 @@ pub fn parse(text: &str, build_args: &BTreeMap<String, String>) -> Dockerfile {
                 for w in split_words(&ins.args) {
                     if let Some((k, v)) = w.split_once('=')
                         && let Ok(v) = expand(&unquote(v), &scope)
+                        && let Some(stage) = out.stages.last_mut()
                     {
-                        if let Some(stage) = out.stages.last_mut() {
-                            stage.labels.insert(unquote(k), v);
-                        }
+                        stage.labels.insert(unquote(k), v);
                     }
                 }
             }
@@ -528,10 +527,7 @@ fn instructions(text: &str) -> Vec<Instruction> {
     while i < lines.len() {
         let first = i;
         let mut logical = String::new();
-        loop {
-            let Some(raw) = lines.get(i) else {
-                break;
-            };
+        while let Some(raw) = lines.get(i) {
             i += 1;
             let trimmed = raw.trim_start();
             if trimmed.starts_with('#') || (trimmed.is_empty() && !logical.is_empty()) {

@@ -7,13 +7,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod support;
+
+use support::fleet::free_port;
 
 #[test]
 fn demo_rolls_a_new_base_through_three_levels_and_ctrl_c_cleans_up() {

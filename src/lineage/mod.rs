@@ -2,7 +2,10 @@
 //! (waves of rebuilds) a set of changed images causes.
 
 mod generate;
+mod neighbourhood;
 mod render;
+
+pub use neighbourhood::{Neighbourhood, NodeView};
 
 use std::collections::{HashMap, VecDeque};
 

@@ -341,6 +341,157 @@ async fn jobs_hide_callback_tokens_and_validate_filters() {
     }
 }
 
+/// `GET /graph?image=` and `?rollout=`: a neighbourhood with each image's
+/// state, cut at the limit with hidden counts, and 4xx for bad queries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_views_colour_images_and_refuse_bad_queries() {
+    for backend in BACKENDS {
+        let a = api_with(backend, false, true, "").await;
+        let store = a.daemon.store.clone();
+        let now = now_millis();
+        // python moves after the platform image was built on it: stale;
+        // the app's registry fails: error.
+        store
+            .record_digest(PY, &sha('1'), "", DigestSource::Poll, now)
+            .await
+            .unwrap();
+        store
+            .record_digest(PLAT, &sha('a'), "", DigestSource::Poll, now)
+            .await
+            .unwrap();
+        store
+            .record_base(PLAT, Some(PY), Some(&sha('1')), now)
+            .await
+            .unwrap();
+        store
+            .record_digest(PY, &sha('2'), "", DigestSource::Poll, now + 1)
+            .await
+            .unwrap();
+        store
+            .record_check_error(APP, "manifest unknown (404)", now)
+            .await
+            .unwrap();
+        let state = |v: &Value| -> Vec<(String, i64, String)> {
+            v["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| {
+                    (
+                        n["name"].as_str().unwrap().to_string(),
+                        n["distance"].as_i64().unwrap(),
+                        n["state"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect()
+        };
+        let (st, v) = a.get(&format!("/graph?image={PLAT_ENC}"), Some(READ)).await;
+        assert_eq!(st, 200, "{backend}: {v}");
+        assert_eq!(
+            state(&v),
+            [
+                (PLAT.to_string(), 0, "stale".to_string()),
+                (PY.to_string(), -1, "ok".to_string()),
+                (APP.to_string(), 1, "error".to_string()),
+            ],
+            "{backend}"
+        );
+        assert_eq!(v["edges"], serde_json::json!([[0, 2], [1, 0]]));
+        assert_eq!(
+            (v["total"].as_i64(), v["truncated"].as_bool()),
+            (Some(3), Some(false))
+        );
+        assert_eq!(v["centres"], serde_json::json!([PLAT]));
+        assert_eq!(v["nodes"][0]["digest"], sha('a'));
+        assert_eq!(v["nodes"][2]["reason"], "manifest unknown (404)");
+        // The limit keeps the centre and counts what it hides.
+        let (_, one) = a
+            .get(&format!("/graph?image={PLAT_ENC}&limit=1"), Some(READ))
+            .await;
+        assert_eq!(one["nodes"].as_array().unwrap().len(), 1);
+        assert_eq!(one["truncated"], true);
+        assert_eq!(
+            (
+                &one["nodes"][0]["hidden_parents"],
+                &one["nodes"][0]["hidden_children"]
+            ),
+            (&serde_json::json!(1), &serde_json::json!(1))
+        );
+        let (_, down) = a
+            .get(&format!("/graph?image={PLAT_ENC}&up=0"), Some(READ))
+            .await;
+        assert_eq!(down["nodes"].as_array().unwrap().len(), 2);
+
+        // A rollout: its images in their stages, with waves.
+        let (st, r) = a
+            .post(&format!("/images/{PLAT_ENC}/rebuild"), Some(WRITE), "")
+            .await;
+        assert_eq!(st, 202, "{r}");
+        let rid = r["rollout_id"].as_i64().unwrap();
+        let (st, v) = a.get(&format!("/graph?rollout={rid}"), Some(READ)).await;
+        assert_eq!(st, 200, "{v}");
+        let nodes = v["nodes"].as_array().unwrap();
+        let node = |name: &str| nodes.iter().find(|n| n["name"] == name).unwrap().clone();
+        assert_eq!(v["centres"], serde_json::json!([PLAT]), "{v}");
+        let (plat, app, py) = (node(PLAT), node(APP), node(PY));
+        assert_eq!(
+            (plat["wave"].as_i64(), plat["rollout_id"].as_i64()),
+            (Some(1), Some(rid))
+        );
+        assert_eq!(
+            (app["wave"].as_i64(), app["detail"].as_str()),
+            (Some(2), Some("waiting"))
+        );
+        assert_eq!(app["state"], "waiting");
+        // The base it is rebuilt on is drawn, with what the watcher knows.
+        assert_eq!(
+            (py["distance"].as_i64(), py["state"].as_str()),
+            (Some(-1), Some("ok"))
+        );
+        assert!(py["wave"].is_null());
+        // Outside the rollout view, the running rollout's stage shows.
+        let (_, v) = a.get(&format!("/graph?image={PLAT_ENC}"), Some(READ)).await;
+        assert_eq!(v["nodes"][2]["state"], "waiting", "{v}");
+        assert_eq!(v["nodes"][2]["rollout_id"].as_i64(), Some(rid));
+        // The rollout reads its cause as a sentence.
+        let (_, d) = a.get(&format!("/rollouts/{rid}"), Some(READ)).await;
+        assert_eq!(
+            d["causes"][0]["text"].as_str().unwrap(),
+            format!("ops requested a rebuild of {PLAT}"),
+            "{d}"
+        );
+
+        for (path, st, says) in [
+            (
+                format!("/graph?image={PLAT_ENC}&rollout={rid}"),
+                400,
+                "not both",
+            ),
+            (
+                format!("/graph?image={PLAT_ENC}&format=dot"),
+                400,
+                "JSON only",
+            ),
+            (format!("/graph?image={PLAT_ENC}&limit=0"), 400, "limit"),
+            (format!("/graph?image={PLAT_ENC}&limit=501"), 400, "limit"),
+            (format!("/graph?image={PLAT_ENC}&up=51"), 400, "up"),
+            (format!("/graph?image={PLAT_ENC}&down=-1"), 400, "down"),
+            ("/graph?image=Not%20A%20Ref".to_string(), 400, "image"),
+            (
+                "/graph?image=alpine:3".to_string(),
+                404,
+                "docker.io/library/alpine:3",
+            ),
+            ("/graph?rollout=999".to_string(), 404, "rollout 999"),
+        ] {
+            let (got, e) = a.get(&path, Some(READ)).await;
+            assert_eq!(got, st, "{backend} {path}: {e}");
+            assert!(e["message"].as_str().unwrap().contains(says), "{path}: {e}");
+        }
+        a.stop().await;
+    }
+}
+
 /// Reads SSE frames until `n` events arrived; returns (id, kind) pairs.
 async fn read_events(resp: reqwest::Response, n: usize) -> Vec<(i64, String)> {
     let mut resp = resp;
@@ -714,7 +865,8 @@ async fn openapi_matches_the_routes_and_every_operation_answers() {
         let url = path
             .replace("{image}", PLAT_ENC)
             .replace("{id}", "1")
-            .replace("{source}", "distribution");
+            .replace("{source}", "distribution")
+            .replace("{file}", "app.js");
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = a
             .http
@@ -751,7 +903,11 @@ async fn openapi_matches_the_routes_and_every_operation_answers() {
         };
         let name = reference.rsplit('/').next().unwrap();
         let schema = &doc["components"]["schemas"][name];
-        let url = path.replace("{image}", PLAT_ENC).replace("{id}", "1");
+        let mut url = path.replace("{image}", PLAT_ENC).replace("{id}", "1");
+        if path == "/api/v1/graph" {
+            // Typed: the view of one image (the whole lineage is untyped).
+            url.push_str(&format!("?image={PLAT_ENC}"));
+        }
         let (st, body) = a.get(url.trim_start_matches("/api/v1"), Some(READ)).await;
         assert_eq!(st, 200, "{url}: {body}");
         for field in schema["required"].as_array().into_iter().flatten() {
@@ -1083,12 +1239,64 @@ async fn the_dashboard_page_is_served_and_uses_only_the_api() {
             .starts_with("text/html")
     );
     let html = resp.text().await.unwrap();
-    // Every API path the page calls is one the daemon serves.
+    // Its script and layout library come from the daemon, no CDN.
+    assert!(!html.contains("://"), "no external URL in the page");
+    for file in ["dagre.min.js", "app.js"] {
+        assert!(html.contains(&format!("src=\"/ui/{file}\"")), "{file}");
+    }
+    let resp = a
+        .http
+        .get(format!("{}/ui/app.js", a.root))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    let etag = resp.headers()["etag"].clone();
+    assert_eq!(resp.headers()["cache-control"], "no-cache");
+    let html = resp.text().await.unwrap();
+    // Revalidation: the same file is 304.
+    let again = a
+        .http
+        .get(format!("{}/ui/app.js", a.root))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 304);
+    for (file, st) in [
+        ("dagre.min.js", 200),
+        ("LICENSE-dagre", 200),
+        ("nope.js", 404),
+        ("index.html", 404),
+    ] {
+        let resp = a
+            .http
+            .get(format!("{}/ui/{file}", a.root))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), st, "{file}");
+    }
+    // Every API path the script calls is one the daemon serves.
     let routes: Vec<String> = lineaged::api::routes()
         .iter()
         .map(|r| r.doc_path.to_string())
         .collect();
-    for used in ["/images", "/rollouts", "/jobs", "/registries", "/events"] {
+    for used in [
+        "/images",
+        "/rollouts",
+        "/jobs",
+        "/registries",
+        "/events",
+        "/graph",
+        "/approvals",
+    ] {
         assert!(
             html.contains(&format!("\"{used}?"))
                 || html.contains(&format!("\"{used}\""))

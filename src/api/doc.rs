@@ -6,15 +6,15 @@ use axum::Json;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{actions, approvals, hooks, jobs, observe, read};
+use super::{actions, approvals, graph, hooks, jobs, observe, read, ui};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "lineaged", description = "Status API of lineaged: what it knows about image lineage, digests, rollouts and jobs, and why."),
     paths(
-        dashboard, healthz, readyz, openapi_json, observe::metrics,
+        ui::dashboard, healthz, readyz, openapi_json, observe::metrics,
         read::images, read::image, read::rollouts, read::rollout, read::jobs, read::job,
-        read::registries, read::graph, read::events,
+        read::registries, graph::graph, read::events, ui::asset,
         actions::rebuild, actions::cancel_rollout, actions::retry_job,
         approvals::list, approvals::approve, approvals::reject,
         jobs::job_result, hooks::registry_hook,
@@ -61,12 +61,3 @@ fn healthz() {}
         (status = 503, description = "Starting")))]
 #[allow(dead_code)]
 fn readyz() {}
-
-/// The dashboard page: stale images, running rollouts, failing jobs,
-/// registries, an image lookup with its cause chain, live events. Static;
-/// its data comes from the API with the token typed into it.
-#[utoipa::path(get, path = "/", tag = "operations",
-    responses((status = 200, description = "HTML page", content_type = "text/html")))]
-pub async fn dashboard() -> axum::response::Html<&'static str> {
-    axum::response::Html(include_str!("dashboard.html"))
-}

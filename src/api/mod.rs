@@ -10,11 +10,13 @@ mod approvals;
 mod auth;
 mod doc;
 mod error;
+mod graph;
 mod hooks;
 mod hub;
 mod jobs;
 mod observe;
 mod read;
+mod ui;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,7 +85,8 @@ fn route(
 pub fn routes() -> Vec<Route> {
     let limit = |n| DefaultBodyLimit::max(n);
     vec![
-        route(Method::GET, "/", "/", get(doc::dashboard)),
+        route(Method::GET, "/", "/", get(ui::dashboard)),
+        route(Method::GET, "/ui/{file}", "/ui/{file}", get(ui::asset)),
         route(Method::GET, "/healthz", "/healthz", get(healthz)),
         route(Method::GET, "/readyz", "/readyz", get(readyz)),
         route(Method::GET, "/metrics", "/metrics", get(observe::metrics)),
@@ -178,7 +181,7 @@ pub fn routes() -> Vec<Route> {
             Method::GET,
             "/api/v1/graph",
             "/api/v1/graph",
-            get(read::graph),
+            get(graph::graph),
         ),
         route(
             Method::GET,

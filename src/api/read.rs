@@ -424,8 +424,23 @@ pub async fn rollout(
     let by_wave: Vec<Vec<RolloutImage>> = (1..=waves)
         .map(|w| images.iter().filter(|i| i.wave == w).cloned().collect())
         .collect();
+    // What started it and what joined it, as sentences with their times.
+    let causes = s
+        .store
+        .rollout_causes(id)
+        .await?
+        .iter()
+        .filter_map(|e| {
+            JoinedData::parse(&e.data).map(|j| CauseLine {
+                kind: e.kind.clone(),
+                at: e.at,
+                text: j.cause.sentence(),
+            })
+        })
+        .collect();
     Ok(Json(RolloutDetail {
         rollout: r,
+        causes,
         waves: by_wave,
     }))
 }
@@ -512,8 +527,21 @@ pub struct JobsPage {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct RolloutDetail {
     rollout: crate::store::RolloutRecord,
+    /// What started the rollout and what joined it later, oldest first.
+    causes: Vec<CauseLine>,
     /// `waves[0]` is wave 1.
     waves: Vec<Vec<RolloutImage>>,
+}
+
+/// One cause of a rollout, as a sentence.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct CauseLine {
+    /// The event: rollout_started, rollout_joined, rollout_requested or
+    /// rollout_reconciled.
+    kind: String,
+    at: i64,
+    /// e.g. "registry.example.com/base:1 moved from sha256:… to sha256:… (push)".
+    text: String,
 }
 
 /// Every registry's health.
@@ -633,46 +661,4 @@ pub async fn events(
             .data(serde_json::to_string(&r).unwrap_or_default()))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(s.cfg.api.sse_keepalive)))
-}
-
-#[derive(serde::Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct GraphQuery {
-    /// json (default), dot or mermaid.
-    format: Option<String>,
-}
-
-/// `GET /api/v1/graph`: the lineage as JSON, or `?format=dot|mermaid` as text.
-#[utoipa::path(get, path = "/api/v1/graph", tag = "graph", params(GraphQuery),
-    responses((status = 200, description = "The lineage: JSON, or DOT / Mermaid text"), (status = 400, description = "Unknown format")),
-    security(("bearer" = [])))]
-pub async fn graph(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Q(q): Q<GraphQuery>,
-) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse;
-    authorize(&s, &headers, Role::Read)?;
-    let lineage = &s.lineage;
-    let (format, content_type) = match q.format.as_deref().unwrap_or("json") {
-        "json" => (crate::lineage::GraphFormat::Json, "application/json"),
-        "dot" => (
-            crate::lineage::GraphFormat::Dot,
-            "text/vnd.graphviz; charset=utf-8",
-        ),
-        "mermaid" => (
-            crate::lineage::GraphFormat::Mermaid,
-            "text/plain; charset=utf-8",
-        ),
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "format: expected json, dot or mermaid, got `{other}`"
-            )));
-        }
-    };
-    Ok((
-        [(axum::http::header::CONTENT_TYPE, content_type)],
-        lineage.render(format),
-    )
-        .into_response())
 }

@@ -61,6 +61,44 @@ impl Cause {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
     }
+
+    /// The cause as people read it: "r/a:1 moved from sha256:1… to
+    /// sha256:2… (push)".
+    pub fn sentence(&self) -> String {
+        let short = |d: &str| d.get(..19).unwrap_or(d).to_string();
+        match self {
+            Cause::Change(c) => {
+                let coalesced = if c.coalesced > 1 {
+                    format!(", {} pushes coalesced", c.coalesced)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{} moved from {} to {} ({}{coalesced})",
+                    c.image,
+                    short(&c.old),
+                    short(&c.new),
+                    c.source
+                )
+            }
+            Cause::Requested { requested, by } => {
+                let by = if by.is_empty() { "an operator" } else { by };
+                format!("{by} requested a rebuild of {requested}")
+            }
+            Cause::Reconcile { reconcile } => {
+                let mut names = reconcile
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if reconcile.len() > 3 {
+                    names.push_str(&format!(" and {} more", reconcile.len() - 3));
+                }
+                format!("reconcile found images built on outdated bases: {names}")
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -98,5 +136,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(new.cause, c);
+        assert_eq!(c.sentence(), "r/a:1 moved from sha256:1 to sha256:2 (push)");
+        assert_eq!(r.sentence(), "ops requested a rebuild of r/a:1");
+        let many = Cause::Reconcile {
+            reconcile: (1..=5).map(|i| format!("r/{i}:1")).collect(),
+        };
+        assert_eq!(
+            many.sentence(),
+            "reconcile found images built on outdated bases: r/1:1, r/2:1, r/3:1 and 2 more"
+        );
     }
 }

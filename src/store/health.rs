@@ -172,6 +172,44 @@ impl Store {
             "SELECT name, managed, active, current_digest, last_checked_at, last_changed_at, last_error, base_name, base_digest FROM images WHERE name = $1")
             .bind(image).fetch_optional(p).await?))
     }
+
+    /// What graph views colour images by: stored state, staleness and the
+    /// image's newest rollout entry, for up to a few hundred names (in
+    /// chunks of 500; the order is not kept).
+    pub async fn graph_states(&self, names: &[String]) -> Result<Vec<GraphState>, StoreError> {
+        let mut out = Vec::with_capacity(names.len());
+        for chunk in names.chunks(500) {
+            let list = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!("{GRAPH_STATES} WHERE i.name IN ({list})");
+            out.extend(on_pool!(self, p => {
+                let mut q = sqlx::query_as(&sql);
+                for n in chunk {
+                    q = q.bind(n);
+                }
+                q.fetch_all(p).await?
+            }));
+        }
+        Ok(out)
+    }
+}
+
+/// An image as graph views colour it (see `Store::graph_states`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct GraphState {
+    pub name: String,
+    pub current_digest: Option<String>,
+    pub last_checked_at: Option<Millis>,
+    pub last_error: Option<String>,
+    pub stale: bool,
+    /// The image's newest rollout entry: its rollout, state and reason,
+    /// and whether that rollout still runs.
+    pub rollout_id: Option<i64>,
+    pub entry_state: Option<String>,
+    pub entry_reason: Option<String>,
+    pub rollout_running: Option<bool>,
 }
 
 /// One image's stored state.
@@ -282,6 +320,17 @@ const IMAGES_PAGE: &str = concat!(
      WHERE (CAST($4 AS TEXT) IS NULL OR s.state = CAST($4 AS TEXT))
        AND ($6 IS NULL OR s.stale = $6)
      ORDER BY s.name LIMIT $5"
+);
+
+const GRAPH_STATES: &str = concat!(
+    "SELECT i.name, i.current_digest, i.last_checked_at, i.last_error, ",
+    stale_exists!(),
+    " AS stale, ri.rollout_id, ri.state AS entry_state, ri.reason AS entry_reason,
+       CASE WHEN r.id IS NULL THEN NULL WHEN r.state = 'running' THEN TRUE ELSE FALSE END AS rollout_running
+     FROM images i
+     LEFT JOIN rollout_images ri ON ri.image = i.name
+       AND ri.rollout_id = (SELECT MAX(x.rollout_id) FROM rollout_images x WHERE x.image = i.name)
+     LEFT JOIN rollouts r ON r.id = ri.rollout_id"
 );
 
 /// Image and rollout counts (active images only).

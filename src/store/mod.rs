@@ -30,7 +30,8 @@ use sqlx::{PgPool, SqlitePool};
 pub use approvals::ApprovalRecord;
 pub use changes::{BaseAnnotation, ChangeRecord, Observation, StaleParent};
 pub use health::{
-    ImageFilter, ImageListed, ImageState, ImageStatus, RegistryHealth, StatusCounts, health_state,
+    GraphState, ImageFilter, ImageListed, ImageState, ImageStatus, RegistryHealth, StatusCounts,
+    health_state,
 };
 pub use lease::LeaseHolder;
 pub use queue::{ClaimedJob, Enqueued, Failure, JobRecord, JobState, JobWaiter, NewJob};

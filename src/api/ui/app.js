@@ -9,7 +9,12 @@
 
 const tokenInput = document.getElementById("token");
 tokenInput.value = sessionStorage.getItem("lineaged-token") || "";
+// A new token reloads the page shown and the live stream; the browser's
+// own change event on blur (after a script set the value) is not new.
+let tokenUsed = tokenInput.value;
 tokenInput.addEventListener("change", () => {
+  if (tokenInput.value === tokenUsed) return;
+  tokenUsed = tokenInput.value;
   sessionStorage.setItem("lineaged-token", tokenInput.value);
   route();
   follow(true);
@@ -53,11 +58,17 @@ function el(tag, props, ...children) {
   return e;
 }
 function cell(text, cls) { return el("td", { text: text ?? "-", class: cls || "" }); }
-function fill(id, rows, count) {
+// Rows are redrawn only when their data changed: a live refresh never
+// replaces what someone is about to click or type into.
+const drawnData = {};
+function fill(id, rows, count, data) {
   const tb = $(id);
+  if (count !== undefined) $("n-" + count[0]).textContent = "(" + count[1] + ")";
+  const key = JSON.stringify(data);
+  if (data !== undefined && drawnData[id] === key) return;
+  drawnData[id] = key;
   if (!rows.length) rows = [[cell("none", "muted")]];
   tb.replaceChildren(...rows.map((cells) => el("tr", {}, ...cells)));
-  if (count !== undefined) $("n-" + count[0]).textContent = "(" + count[1] + ")";
 }
 function table(head, rows) {
   const body = rows.length ? rows.map((cells) => el("tr", {}, ...cells))
@@ -185,7 +196,15 @@ function reloadSoon(page) {
   clearTimeout(reloadTimer);
   reloadTimer = setTimeout(() => { if (current === page) page.load(); }, 400);
 }
+// A page is redrawn only when its data changed (see `fill`).
+function unchanged(page, data) {
+  const key = JSON.stringify(data);
+  if (page.drawn === key) return true;
+  page.drawn = key;
+  return false;
+}
 function pageError(page, e) {
+  page.drawn = null;
   if (current !== page) return;
   $("page").replaceChildren(el("section", {}, el("h2", { text: "Cannot show this page" }), el("p", { class: "bad", id: "page-error", text: e.message })));
 }
@@ -199,7 +218,7 @@ function imagePage(name, params) {
         const enc = encodeURIComponent(name);
         const [d, view] = await Promise.all([api("/images/" + enc),
           api(`/graph?image=${enc}&up=${page.up}&down=${page.down}&limit=${page.limit}`)]);
-        if (current !== page) return;
+        if (current !== page || unchanged(page, [d, view])) return;
         page.names = new Set(view.nodes.map((n) => n.name));
         const me = view.nodes.find((n) => n.name === d.image.name) || { state: "unchecked", detail: "unchecked" };
         const facts = el("dl", { class: "facts" });
@@ -236,7 +255,7 @@ function imagePage(name, params) {
         const rollouts = d.rollouts.map((r) => [td(el("a", { href: rolloutHref(r.rollout_id), text: "rollout " + r.rollout_id })), cell(r.wave),
           td(badge(STAGE[r.state] || "unchecked", r.state)), cell(short(r.built_digest), "mono"), cell(r.reason, r.reason ? "bad" : "")]);
         const gates = d.gates.flatMap((g) => (g.verdicts || []).map((v) => [cell(short(g.digest), "mono"), cell(g.purpose), cell(v.gate),
-          td(badge(v.result === "pass" ? "ok" : v.result === "warn" ? "stale" : "refused", v.result)), cell(v.reason)]));
+          td(badge({ passed: "ok", warned: "stale", refused: "refused" }[v.result] || "error", v.result)), cell(v.reason)]));
         $("page").replaceChildren(
           el("section", {}, el("h2", { class: "mono", id: "page-title", text: d.image.name }), facts),
           graphSection(view, controls),
@@ -259,7 +278,7 @@ function rolloutPage(id) {
     async load() {
       try {
         const [d, view] = await Promise.all([api("/rollouts/" + id), api("/graph?rollout=" + id + "&limit=300")]);
-        if (current !== page) return;
+        if (current !== page || unchanged(page, [d, view])) return;
         const r = d.rollout, imgs = d.waves.flat();
         const facts = el("dl", { class: "facts" });
         const fact = (k, ...v) => facts.append(el("dt", { text: k }), el("dd", {}, ...v));
@@ -384,7 +403,7 @@ async function refresh() {
       api("/images?state=stale&limit=100"), api("/rollouts?state=running&limit=50"),
       api("/jobs?state=failed&limit=100"), api("/jobs?state=dead&limit=100"), api("/registries"),
       api("/rollouts?limit=5"), api("/approvals?state=pending&limit=100")]);
-    fill("approvals", approvals.approvals.map(approvalRow), ["approvals", approvals.approvals.length]);
+    fill("approvals", approvals.approvals.map(approvalRow), ["approvals", approvals.approvals.length], approvals.approvals);
     fill("stale", stale.images.map((i) => [td(imageLink(i.name)), cell(short(i.current_digest), "mono"), cell(i.state, "warn")]),
       ["stale", stale.images.length + (stale.next ? "+" : "")]);
     const running = rollouts.rollouts.filter((r) => r.state === "running");

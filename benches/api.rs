@@ -74,7 +74,7 @@ async fn seed(url: &str, events: usize, now: i64) {
             "UPDATE images SET current_digest = 'sha256:' || lpad(length(name)::text || md5(name), 64, '0'), last_checked_at = $1, last_changed_at = $1",
             "INSERT INTO rollouts (state, cause, created_at, finished_at) SELECT 'succeeded', '{}', $1, $1 FROM generate_series(1, 1000)",
             "INSERT INTO rollout_images (rollout_id, image, wave, state, updated_at, built_digest)
-               SELECT (row_number() OVER (ORDER BY name)) % 1000 + 1, name, 1, 'succeeded', $1, current_digest FROM images WHERE managed",
+               SELECT (row_number() OVER (ORDER BY name)) % 1000 + 1, name, 1, 'done', $1, current_digest FROM images WHERE managed",
             "INSERT INTO jobs (kind, unique_key, idempotency_key, image, rollout_id, state, run_at, created_at, updated_at, finished_at)
                SELECT 'rebuild', 'rebuild:' || image, 'bench-' || image, image, rollout_id, 'succeeded', $1, $1, $1, $1 FROM rollout_images",
         ] {
@@ -117,7 +117,7 @@ async fn seed(url: &str, events: usize, now: i64) {
             "WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < 1000)
                INSERT INTO rollouts (state, cause, created_at, finished_at) SELECT 'succeeded', '{}', $1, $1 FROM g",
             "INSERT INTO rollout_images (rollout_id, image, wave, state, updated_at, built_digest)
-               SELECT rowid % 1000 + 1, name, 1, 'succeeded', $1, current_digest FROM images WHERE managed",
+               SELECT rowid % 1000 + 1, name, 1, 'done', $1, current_digest FROM images WHERE managed",
             "INSERT INTO jobs (kind, unique_key, idempotency_key, image, rollout_id, state, run_at, created_at, updated_at, finished_at)
                SELECT 'rebuild', 'rebuild:' || image, 'bench-' || image, image, rollout_id, 'succeeded', $1, $1, $1, $1 FROM rollout_images",
         ] {
@@ -327,11 +327,26 @@ fn main() {
             "  GET /images/{{ref}}       p50 {:>9} p99 {:>9} {:>9} req/s  non-2xx {}",
             one.p50, one.p99, one.rps, one.errors
         );
+        // Graph views: a neighbourhood of 500 images at most, with states.
+        let graph_script = dir.path().join("graph.lua");
+        std::fs::write(
+            &graph_script,
+            format!(
+                "wrk.headers[\"Authorization\"] = \"Bearer {TOKEN}\"\nlocal names = {{{}}}\nrequest = function()\n  return wrk.format(\"GET\", \"/api/v1/graph?limit=500&up=5&down=5&image=\" .. names[math.random(#names)])\nend\n",
+                lua_names.join(",")
+            ),
+        )
+        .expect("lua");
+        let graph = wrk(&format!("{base}/api/v1/graph"), &graph_script, seconds);
+        println!(
+            "  GET /graph?image=&limit=500 p50 {:>9} p99 {:>9} {:>9} req/s  non-2xx {}",
+            graph.p50, graph.p99, graph.rps, graph.errors
+        );
         let (p50, p99, max) = rt.block_on(sse_fanout(&base, &daemon.store, 200));
         println!(
             "  SSE 200 clients, 100 events: all delivered p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms"
         );
-        rows.push((backend.to_string(), list, one, (p50, p99, max)));
+        rows.push((backend.to_string(), list, one, graph, (p50, p99, max)));
         shutdown.cancel();
         rt.block_on(async {
             let _ = daemon.wait().await;
@@ -346,7 +361,7 @@ fn main() {
         });
     }
     println!("\n| backend | endpoint | p50 | p99 | req/s |\n|---|---|---|---|---|");
-    for (b, list, one, _) in &rows {
+    for (b, list, one, graph, _) in &rows {
         println!(
             "| {b} | `GET /api/v1/images?limit=100` | {} | {} | {} |",
             list.p50, list.p99, list.rps
@@ -355,8 +370,12 @@ fn main() {
             "| {b} | `GET /api/v1/images/{{ref}}` | {} | {} | {} |",
             one.p50, one.p99, one.rps
         );
+        println!(
+            "| {b} | `GET /api/v1/graph?image={{ref}}&limit=500&up=5&down=5` | {} | {} | {} |",
+            graph.p50, graph.p99, graph.rps
+        );
     }
-    for (b, _, _, (p50, p99, max)) in &rows {
+    for (b, _, _, _, (p50, p99, max)) in &rows {
         println!(
             "| {b} | SSE fan-out, 200 clients × 100 events | {p50:.0} ms | {p99:.0} ms | max {max:.0} ms |"
         );

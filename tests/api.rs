@@ -461,6 +461,33 @@ async fn graph_views_colour_images_and_refuse_bad_queries() {
             "{d}"
         );
 
+        // A finished rollout's stage no longer shows (cancelled here): what
+        // the watcher knows does.
+        let (st, c) = a
+            .post(&format!("/rollouts/{rid}/cancel"), Some(WRITE), "")
+            .await;
+        assert_eq!(st, 200, "{c}");
+        let (_, v) = a.get(&format!("/graph?image={PLAT_ENC}"), Some(READ)).await;
+        assert_eq!(
+            (
+                v["nodes"][0]["state"].as_str(),
+                v["nodes"][2]["state"].as_str()
+            ),
+            (Some("stale"), Some("error")),
+            "{backend}: {v}"
+        );
+        assert!(v["nodes"][0]["rollout_id"].is_null());
+        // In the rollout's own view, its stages stay.
+        let (_, v) = a.get(&format!("/graph?rollout={rid}"), Some(READ)).await;
+        assert!(
+            v["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["wave"].is_number())
+                .all(|n| n["state"] == "cancelled"),
+            "{v}"
+        );
         for (path, st, says) in [
             (
                 format!("/graph?image={PLAT_ENC}&rollout={rid}"),
@@ -477,6 +504,7 @@ async fn graph_views_colour_images_and_refuse_bad_queries() {
             (format!("/graph?image={PLAT_ENC}&up=51"), 400, "up"),
             (format!("/graph?image={PLAT_ENC}&down=-1"), 400, "down"),
             ("/graph?image=Not%20A%20Ref".to_string(), 400, "image"),
+            ("/graph?limit=5".to_string(), 400, "need image= or rollout="),
             (
                 "/graph?image=alpine:3".to_string(),
                 404,

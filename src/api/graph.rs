@@ -163,6 +163,11 @@ pub async fn graph(
     authorize(&s, &headers, Role::Read)?;
     let format = q.format.as_deref().unwrap_or("json");
     if q.image.is_none() && q.rollout.is_none() {
+        if q.up.is_some() || q.down.is_some() || q.limit.is_some() {
+            return Err(ApiError::BadRequest(
+                "up, down and limit need image= or rollout=".into(),
+            ));
+        }
         return whole(&s, format);
     }
     if format != "json" {
@@ -202,15 +207,21 @@ pub async fn graph(
                 .await?
                 .ok_or_else(|| ApiError::NotFound(format!("rollout {id} not found")))?;
             let images = s.store.rollout_images(id).await?;
-            let waves = images.iter().map(|i| i.wave).max().unwrap_or(0);
-            let first = images.iter().map(|i| i.wave).min().unwrap_or(0);
-            // The first wave (sorted by name), drawn down through every
-            // wave: a rollout of 10,000 images still draws `limit`.
-            let mut centres: Vec<ImageRef> = images
+            // Its images still in the lineage (the config may have changed
+            // since): the first wave of those (sorted by name), drawn down
+            // through every wave; a rollout of 10,000 images still draws
+            // `limit`. None left: an empty view.
+            let present: Vec<(ImageRef, i32)> = images
                 .iter()
-                .filter(|i| i.wave == first)
-                .filter_map(|i| ImageRef::parse(&i.image).ok())
-                .filter(|r| lineage.contains(r))
+                .filter_map(|i| Some((ImageRef::parse(&i.image).ok()?, i.wave)))
+                .filter(|(r, _)| lineage.contains(r))
+                .collect();
+            let waves = present.iter().map(|(_, w)| *w).max().unwrap_or(0);
+            let first = present.iter().map(|(_, w)| *w).min().unwrap_or(0);
+            let mut centres: Vec<ImageRef> = present
+                .into_iter()
+                .filter(|(_, w)| *w == first)
+                .map(|(r, _)| r)
                 .collect();
             centres.sort();
             centres.truncate(limit);
@@ -349,7 +360,9 @@ mod tests {
 
     #[test]
     fn every_stage_has_a_class_the_dashboard_colours() {
-        let ui = include_str!("ui/app.js");
+        let app = include_str!("ui/app.js");
+        let start = app.find("const COLOURS = {").expect("COLOURS in app.js");
+        let ui = &app[start..start + app[start..].find("};").expect("end of COLOURS")];
         for s in Stage::ALL {
             let c = stage_class(s);
             assert!(

@@ -26,6 +26,8 @@ async function api(path, init = {}) {
   return r.json();
 }
 
+// A name inside a quoted attribute selector.
+const cssq = (s) => s.replace(/["\\]/g, "\\$&");
 // waitForFunction, failing with what the page shows instead.
 async function until(page, what, fn, arg, timeout = 20000) {
   try {
@@ -76,7 +78,8 @@ try {
 
   // The rollout page: graph, waves, cause.
   await page.goto(base + "/#/rollouts/" + rollout);
-  await page.locator("#lineage svg g.node").first().waitFor({ timeout: 20000 });
+  await until(page, "the rollout page", (r) => document.getElementById("page-title")?.textContent === "Rollout " + r
+    && document.querySelector("#lineage svg g.node") !== null, rollout);
   if (await page.locator("#overview").isVisible()) fail("the overview shows on the rollout page");
   const view = await api("/graph?rollout=" + rollout + "&limit=300");
   const states = new Set(view.nodes.map((n) => n.state));
@@ -92,16 +95,16 @@ try {
   const cause = await page.locator("#causes li").first().textContent();
   if (!/ moved from sha256:.* to sha256:/.test(cause)) fail("cause: " + cause);
   const refused = detail.waves.flat().find((i) => i.state === "refused");
-  const refusedRow = await page.locator(`#waves tr[data-image="${refused.image}"]`).textContent();
+  const refusedRow = await page.locator(`#waves tr[data-image="${cssq(refused.image)}"]`).textContent();
   if (!refusedRow.includes(refused.reason)) fail("refused row lacks the gate's reason: " + refusedRow);
   await page.screenshot({ path: out + "/rollout.png", fullPage: true });
 
   // Click-through: the waiting image's node opens its page.
   const waiting = view.nodes.find((n) => n.state === "awaiting_approval");
-  await page.locator(`#lineage g.node[data-name="${waiting.name}"]`).click();
+  await page.locator(`#lineage g.node[data-name="${cssq(waiting.name)}"]`).click();
   await until(page, "the image page after a click", (n) => document.getElementById("page-title")?.textContent === n, waiting.name);
   if (decodeURIComponent(new URL(page.url()).hash) !== "#/images/" + waiting.name) fail("hash after click: " + page.url());
-  await page.locator("#lineage svg g.node").first().waitFor();
+  await until(page, "the clicked image's graph", (n) => document.querySelector("#lineage svg g.node.centre")?.dataset.name === n, waiting.name);
   const imageView = await api("/graph?image=" + encodeURIComponent(waiting.name));
   await matches(page, imageView, "image graph");
   const centre = await page.$eval("#lineage g.node.centre", (g) => g.dataset.name);
@@ -120,17 +123,18 @@ try {
   if (!approval) fail("no pending approval for " + waiting.name);
   await api("/approvals/" + approval.id + "/approve", { method: "POST", body: JSON.stringify({ reason: "approved while the page watched" }) });
   await until(page, "the node after approval", (n) => {
-    const g = document.querySelector(`#lineage g.node[data-name="${n}"]`);
+    const g = document.querySelector(`#lineage g.node[data-name="${CSS.escape(n)}"]`);
     return g && g.dataset.state !== "awaiting_approval";
   }, waiting.name);
   if (!await page.evaluate(() => window.__notReloaded === true)) fail("the page reloaded");
-  report.after_approval = await page.$eval(`#lineage g.node[data-name="${waiting.name}"]`, (g) => g.dataset.state);
+  report.after_approval = await page.$eval(`#lineage g.node[data-name="${cssq(waiting.name)}"]`, (g) => g.dataset.state);
   report.approved = approval.id;
 
   // The graph of the lineage's middle: ancestors above, descendants below.
   const mid = view.nodes.find((n) => n.state === "ok" && n.managed);
   await page.goto(base + "/#/images/" + encodeURIComponent(mid.name));
-  await page.locator("#lineage svg g.node").first().waitFor({ timeout: 20000 });
+  await until(page, "the middle image's page", (n) => document.getElementById("page-title")?.textContent === n
+    && document.querySelector("#lineage svg g.node.centre")?.dataset.name === n, mid.name);
   await matches(page, await api("/graph?image=" + encodeURIComponent(mid.name)), "middle graph");
   // Ancestors are drawn above their descendants.
   const y = await page.$$eval("#lineage g.node", (gs) => Object.fromEntries(gs.map((g) => [g.dataset.name, g.querySelector("rect").y.baseVal.value])));
@@ -142,7 +146,8 @@ try {
 
   // The image list links to the pages.
   await page.goto(base + "/#/images");
-  await page.locator("#page table a").first().waitFor({ timeout: 10000 });
+  await until(page, "the image list", () => document.getElementById("page-title")?.textContent === "Images"
+    && document.querySelector("#page tbody a") !== null);
   const listed = await page.locator("#page tbody tr").count();
   if (listed !== view.total) fail(`image list shows ${listed} of ${view.total}`);
 

@@ -180,6 +180,10 @@ function drawGraph(view) {
 }
 
 function graphSection(view, controls) {
+  if (!view.nodes.length) {
+    return el("section", { id: "lineage" }, el("h2", { text: "Lineage" }), controls || null,
+      el("p", { class: "muted", id: "graph-note", text: "Nothing to draw: none of these images is in the configured lineage now." }));
+  }
   const hidden = view.nodes.reduce((s, n) => s + n.hidden_parents + n.hidden_children, 0);
   const note = view.nodes.length + " of " + view.total + " images drawn" +
     (view.truncated ? "; the limit cut the view" : "") + (hidden ? "; the +N marks show edges to images not drawn" : "");
@@ -191,11 +195,17 @@ function graphSection(view, controls) {
 // Pages.
 
 let current = null;   // the page shown: { load(), onEvent(ev) }
+// At most one reload per 400 ms while events arrive (a throttle: a busy
+// stream must not postpone it for ever).
 let reloadTimer = null;
 function reloadSoon(page) {
-  clearTimeout(reloadTimer);
-  reloadTimer = setTimeout(() => { if (current === page) page.load(); }, 400);
+  if (reloadTimer) return;
+  reloadTimer = setTimeout(() => { reloadTimer = null; if (current === page) page.load(); }, 400);
 }
+// Loads of one page may overlap (the route's, then a live reload): only
+// the newest one draws.
+function begin(page) { page.seq = (page.seq || 0) + 1; return page.seq; }
+const stale = (page, seq) => current !== page || page.seq !== seq;
 // A page is redrawn only when its data changed (see `fill`).
 function unchanged(page, data) {
   const key = JSON.stringify(data);
@@ -212,13 +222,13 @@ function pageError(page, e) {
 function imagePage(name, params) {
   const page = {
     up: Number(params.get("up") || 3), down: Number(params.get("down") || 3), limit: Number(params.get("limit") || 150),
-    names: new Set([name]),
+    names: new Set([name]), typed: {},
     async load() {
       try {
-        const enc = encodeURIComponent(name);
+        const seq = begin(page), enc = encodeURIComponent(name);
         const [d, view] = await Promise.all([api("/images/" + enc),
           api(`/graph?image=${enc}&up=${page.up}&down=${page.down}&limit=${page.limit}`)]);
-        if (current !== page || unchanged(page, [d, view])) return;
+        if (stale(page, seq) || unchanged(page, [d, view])) return;
         page.names = new Set(view.nodes.map((n) => n.name));
         const me = view.nodes.find((n) => n.name === d.image.name) || { state: "unchecked", detail: "unchecked" };
         const facts = el("dl", { class: "facts" });
@@ -238,7 +248,9 @@ function imagePage(name, params) {
 
         const controls = el("form", { class: "controls", id: "graph-controls" });
         for (const [k, title] of [["up", "levels up"], ["down", "levels down"], ["limit", "at most"]]) {
-          const input = el("input", { type: "number", min: k === "limit" ? 1 : 0, max: k === "limit" ? 500 : 50, value: page[k], name: k });
+          const input = el("input", { type: "number", min: k === "limit" ? 1 : 0, max: k === "limit" ? 500 : 50, value: page.typed[k] ?? page[k], name: k });
+          // What is typed survives a live redraw.
+          input.addEventListener("input", () => { page.typed[k] = input.value; });
           controls.append(el("label", {}, title + " ", input));
         }
         controls.append(el("button", { text: "redraw" }));
@@ -277,8 +289,9 @@ function rolloutPage(id) {
   const page = {
     async load() {
       try {
+        const seq = begin(page);
         const [d, view] = await Promise.all([api("/rollouts/" + id), api("/graph?rollout=" + id + "&limit=300")]);
-        if (current !== page || unchanged(page, [d, view])) return;
+        if (stale(page, seq) || unchanged(page, [d, view])) return;
         const r = d.rollout, imgs = d.waves.flat();
         const facts = el("dl", { class: "facts" });
         const fact = (k, ...v) => facts.append(el("dt", { text: k }), el("dd", {}, ...v));
@@ -327,9 +340,9 @@ function rolloutsPage(params) {
   const page = {
     async load() {
       try {
-        const state = params.get("state");
+        const seq = begin(page), state = params.get("state");
         const list = await api("/rollouts?limit=100" + (state ? "&state=" + encodeURIComponent(state) : ""));
-        if (current !== page) return;
+        if (stale(page, seq)) return;
         $("page").replaceChildren(el("section", {}, el("h2", { id: "page-title", text: "Rollouts" }),
           table(["id", "state", "started", "took", "cause"], list.rollouts.map((r) => [
             td(el("a", { href: rolloutHref(r.id), text: String(r.id) })), td(badge(ROLLOUT_STATE[r.state] || "unchecked", r.state)),
@@ -347,8 +360,9 @@ function imagesPage(params) {
       try {
         const q = new URLSearchParams({ limit: "200" });
         for (const k of ["state", "managed", "registry", "after"]) if (params.get(k)) q.set(k, params.get(k));
+        const seq = begin(page);
         const list = await api("/images?" + q);
-        if (current !== page) return;
+        if (stale(page, seq)) return;
         const filter = el("form", { class: "controls", id: "image-filter" });
         const select = el("select", { name: "state" }, ...["", "rebuilding", "error", "stale", "unchecked", "ok"].map((s) =>
           el("option", { value: s, text: s || "any state", selected: s === (params.get("state") || "") })));
@@ -440,6 +454,7 @@ $("lookup").addEventListener("submit", (ev) => {
 // ---------------------------------------------------------------------
 // Routing: #/, #/images[?state=…], #/images/REF[?up=&down=&limit=],
 // #/rollouts[?state=…], #/rollouts/ID.
+function decode(s) { try { return decodeURIComponent(s); } catch { return s; } }
 function route() {
   const [path, query] = (location.hash.replace(/^#/, "") || "/").split("?");
   const params = new URLSearchParams(query || "");
@@ -447,7 +462,7 @@ function route() {
   let page, nav = parts[0] || "overview";
   if (!parts.length) page = overview;
   else if (parts[0] === "images" && parts.length === 1) page = imagesPage(params);
-  else if (parts[0] === "images") page = imagePage(decodeURIComponent(parts.slice(1).join("/")), params);
+  else if (parts[0] === "images") page = imagePage(decode(parts.slice(1).join("/")), params);
   else if (parts[0] === "rollouts" && parts.length === 1) page = rolloutsPage(params);
   else if (parts[0] === "rollouts" && /^\d+$/.test(parts[1])) page = rolloutPage(Number(parts[1]));
   else { page = overview; nav = "overview"; }
@@ -456,7 +471,7 @@ function route() {
   $("overview").hidden = page !== overview;
   $("page").hidden = page === overview;
   if (page !== overview) $("page").replaceChildren(el("p", { class: "muted", text: "loading…" }));
-  document.title = page === overview ? "lineaged" : "lineaged · " + decodeURIComponent(parts.slice(1).join("/") || parts[0]);
+  document.title = page === overview ? "lineaged" : "lineaged · " + decode(parts.slice(1).join("/") || parts[0]);
   page.load();
 }
 window.addEventListener("hashchange", route);
@@ -464,7 +479,7 @@ window.addEventListener("hashchange", route);
 // Live events: fetch streaming (EventSource cannot send a token), resumed
 // from the last id after a drop. Each event goes to the overview's list
 // and to the page shown, which redraws when it concerns it.
-let lastId = 0, generation = 0;
+let lastId = 0, generation = 0, stream = null;
 function show(ev) {
   const li = document.createElement("li");
   const t = new Date(ev.at).toLocaleTimeString();
@@ -478,12 +493,16 @@ function show(ev) {
   while ($("events").children.length > 200) $("events").lastChild.remove();
   if (current) current.onEvent(ev);
 }
+// One stream at a time: a new token aborts the old one, and a retry timer
+// only acts for the stream generation that set it.
 async function follow(restart) {
-  const mine = restart ? ++generation : generation;
+  if (restart) { generation++; if (stream) stream.abort(); }
+  const mine = generation;
+  const abort = stream = new AbortController();
   try {
     // First connection: the last 50 events, then live; later: resume.
     const q = lastId ? "after=" + lastId : "tail=50";
-    const r = await fetch("/api/v1/events?" + q, { headers: headers() });
+    const r = await fetch("/api/v1/events?" + q, { headers: headers(), signal: abort.signal });
     if (!r.ok) throw new Error(String(r.status));
     $("conn").textContent = "live"; $("conn").className = "ok";
     const reader = r.body.getReader(); const dec = new TextDecoder(); let buf = "";
@@ -499,8 +518,10 @@ async function follow(restart) {
         const ev = JSON.parse(data); lastId = Math.max(lastId, ev.id); show(ev);
       }
     }
-  } catch (e) { $("conn").textContent = "reconnecting (" + e.message + ")"; $("conn").className = "warn"; }
-  if (mine === generation) setTimeout(() => follow(false), 2000);
+  } catch (e) {
+    if (mine === generation) { $("conn").textContent = "reconnecting (" + e.message + ")"; $("conn").className = "warn"; }
+  }
+  if (mine === generation) setTimeout(() => { if (mine === generation) follow(false); }, 2000);
 }
 route();
 follow(true);

@@ -105,6 +105,19 @@ pub async fn start(
         "config synced"
     );
 
+    // Leases and claims are held by this run's instance id; what an earlier
+    // run of this node left behind is freed now, not when its leases expire.
+    let me = crate::node::Identity::new(&opts.watch_options.node_id);
+    match store.release_previous_runs(&me, now_millis()).await {
+        Ok((jobs, leases)) if !jobs.is_empty() || !leases.is_empty() => {
+            tracing::info!(?jobs, ?leases, node = %me.name, "released what a previous run of this node left")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot release a previous run's jobs; they wait for their leases")
+        }
+    }
+    tracing::info!(instance = %me.instance, "node identity");
     let mut tasks = Vec::new();
     let client = Arc::new(RegistryClient::new(&cfg.registries, opts.registry_timeout)?);
     let watch = if opts.watch {
@@ -112,7 +125,10 @@ pub async fn start(
             cfg.clone(),
             store.clone(),
             client.clone(),
-            opts.watch_options.clone(),
+            WatchOptions {
+                node_id: me.instance.clone(),
+                ..opts.watch_options.clone()
+            },
         );
         let handle = watcher.handle();
         let token = shutdown.clone();
@@ -142,7 +158,7 @@ pub async fn start(
             cfg.clone(),
             store.clone(),
             engine.clone(),
-            opts.watch_options.node_id.clone(),
+            me.instance.clone(),
             callback_base,
         ));
         let token = shutdown.clone();
@@ -152,7 +168,7 @@ pub async fn start(
             store.clone(),
             engine.clone(),
             client.clone(),
-            &opts.watch_options.node_id,
+            &me.instance,
         ));
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move { gates.run(token).await }));

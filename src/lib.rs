@@ -14,6 +14,7 @@ pub mod discover;
 pub mod dispatch;
 pub mod lineage;
 pub mod metrics;
+pub mod node;
 pub mod notify;
 pub mod policy;
 pub mod registry;

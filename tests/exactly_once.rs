@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use lineaged::store::{DigestSource, Store, now_millis};
 use support::TestDb;
-use support::fleet::{Lineage, Serve, World, rollouts_finished, until};
+use support::fleet::{Lineage, Serve, World, push_with_kills, rollouts_finished, until};
 
 const BACKENDS: [&str; 2] = ["sqlite", "postgres"];
 
@@ -174,6 +174,55 @@ async fn two_replicas_trigger_each_image_once_per_push() {
     let rollouts = store.rollouts(10).await.unwrap();
     assert_eq!(rollouts.len(), 3, "one rollout per push: {rollouts:?}");
     settled(&w, &store, "replicas").await;
+    one.stop();
+    two.stop();
+    db.finish().await;
+}
+
+/// Two processes on one host with no `LINEAGED_NODE_ID` (both named after
+/// the host) on one Postgres: each run holds leases and claims with its own
+/// instance id, so only one polls; one is SIGKILLed twice during a rollout
+/// and restarted, freeing its dead run's jobs at once without touching the
+/// live sibling's; every affected image is triggered with one key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_one_host_need_no_node_id() {
+    let db = TestDb::new("postgres").await;
+    let w = World::new(Lineage::issue(), db.url(), &[]).await;
+    let one = Serve::start(&w.cfg, "");
+    let two = Serve::start(&w.replica_cfg(), "");
+    let store = w.store_when_observed().await;
+    // One poller: about one observation a second of a base on a 1 s
+    // schedule, never the ~2 two pollers make (measured before: 2.0/s).
+    let base = w.full("base/b");
+    let before = store.digest_history(&base, 10_000).await.unwrap().len();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let polls = store.digest_history(&base, 10_000).await.unwrap().len() - before;
+    assert!(
+        (3..=8).contains(&polls),
+        "{polls} observations of {base} in 6 s"
+    );
+    let holder = store
+        .lease_holder(lineaged::watch::WATCH_LEASE)
+        .await
+        .unwrap()
+        .unwrap()
+        .holder;
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let host = host.trim();
+    assert!(
+        holder.starts_with(&format!(
+            "{}:",
+            if host.is_empty() { "lineaged" } else { host }
+        )),
+        "{holder}"
+    );
+    let (one, states) = push_with_kills(&w, &store, one, "", "base/a", 2, (0, 200), 1).await;
+    assert_eq!(states, vec!["succeeded"]);
+    assert_eq!(
+        rebuilds(&w),
+        expect(&[("team/p", 1), ("team/x", 1), ("team/w", 1), ("team/e", 1)])
+    );
+    settled(&w, &store, "same host").await;
     one.stop();
     two.stop();
     db.finish().await;

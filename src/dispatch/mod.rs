@@ -165,15 +165,6 @@ impl Dispatcher {
                 None
             }
         };
-        match self.store.release_worker(&self.worker, now_millis()).await {
-            Ok(ids) if !ids.is_empty() => {
-                tracing::info!(jobs = ?ids, "released jobs a previous run of this node left running")
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot release this node's old jobs; they wait for their leases")
-            }
-        }
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             if shutdown.is_cancelled() {

@@ -41,7 +41,8 @@ pub struct GateWorker {
 }
 
 impl GateWorker {
-    /// `node`: this process's node id; the worker claims as `{node}/gates`.
+    /// `node`: this process's instance id (`node::Identity`); the worker
+    /// claims as `{node}/gates`.
     pub fn new(
         cfg: Arc<Config>,
         store: Store,
@@ -60,9 +61,6 @@ impl GateWorker {
 
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut waiter = self.store.job_waiter().await.ok();
-        if let Err(e) = self.store.release_worker(&self.worker, now_millis()).await {
-            tracing::warn!(error = %e, "cannot release this node's old verify jobs; they wait for their leases");
-        }
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             if shutdown.is_cancelled() {

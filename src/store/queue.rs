@@ -500,11 +500,34 @@ impl Store {
         self.rescue_matching(now, None).await
     }
 
-    /// Returns the running jobs of `worker` to pending at once: called at
-    /// start-up by a process that reuses the node id of one that died, whose
-    /// jobs nobody else would free before their leases expire.
-    pub async fn release_worker(&self, worker: &str, now: Millis) -> Result<Vec<i64>, StoreError> {
-        self.rescue_matching(now, Some(worker)).await
+    /// Frees at once what earlier runs of this node left behind (see
+    /// `Identity::is_previous_run`): their running jobs go back to pending
+    /// (or `dead` when their attempts are used up), as an expired lease
+    /// would, and their leases are dropped. Called at start-up, before this
+    /// run claims anything. Returns the freed job ids and lease names.
+    pub async fn release_previous_runs(
+        &self,
+        me: &crate::node::Identity,
+        now: Millis,
+    ) -> Result<(Vec<i64>, Vec<String>), StoreError> {
+        let holders: Vec<String> = on_pool!(self, p => sqlx::query_scalar(
+            "SELECT DISTINCT locked_by FROM jobs WHERE state = 'running' AND locked_by IS NOT NULL
+               AND substr(locked_by, 1, length($1)) = $1")
+            .bind(&me.name).fetch_all(p).await?);
+        let mut jobs = Vec::new();
+        for h in holders.iter().filter(|h| me.is_previous_run(h)) {
+            jobs.extend(self.rescue_matching(now, Some(h)).await?);
+        }
+        jobs.sort_unstable();
+        let leases: Vec<(String, String)> = on_pool!(self, p => sqlx::query_as(
+            "SELECT name, holder FROM leases WHERE substr(holder, 1, length($1)) = $1")
+            .bind(&me.name).fetch_all(p).await?);
+        let mut dropped = Vec::new();
+        for (name, holder) in leases.iter().filter(|(_, h)| me.is_previous_run(h)) {
+            self.release_lease(name, holder).await?;
+            dropped.push(name.clone());
+        }
+        Ok((jobs, dropped))
     }
 
     async fn rescue_matching(

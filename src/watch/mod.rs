@@ -89,7 +89,8 @@ impl WatchHandle {
 
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
-    /// This replica's name in leases.
+    /// The node's name; `daemon::start` gives the watcher this process's
+    /// unique instance id (`node::Identity`) to hold the lease with.
     pub node_id: String,
     pub lease_ttl: Duration,
     /// Checks running at once across registries (each registry also has
@@ -107,20 +108,21 @@ impl Default for WatchOptions {
     }
 }
 
-/// `LINEAGED_NODE_ID`, else the host name: stable across restarts, so a
-/// restarted daemon frees the jobs its previous run left running instead of
-/// waiting for their leases. Replicas on one host must set distinct ids.
+/// `LINEAGED_NODE_ID`, else the host name: the node's stable name, so a
+/// restarted daemon frees what its previous run left running instead of
+/// waiting for the leases (`node::Identity`). Each process adds its pid and
+/// a nonce for leases and claims, so replicas on one host need no setting.
+/// `/` (the worker-suffix separator in `locked_by`) becomes `-`.
 pub fn default_node_id() -> String {
-    if let Ok(id) = std::env::var("LINEAGED_NODE_ID")
-        && !id.trim().is_empty()
-    {
-        return id.trim().to_string();
-    }
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "lineaged".to_string())
+    let name = match std::env::var("LINEAGED_NODE_ID") {
+        Ok(id) if !id.trim().is_empty() => id.trim().to_string(),
+        _ => std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "lineaged".to_string()),
+    };
+    name.replace('/', "-")
 }
 
 #[derive(Default)]

@@ -484,16 +484,22 @@ impl Serve {
         Serve::start_logging(cfg, node, None)
     }
 
-    /// With `log`, the daemon logs at debug level into that file.
+    /// With `log`, the daemon logs at debug level into that file. `node`
+    /// "" starts it without `LINEAGED_NODE_ID`: named after the host, as
+    /// every process on a host is by default.
     pub fn start_logging(
         cfg: &std::path::Path,
         node: &str,
         log: Option<&std::path::Path>,
     ) -> Serve {
-        let child = Command::new(env!("CARGO_BIN_EXE_lineaged"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lineaged"));
+        match node {
+            "" => cmd.env_remove("LINEAGED_NODE_ID"),
+            n => cmd.env("LINEAGED_NODE_ID", n),
+        };
+        let child = cmd
             .args(["serve", "-c"])
             .arg(cfg)
-            .env("LINEAGED_NODE_ID", node)
             .env("T_CI_SECRET", SECRET)
             .env("T_CI_TOKEN", TOKEN)
             .env("LINEAGED_LOG", if log.is_some() { "debug" } else { "warn" })

@@ -280,6 +280,80 @@ async fn expired_leases_are_rescued_and_the_old_holder_is_fenced(db: &TestDb) {
     s.complete(id, "new", None, T0 + 33_000).await.unwrap();
 }
 
+/// What a dead earlier run of this node held is freed at once; a live
+/// sibling's (same node name, another live process) and other nodes' wait
+/// for their leases.
+async fn a_restart_frees_only_what_dead_runs_of_its_node_held(db: &TestDb) {
+    use lineaged::node::Identity;
+    let s = db.store().await;
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let mut sibling = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let holders = [
+        format!("host-1:{dead}:0badf00d"),
+        format!("host-1:{dead}:0badf00d/gates"),
+        "host-1".to_string(), // before instance ids
+        format!("host-1:{}:12345678", sibling.id()),
+        format!("host-10:{dead}:0badf00d"),
+        "other-host:1:aaaaaaaa".to_string(),
+    ];
+    let mut ids = Vec::new();
+    for (i, h) in holders.iter().enumerate() {
+        let id = s
+            .enqueue(&job(Some(&format!("k{i}")), "r"), T0)
+            .await
+            .unwrap()
+            .id;
+        assert_eq!(s.claim(h, 1, LEASE, T0).await.unwrap()[0].id, id);
+        ids.push(id);
+    }
+    assert!(
+        s.acquire_lease("watch", &holders[0], LEASE, T0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.acquire_lease("other", &holders[3], LEASE, T0)
+            .await
+            .unwrap()
+    );
+    let me = Identity::new("host-1");
+    let (freed, leases) = s.release_previous_runs(&me, T0 + 1).await.unwrap();
+    assert_eq!(freed, ids[..3].to_vec());
+    assert_eq!(leases, vec!["watch".to_string()]);
+    for (i, id) in ids.iter().enumerate() {
+        let j = s.job(*id).await.unwrap().unwrap();
+        let want = if i < 3 {
+            JobState::Pending
+        } else {
+            JobState::Running
+        };
+        assert_eq!(j.state(), Some(want), "{}", holders[i]);
+    }
+    assert!(s.lease_holder("watch").await.unwrap().is_none());
+    assert_eq!(
+        s.lease_holder("other").await.unwrap().unwrap().holder,
+        holders[3]
+    );
+    // This run takes the freed lease at once; the sibling's stays.
+    assert!(
+        s.acquire_lease("watch", &me.instance, LEASE, T0 + 2)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.acquire_lease("other", &me.instance, LEASE, T0 + 2)
+            .await
+            .unwrap()
+    );
+    sibling.kill().unwrap();
+    sibling.wait().unwrap();
+}
+
 async fn a_rescued_job_is_superseded_by_a_newer_pending_one(db: &TestDb) {
     let s = db.store().await;
     let old = s
@@ -713,6 +787,7 @@ contract!(
     one_image_never_builds_twice_at_once,
     failures_back_off_then_die_or_fail_permanently,
     expired_leases_are_rescued_and_the_old_holder_is_fenced,
+    a_restart_frees_only_what_dead_runs_of_its_node_held,
     a_rescued_job_is_superseded_by_a_newer_pending_one,
     operators_retry_and_cancel,
     leader_lease_fails_over_within_the_ttl,

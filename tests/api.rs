@@ -347,30 +347,7 @@ async fn jobs_hide_callback_tokens_and_validate_filters() {
 async fn graph_views_colour_images_and_refuse_bad_queries() {
     for backend in BACKENDS {
         let a = api_with(backend, false, true, "").await;
-        let store = a.daemon.store.clone();
-        let now = now_millis();
-        // python moves after the platform image was built on it: stale;
-        // the app's registry fails: error.
-        store
-            .record_digest(PY, &sha('1'), "", DigestSource::Poll, now)
-            .await
-            .unwrap();
-        store
-            .record_digest(PLAT, &sha('a'), "", DigestSource::Poll, now)
-            .await
-            .unwrap();
-        store
-            .record_base(PLAT, Some(PY), Some(&sha('1')), now)
-            .await
-            .unwrap();
-        store
-            .record_digest(PY, &sha('2'), "", DigestSource::Poll, now + 1)
-            .await
-            .unwrap();
-        store
-            .record_check_error(APP, "manifest unknown (404)", now)
-            .await
-            .unwrap();
+        stale_and_failing(&a.daemon.store).await;
         let state = |v: &Value| -> Vec<(String, i64, String)> {
             v["nodes"]
                 .as_array()
@@ -657,33 +634,38 @@ fn sha(c: char) -> String {
     format!("sha256:{}", c.to_string().repeat(64))
 }
 
+/// python moves after the platform image was built on it (the platform
+/// image is stale); the app's registry answers 404 (error).
+async fn stale_and_failing(store: &lineaged::store::Store) {
+    let now = now_millis();
+    store
+        .record_digest(PY, &sha('1'), "", DigestSource::Poll, now)
+        .await
+        .unwrap();
+    store
+        .record_digest(PLAT, &sha('a'), "", DigestSource::Poll, now)
+        .await
+        .unwrap();
+    store
+        .record_base(PLAT, Some(PY), Some(&sha('1')), now)
+        .await
+        .unwrap();
+    store
+        .record_digest(PY, &sha('2'), "", DigestSource::Poll, now + 1)
+        .await
+        .unwrap();
+    store
+        .record_check_error(APP, "manifest unknown (404)", now)
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_filters_and_bad_queries() {
     for backend in BACKENDS {
         let a = api_with(backend, false, false, "").await;
         let store = a.daemon.store.clone();
-        let now = now_millis();
-        // python moves after the platform image was built on it: stale.
-        store
-            .record_digest(PY, &sha('1'), "", DigestSource::Poll, now)
-            .await
-            .unwrap();
-        store
-            .record_digest(PLAT, &sha('a'), "", DigestSource::Poll, now)
-            .await
-            .unwrap();
-        store
-            .record_base(PLAT, Some(PY), Some(&sha('1')), now)
-            .await
-            .unwrap();
-        store
-            .record_digest(PY, &sha('2'), "", DigestSource::Poll, now + 1)
-            .await
-            .unwrap();
-        store
-            .record_check_error(APP, "manifest unknown (404)", now)
-            .await
-            .unwrap();
+        stale_and_failing(&store).await;
 
         let q = |p: &'static str| a.get(p, Some(READ));
         let (st, all) = q("/images").await;

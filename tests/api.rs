@@ -1446,3 +1446,133 @@ async fn rollouts_page_newest_first_and_filter_by_state() {
         a.stop().await;
     }
 }
+
+/// CI callback bodies, fuzzed (seeded, `LINEAGED_FUZZ_CASES` /
+/// `LINEAGED_FUZZ_SEED` as in tests/fuzz.rs): random bytes, wrong JSON
+/// shapes and mutated good bodies get a 4xx with a reason, never a 5xx;
+/// the job is untouched, and the real result after them is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzzed_callback_bodies_get_4xx_and_lose_nothing() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let n: usize = std::env::var("LINEAGED_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
+    let seed: u64 = std::env::var("LINEAGED_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    let a = api_with("sqlite", false, true, "").await;
+    let (st, r) = a
+        .post(&format!("/images/{PLAT_ENC}/rebuild"), Some(WRITE), "")
+        .await;
+    assert_eq!(st, 202, "{r}");
+    let rid = r["rollout_id"].as_i64().unwrap();
+    let (_, d) = a.get(&format!("/rollouts/{rid}"), Some(READ)).await;
+    let job = d["waves"][0][0]["job_id"].as_i64().unwrap();
+    let rec = a.daemon.store.job(job).await.unwrap().unwrap();
+    let payload: Value = serde_json::from_str(&rec.payload).unwrap();
+    let token = payload["callback_token"].as_str().unwrap().to_string();
+    let url = format!("{}/jobs/{job}/result?token={token}", a.base);
+    let good = br#"{"status":"failed","log_url":"https://ci.example.com/runs/1"}"#;
+    // What the daemon takes as a result: its shape, with unknown fields
+    // skipped without looking inside (as the daemon skips them).
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Taken {
+        status: String,
+        digest: Option<String>,
+        log_url: Option<String>,
+    }
+    let is_result = |b: &[u8]| {
+        serde_json::from_slice::<Taken>(b)
+            .is_ok_and(|r| r.status == "failed" || r.status == "succeeded")
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
+    let values = [
+        Value::Null,
+        Value::Bool(true),
+        serde_json::json!(7),
+        serde_json::json!(""),
+        serde_json::json!("SUCCEEDED"),
+        serde_json::json!("ok"),
+        serde_json::json!("sha256:zz"),
+        serde_json::json!(format!("sha256:{}", "a".repeat(63))),
+        serde_json::json!([]),
+        serde_json::json!({"status": "failed"}),
+    ];
+    let mut sent = 0;
+    for case in 0..n {
+        let body: Vec<u8> = match rng.random_range(0..3) {
+            0 => (0..rng.random_range(0..120))
+                .map(|_| rng.random::<u8>())
+                .collect(),
+            1 => {
+                let mut o = serde_json::Map::new();
+                for k in ["status", "digest", "log_url", "extra"] {
+                    if rng.random_bool(0.6) {
+                        o.insert(k.into(), values[rng.random_range(0..values.len())].clone());
+                    }
+                }
+                serde_json::to_vec(&o).unwrap()
+            }
+            _ => {
+                let mut b = good.to_vec();
+                for _ in 0..rng.random_range(1..4) {
+                    let i = rng.random_range(0..b.len());
+                    match rng.random_range(0..3) {
+                        0 => b[i] = rng.random(),
+                        1 => {
+                            b.remove(i);
+                        }
+                        _ => b.truncate(i),
+                    }
+                    if b.is_empty() {
+                        break;
+                    }
+                }
+                b
+            }
+        };
+        if is_result(&body) {
+            continue; // a mutation that is still a real result
+        }
+        sent += 1;
+        let resp = a
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let st = resp.status().as_u16();
+        let e: Value = resp.json().await.unwrap_or(Value::Null);
+        assert!(
+            (400..500).contains(&st) && !e["message"].as_str().unwrap_or("").is_empty(),
+            "case {case} (seed {seed}): {st} {e} for {:?}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    assert!(sent > n / 2, "{sent} of {n} sent");
+    // Untouched: the job as it was (its delivery retries go on), the image
+    // still queued in its rollout.
+    let (_, d) = a.get(&format!("/rollouts/{rid}"), Some(READ)).await;
+    assert_eq!(d["waves"][0][0]["state"], "queued", "{d}");
+    let after = a.daemon.store.job(job).await.unwrap().unwrap();
+    assert!(after.finished_at.is_none(), "{after:?}");
+    // The real result is still taken.
+    let resp = a
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(good.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let (_, d) = a.get(&format!("/rollouts/{rid}"), Some(READ)).await;
+    assert_eq!(d["waves"][0][0]["state"], "failed", "{d}");
+    a.stop().await;
+}

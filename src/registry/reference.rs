@@ -49,6 +49,14 @@ pub enum RefError {
     Digest(String),
     #[error("repository name is longer than 255 characters")]
     TooLong,
+    #[error(
+        "`{0}` reads as a registry host only for its capital letters: write the host with its domain or port (e.g. `{0}.example.com/…`), or the repository in lowercase"
+    )]
+    BareHost(String),
+    /// Docker refuses these too (distribution/reference's
+    /// `ParseNormalizedNamed`): they read as image ids.
+    #[error("`{0}` is 64 hexadecimal digits, which reads as an image id, not a repository name")]
+    Identifier(String),
 }
 
 impl ImageRef {
@@ -62,6 +70,13 @@ impl ImageRef {
         }
         if let Some((scheme, _)) = input.split_once("://") {
             return Err(RefError::Scheme(scheme.to_string()));
+        }
+        if input.len() == 64
+            && input
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(RefError::Identifier(input.to_string()));
         }
 
         let (rest, digest) = match input.split_once('@') {
@@ -160,6 +175,11 @@ fn split_registry(name: &str) -> Result<(String, &str), RefError> {
         return Ok((DOCKER_HUB.to_string(), name));
     }
     let host = first.to_ascii_lowercase();
+    // `Registry/app` is a host only for its capital letter; lowercased, as
+    // hosts are kept, it would read back as a Docker Hub namespace.
+    if !host.contains(['.', ':']) && host != "localhost" {
+        return Err(RefError::BareHost(first.to_string()));
+    }
     validate_host(&host)?;
     if DOCKER_HUB_ALIASES.contains(&host.as_str()) {
         return Ok((DOCKER_HUB.to_string(), rest));
@@ -267,11 +287,13 @@ fn validate_tag(tag: &str) -> Result<(), RefError> {
 pub fn validate_digest(digest: &str) -> Result<(), RefError> {
     let bad = || RefError::Digest(digest.to_string());
     let (alg, hex) = digest.split_once(':').ok_or_else(bad)?;
-    let alg_ok = !alg.is_empty()
-        && alg.starts_with(|c: char| c.is_ascii_lowercase())
-        && alg
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+._-".contains(c));
+    // distribution/reference: components of a letter and letters or
+    // digits, joined by one of `+._-` (lowercase only here).
+    let alg_ok = alg.split(['+', '.', '_', '-']).all(|c| {
+        c.starts_with(|c: char| c.is_ascii_lowercase())
+            && c.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    });
     let hex_ok = hex.chars().all(|c| c.is_ascii_hexdigit());
     let len_ok = match alg {
         "sha256" => hex.len() == 64,

@@ -637,6 +637,15 @@ fn sha(c: char) -> String {
 /// python moves after the platform image was built on it (the platform
 /// image is stale); the app's registry answers 404 (error).
 async fn stale_and_failing(store: &lineaged::store::Store) {
+    stale_platform(store).await;
+    store
+        .record_check_error(APP, "manifest unknown (404)", now_millis())
+        .await
+        .unwrap();
+}
+
+/// python moves after the platform image was built on it.
+async fn stale_platform(store: &lineaged::store::Store) {
     let now = now_millis();
     store
         .record_digest(PY, &sha('1'), "", DigestSource::Poll, now)
@@ -652,10 +661,6 @@ async fn stale_and_failing(store: &lineaged::store::Store) {
         .unwrap();
     store
         .record_digest(PY, &sha('2'), "", DigestSource::Poll, now + 1)
-        .await
-        .unwrap();
-    store
-        .record_check_error(APP, "manifest unknown (404)", now)
         .await
         .unwrap();
 }
@@ -1105,22 +1110,7 @@ async fn status_cli_prints_what_needs_attention() {
     let a = api_with("postgres", false, false, "").await;
     let store = a.daemon.store.clone();
     let now = now_millis();
-    store
-        .record_digest(PY, &sha('1'), "", DigestSource::Poll, now)
-        .await
-        .unwrap();
-    store
-        .record_digest(PLAT, &sha('a'), "", DigestSource::Poll, now)
-        .await
-        .unwrap();
-    store
-        .record_base(PLAT, Some(PY), Some(&sha('1')), now)
-        .await
-        .unwrap();
-    store
-        .record_digest(PY, &sha('2'), "", DigestSource::Poll, now + 1)
-        .await
-        .unwrap();
+    stale_platform(&store).await;
     store
         .record_registry_health("ghcr.io", 3, Some("HTTP 503"), None, Some((0, 5000)), now)
         .await

@@ -1566,3 +1566,65 @@ async fn fuzzed_callback_bodies_get_4xx_and_lose_nothing() {
     assert_eq!(d["waves"][0][0]["state"], "failed", "{d}");
     a.stop().await;
 }
+
+/// `/readyz` follows the database: 503 with the reason while Postgres
+/// refuses this database's connections (and its sessions are killed), 200
+/// again once it takes them back (the pool reconnects on its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_database() {
+    use sqlx::Connection;
+    let a = api_with("postgres", false, false, "").await;
+    let name = match a.db.as_ref().unwrap() {
+        TestDb::Pg(d) => d.name.clone(),
+        TestDb::Sqlite(_) => unreachable!("a Postgres test"),
+    };
+    let ready = || async {
+        let r = a
+            .http
+            .get(format!("{}/readyz", a.root))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(ready().await, (200, "ready\n".to_string()));
+    let mut admin = sqlx::PgConnection::connect(&support::pg_admin_url())
+        .await
+        .unwrap();
+    let allow = |on: bool| format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {on}");
+    sqlx::query(&allow(false))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&name)
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let (st, body) = loop {
+        let (st, body) = ready().await;
+        if st != 200 || std::time::Instant::now() > deadline {
+            break (st, body);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(st, 503, "{body}");
+    assert!(body.starts_with("database unreachable: "), "{body}");
+    sqlx::query(&allow(true)).execute(&mut admin).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (st, body) = ready().await;
+        if st == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready again: {st} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    a.stop().await;
+}

@@ -55,9 +55,10 @@ pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
 #[allow(dead_code)]
 fn healthz() {}
 
-/// Readiness: 200 once the store is migrated and the config synced.
+/// Readiness: 200 once the store is migrated and the config synced, and
+/// while the database answers (within 2 s).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "Ready", content_type = "text/plain"),
-        (status = 503, description = "Starting")))]
+        (status = 503, description = "Starting, or the database is unreachable (the body says which and why)")))]
 #[allow(dead_code)]
 fn readyz() {}

@@ -278,10 +278,27 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
-    if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+/// How long readiness waits for the database.
+const READY_PING: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Ready once migrated and synced, and while the database answers: a
+/// replica that lost it leaves the load balancer until it is back.
+async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
+    if !s.ready.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into());
+    }
+    match tokio::time::timeout(READY_PING, s.store.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n".into()),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database unreachable: {}\n", crate::error_chain(&e)),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "database unreachable: no answer in {} s\n",
+                READY_PING.as_secs()
+            ),
+        ),
     }
 }

@@ -287,6 +287,12 @@ impl Store {
         Ok(tx)
     }
 
+    /// One round trip to the database (`SELECT 1`), for readiness.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let _: i32 = on_pool!(self, p => sqlx::query_scalar("SELECT 1").fetch_one(p).await?);
+        Ok(())
+    }
+
     /// Closes the pool (waits for connections to be returned).
     pub async fn close(&self) {
         on_pool!(self, p => p.close().await)

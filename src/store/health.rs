@@ -179,10 +179,7 @@ impl Store {
     pub async fn graph_states(&self, names: &[String]) -> Result<Vec<GraphState>, StoreError> {
         let mut out = Vec::with_capacity(names.len());
         for chunk in names.chunks(500) {
-            let list = (1..=chunk.len())
-                .map(|i| format!("${i}"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let list = super::placeholders(1, chunk.len());
             let sql = format!("{GRAPH_STATES} WHERE i.name IN ({list})");
             out.extend(on_pool!(self, p => {
                 let mut q = sqlx::query_as(&sql);

@@ -299,6 +299,14 @@ impl Store {
     }
 }
 
+/// `$first, $first+1, …`: `n` bind parameters for an `IN (…)` list.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 async fn connect_with_retry<P, F, Fut>(
     opts: &OpenOptions,
     backend: &str,

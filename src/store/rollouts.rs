@@ -289,10 +289,7 @@ impl Store {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        let list = (0..images.len())
-            .map(|i| format!("${}", i + 2))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let list = super::placeholders(2, images.len());
         let sql =
             format!("SELECT * FROM rollout_images WHERE rollout_id = $1 AND image IN ({list})");
         Ok(on_pool!(self, p => {
